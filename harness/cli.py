@@ -1,0 +1,232 @@
+"""The `harness` command line. User errors end as one sentence on stderr and exit code 2."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+import time
+from pathlib import Path
+
+from harness.cache import ArtifactCache, atomic_write_text, default_cache_root
+from harness.errors import UserError
+from harness.plugins import ROLE_LABELS, get_registry
+
+log = logging.getLogger("harness")
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="harness", description=__doc__)
+    p.add_argument("--cache", type=Path, default=None, help="artifact cache folder (default $HARNESS_CACHE or "
+                                                            ".harness-cache)")
+    sub = p.add_subparsers(dest="command", required=True)
+
+    run = sub.add_parser("run", help="run a benchmark spec")
+    run.add_argument("spec", type=Path)
+    run.add_argument("--generator", help="run only this registered generator (its row joins the spec's benchmark)")
+    run.add_argument("--generator-args", default="{}", help="JSON object of args for --generator")
+    run.add_argument("--n-samples", type=int, default=None, help="samples for --generator")
+    run.add_argument("--out", type=Path, default=None, help="run directory (default runs/<name>-<spec hash>)")
+    run.add_argument("--no-progress", action="store_true")
+
+    val = sub.add_parser("validate", help="check a spec and print its hashes")
+    val.add_argument("spec", type=Path)
+
+    plug = sub.add_parser("plugins", help="list installed plugins and what they register")
+    plug.add_argument("--json", action="store_true")
+
+    board = sub.add_parser("leaderboard", help="render the table of one benchmark's runs")
+    board.add_argument("runs", type=Path, nargs="+")
+    board.add_argument("--format", choices=["md", "csv", "json"], default="md")
+    board.add_argument("--out", type=Path, default=None, help="folder to write leaderboard.<format> into")
+    board.add_argument("--allow-mixed", action="store_true", help="show runs of different benchmarks together")
+
+    cache = sub.add_parser("cache", help="inspect or clean the artifact cache")
+    cache_sub = cache.add_subparsers(dest="cache_command", required=True)
+    cache_sub.add_parser("ls", help="list cached artifacts")
+    gc = cache_sub.add_parser("gc", help="remove leftovers of killed runs and artifacts no run uses")
+    gc.add_argument("--runs", type=Path, default=Path("runs"), help="artifacts used by runs under here are kept")
+    gc.add_argument("--leftovers-only", action="store_true", help="only remove partial writes of killed runs")
+    gc.add_argument("--dry-run", action="store_true")
+
+    data = sub.add_parser("data", help="write datasets")
+    data_sub = data.add_subparsers(dest="data_command", required=True)
+    ph = data_sub.add_parser("phantom", help="write a simulated echo dataset in EchoNet format")
+    ph.add_argument("--out", type=Path, required=True)
+    ph.add_argument("--format", choices=["dynamic", "pediatric"], default="dynamic")
+    ph.add_argument("--view", choices=["a4c", "psax"], default="a4c")
+    ph.add_argument("--n-train", type=int, default=200)
+    ph.add_argument("--n-val", type=int, default=40)
+    ph.add_argument("--n-test", type=int, default=60)
+    ph.add_argument("--n-frames", type=int, default=96)
+    ph.add_argument("--fps", type=float, default=50.0)
+    ph.add_argument("--twin-fraction", type=float, default=0.08)
+    ph.add_argument("--seed", type=int, default=0)
+    return p
+
+
+def _cache(args) -> ArtifactCache:
+    return ArtifactCache(args.cache or default_cache_root())
+
+
+def cmd_validate(args) -> int:
+    from harness.spec import validate_spec
+
+    resolved = validate_spec(args.spec, get_registry())
+    spec = resolved.spec
+    print(f"{args.spec}: valid spec '{spec.name}' (spec_version {spec.spec_version}, seed {spec.seed})")
+    print(f"  dataset   {spec.dataset.plugin}")
+    print(f"  encoder   {spec.encoder.plugin}")
+    if spec.reid:
+        print(f"  reid      {spec.reid.plugin}")
+    for entry in spec.generators:
+        print(f"  generator {entry.row_name} ({entry.plugin}, {resolved.n_samples(entry)} samples)")
+    print(f"  spec hash      {resolved.spec_hash}")
+    print(f"  benchmark hash {resolved.benchmark_hash}")
+    return 0
+
+
+def _overrides(args) -> dict | None:
+    if not args.generator:
+        return None
+    try:
+        gen_args = json.loads(args.generator_args)
+    except json.JSONDecodeError as exc:
+        raise UserError(f"--generator-args is not valid JSON ({exc.msg}); pass an object like '{{\"k\": 1}}'.") from None
+    if not isinstance(gen_args, dict):
+        raise UserError("--generator-args must be a JSON object like '{\"k\": 1}'.")
+    entry = {"plugin": args.generator, "args": gen_args}
+    if args.n_samples is not None:
+        entry["n_samples"] = args.n_samples
+    return {"generators": [entry]}
+
+
+def cmd_run(args) -> int:
+    from harness.runner import Runner
+    from harness.spec import validate_spec
+
+    resolved = validate_spec(args.spec, get_registry(), _overrides(args))
+    run_dir = args.out or Path("runs") / f"{resolved.spec.name}-{resolved.spec_hash[:10]}"
+    run_dir.mkdir(parents=True, exist_ok=True)
+    handler = logging.FileHandler(run_dir / "run.log")
+    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(message)s"))
+    log.addHandler(handler)
+    log.setLevel(logging.INFO)
+    started = time.perf_counter()
+    try:
+        runner = Runner(resolved, get_registry(), _cache(args), run_dir, show_progress=not args.no_progress)
+        results = runner.run()
+    finally:
+        log.removeHandler(handler)
+        handler.close()
+    from harness.leaderboard import render
+
+    atomic_write_text(run_dir / "leaderboard.md", render([results], "md"))
+    errors = [r for r in results["rows"] if r.get("error")]
+    for row in errors:
+        print(f"error: generator '{row['generator']}': {row['error']}", file=sys.stderr)
+    skipped = results["dataset"]["skipped_videos"]
+    if skipped:
+        print(f"warning: {skipped} unreadable videos were skipped (listed in results.json).", file=sys.stderr)
+    print(f"Done in {time.perf_counter() - started:.1f}s: {len(results['rows'])} rows ({len(errors)} failed), "
+          f"{len(runner.executed)} stages computed; outputs in {run_dir}/ (results.json, leaderboard.md, "
+          "manifest.json, run.log).")
+    return 2 if errors else 0
+
+
+def cmd_plugins(args) -> int:
+    registry = get_registry()
+    if args.json:
+        print(json.dumps([p.__dict__ for p in registry.plugins], indent=2))
+        return 0
+    for info in registry.plugins:
+        print(f"{info.name}  ({info.distribution} {info.version}, {info.module})")
+        if info.error:
+            print(f"    FAILED TO LOAD: {info.error}")
+        for role, names in info.components.items():
+            print(f"    {ROLE_LABELS[role]}s: {', '.join(names)}")
+    if not registry.plugins:
+        print("no plugins found (is reid-harness installed?)")
+    return 0
+
+
+def cmd_leaderboard(args) -> int:
+    from harness.leaderboard import load_results, render
+
+    text = render(load_results(args.runs), args.format, args.allow_mixed)
+    if args.out:
+        target = args.out / f"leaderboard.{args.format}"
+        atomic_write_text(target, text)
+        print(f"wrote {target}")
+    else:
+        print(text, end="")
+    return 0
+
+
+def _used_artifacts(runs: Path) -> set[tuple[str, str]]:
+    keep = set()
+    for manifest in runs.rglob("manifest.json"):
+        try:
+            for stage in json.loads(manifest.read_text()).get("stages", []):
+                keep.add((stage["stage"], stage["key"]))
+        except (json.JSONDecodeError, KeyError, TypeError):
+            continue
+    return keep
+
+
+def cmd_cache(args) -> int:
+    cache = _cache(args)
+    if args.cache_command == "ls":
+        entries = cache.entries()
+        for a in entries:
+            print(f"{a.stage:<22} {a.key}  {a.size_bytes / 2**20:8.1f} MiB  "
+                  f"{time.strftime('%Y-%m-%d %H:%M', time.localtime(a.meta.get('created', 0)))}")
+        total = sum(a.size_bytes for a in entries) / 2**20
+        print(f"{len(entries)} artifacts, {total:.1f} MiB in {cache.root}")
+        return 0
+    keep = None if args.leftovers_only else _used_artifacts(args.runs)
+    removed = cache.gc(keep, dry_run=args.dry_run)
+    verb = "would remove" if args.dry_run else "removed"
+    print(f"{verb} {len(removed)} cache entries from {cache.root}")
+    return 0
+
+
+def cmd_data(args) -> int:
+    from harness_plugins.datasets import EchoPhantom
+
+    phantom = EchoPhantom(EchoPhantom.Config(view=args.view, format=args.format, n_train=args.n_train,
+                                             n_val=args.n_val, n_test=args.n_test, n_frames=args.n_frames,
+                                             written_fps=args.fps, twin_fraction=args.twin_fraction))
+    counts = {"TRAIN": args.n_train, "VAL": args.n_val, "TEST": args.n_test}
+    started = time.perf_counter()
+    phantom.write(args.out, args.seed, counts, "PH", progress=True)
+    total = sum(counts.values())
+    seconds = time.perf_counter() - started
+    print(f"wrote {total} {args.view} videos ({args.format} format) to {args.out} in {seconds:.1f}s "
+          f"({total / seconds:.1f} videos/s)")
+    return 0
+
+
+COMMANDS = {"run": cmd_run, "validate": cmd_validate, "plugins": cmd_plugins, "leaderboard": cmd_leaderboard,
+            "cache": cmd_cache, "data": cmd_data}
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    console = logging.StreamHandler()
+    console.setLevel(logging.WARNING)
+    console.setFormatter(logging.Formatter("%(levelname)s: %(message)s"))
+    logging.getLogger().addHandler(console)
+    try:
+        return COMMANDS[args.command](args)
+    except UserError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return exc.exit_code
+    except KeyboardInterrupt:
+        print("interrupted; re-run the same command to resume from the cache.", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,113 @@
+"""Base classes of the plugin roles. A factory registered through a hook is a subclass of one of these.
+
+Each class carries a pydantic `Config`; the `args` of a spec entry are validated against it (extra keys are errors).
+Components never choose their own device or seed: both come from the run context.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, ClassVar, Literal
+
+from pydantic import BaseModel, ConfigDict
+
+if TYPE_CHECKING:
+    from harness.context import RunContext
+    from harness.data import Condition, LatentSet, SampleSet, VideoSet
+
+
+class ComponentConfig(BaseModel):
+    """Base of every component's `Config`: unknown keys are an error, not silently ignored."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class Component:
+    Config: ClassVar[type[ComponentConfig]] = ComponentConfig
+    #: Bump when a change alters outputs, so cached artifacts of the old behaviour are not reused.
+    version: ClassVar[str] = "1"
+
+    def __init__(self, config: ComponentConfig | None = None):
+        self.config = config if config is not None else self.Config()
+
+    def save_state(self, folder: Path) -> bool:
+        """Write trained state to `folder` (safetensors or JSON, never pickle); False when there is none."""
+        return False
+
+    def load_state(self, folder: Path) -> None:
+        """Restore what `save_state` wrote."""
+
+
+class Dataset(Component):
+    """A real video dataset. `load` returns fixed-length clips of one split (`train`, `val` or `test`)."""
+
+    def load(self, split: str, ctx: RunContext) -> VideoSet:
+        raise NotImplementedError
+
+    def load_report(self) -> dict[str, Any]:
+        """Counts worth putting in the results (e.g. skipped unreadable videos)."""
+        return {}
+
+
+class Encoder(Component):
+    """Maps clips to the space every later stage works in ("image" for identity, "latent" for a VAE)."""
+
+    space: ClassVar[Literal["image", "latent"]] = "latent"
+
+    def fit(self, train: VideoSet, ctx: RunContext) -> None:
+        """Train on the training clips (optional). Called only when no cached state exists."""
+
+    def encode(self, videos: VideoSet, ctx: RunContext) -> LatentSet:
+        raise NotImplementedError
+
+    def decode(self, latents: LatentSet, ctx: RunContext) -> VideoSet:
+        raise NotImplementedError
+
+
+class Generator(Component):
+    """A video generator working in the encoder's space.
+
+    `fit` sees the `train` and `val` latent sets only; the test split is reserved for calibration and evaluation.
+    `sample` returns one video per condition, in the same order, each with a provenance record.
+    """
+
+    def fit(self, data: dict[str, LatentSet], ctx: RunContext) -> None:
+        """Train or index the training data (optional)."""
+
+    def sample(self, conditions: list[Condition], ctx: RunContext) -> SampleSet:
+        raise NotImplementedError
+
+
+class ReIdFilter(Component):
+    """A re-identification model: embeds frames and scores all pairs of embeddings."""
+
+    heads: ClassVar[tuple[str, ...]] = ("pred", "l1", "l2", "corr")
+
+    def fit(self, train: LatentSet, val: LatentSet, ctx: RunContext) -> None:
+        raise NotImplementedError
+
+    def embed(self, frames, ctx: RunContext):
+        raise NotImplementedError
+
+    def scores(self, fa, fb, head: str):
+        raise NotImplementedError
+
+
+class Task(Component):
+    """A downstream task trained on (synthetic) videos and evaluated on the real test split."""
+
+    def fit(self, train: LatentSet, ctx: RunContext) -> None:
+        raise NotImplementedError
+
+    def evaluate(self, test: LatentSet, ctx: RunContext) -> dict[str, Any]:
+        raise NotImplementedError
+
+
+ROLE_BASES: dict[str, type[Component]] = {
+    "datasets": Dataset,
+    "encoders": Encoder,
+    "generators": Generator,
+    "reid_filters": ReIdFilter,
+    "tasks": Task,
+    "metrics": object,  # metric additions are plain callables
+}

@@ -1,0 +1,126 @@
+"""The data that flows between stages: clips of real videos, their latents, and generated samples.
+
+Every set is an array plus a table with one row per video; the table is what makes a sample traceable.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+TABLE_COLUMNS = ["video_id", "patient_id", "ef", "split", "fps", "source_file"]
+
+
+def _check_table(table: pd.DataFrame, n: int, what: str) -> pd.DataFrame:
+    missing = [c for c in TABLE_COLUMNS if c not in table.columns]
+    if missing:
+        raise ValueError(f"{what} table lacks columns {missing}")
+    if len(table) != n:
+        raise ValueError(f"{what} has {n} videos but its table has {len(table)} rows")
+    return table.reset_index(drop=True)
+
+
+def _save_table(table: pd.DataFrame, path: Path) -> None:
+    path.write_text(table.to_json(orient="split", index=False))
+
+
+def _load_table(path: Path) -> pd.DataFrame:
+    payload = json.loads(path.read_text())
+    return pd.DataFrame(payload["data"], columns=payload["columns"])
+
+
+@dataclass
+class VideoSet:
+    """Fixed-length grayscale clips `uint8 [N, T, H, W]` and their table."""
+
+    frames: np.ndarray
+    table: pd.DataFrame
+
+    def __post_init__(self) -> None:
+        if self.frames.ndim != 4 or self.frames.dtype != np.uint8:
+            raise ValueError(f"VideoSet frames must be uint8 [N,T,H,W], got {self.frames.dtype} {self.frames.shape}")
+        self.table = _check_table(self.table, len(self.frames), "VideoSet")
+
+    def __len__(self) -> int:
+        return len(self.frames)
+
+    def save(self, folder: Path) -> None:
+        np.save(folder / "frames.npy", self.frames)
+        _save_table(self.table, folder / "table.json")
+
+    @classmethod
+    def load(cls, folder: Path) -> VideoSet:
+        # Memory-mapped: a full-size dataset does not need to fit in RAM.
+        return cls(np.load(folder / "frames.npy", mmap_mode="r"), _load_table(folder / "table.json"))
+
+
+@dataclass
+class LatentSet:
+    """Encoded clips `float16 [N, T, C, h, w]` and the same table as the videos they came from."""
+
+    latents: np.ndarray
+    table: pd.DataFrame
+
+    def __post_init__(self) -> None:
+        if self.latents.ndim != 5:
+            raise ValueError(f"LatentSet latents must be [N,T,C,h,w], got shape {self.latents.shape}")
+        self.table = _check_table(self.table, len(self.latents), "LatentSet")
+
+    def __len__(self) -> int:
+        return len(self.latents)
+
+    @property
+    def clip_shape(self) -> tuple[int, ...]:
+        return tuple(self.latents.shape[1:])
+
+    def save(self, folder: Path) -> None:
+        np.save(folder / "latents.npy", np.ascontiguousarray(self.latents, dtype=np.float16))
+        _save_table(self.table, folder / "table.json")
+
+    @classmethod
+    def load(cls, folder: Path) -> LatentSet:
+        return cls(np.load(folder / "latents.npy", mmap_mode="r"), _load_table(folder / "table.json"))
+
+
+PROVENANCE_COLUMNS = ["sample_id", "seed", "requested_ef", "source_ids"]
+
+
+@dataclass
+class SampleSet(LatentSet):
+    """Generated latents plus one provenance record per sample (seed, requested EF, sources, sampler...).
+
+    Provenance makes each sample regenerable and independent of file order.
+    """
+
+    provenance: pd.DataFrame = field(default_factory=pd.DataFrame)
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        missing = [c for c in PROVENANCE_COLUMNS if c not in self.provenance.columns]
+        if missing:
+            raise ValueError(f"SampleSet provenance lacks columns {missing}")
+        if len(self.provenance) != len(self.latents):
+            raise ValueError("SampleSet provenance must have one row per sample")
+        self.provenance = self.provenance.reset_index(drop=True)
+
+    def save(self, folder: Path) -> None:
+        super().save(folder)
+        _save_table(self.provenance, folder / "provenance.json")
+
+    @classmethod
+    def load(cls, folder: Path) -> SampleSet:
+        base = LatentSet.load(folder)
+        return cls(base.latents, base.table, _load_table(folder / "provenance.json"))
+
+
+@dataclass(frozen=True)
+class Condition:
+    """One requested video: the generator must honour the seed and should honour the EF."""
+
+    sample_id: str
+    seed: int
+    ef: float

@@ -1,0 +1,142 @@
+"""Plugin discovery and the component registry.
+
+Plugins are modules listed under the `harness` entry-point group; built-ins come through the same path.
+Each plugin is imported and asked to register inside its own try/except, so one broken plugin is reported
+and never stops the others. `HARNESS_PLUGINS=a,b` allow-lists entry-point names;
+`HARNESS_DISABLE_PLUGIN_AUTOLOAD=1` loads only the built-ins of reid-harness itself (used by the tests).
+"""
+
+from __future__ import annotations
+
+import difflib
+import os
+from dataclasses import dataclass, field
+from importlib.metadata import EntryPoint, entry_points
+from typing import Any
+
+import pluggy
+
+from harness import hookspecs
+from harness.components import ROLE_BASES
+from harness.errors import UserError
+
+GROUP = "harness"
+BUILTIN_DIST = "reid-harness"
+ROLES = tuple(ROLE_BASES)
+ROLE_LABELS = {
+    "datasets": "dataset",
+    "encoders": "encoder",
+    "generators": "generator",
+    "reid_filters": "re-ID filter",
+    "tasks": "task",
+    "metrics": "metric",
+}
+
+
+@dataclass
+class PluginInfo:
+    name: str
+    module: str
+    distribution: str
+    version: str
+    components: dict[str, list[str]] = field(default_factory=dict)
+    error: str | None = None
+
+
+@dataclass
+class Registered:
+    factory: Any
+    plugin: str
+    distribution: str
+    version: str
+
+
+class Registry:
+    """What the loaded plugins registered, by role and name."""
+
+    def __init__(self) -> None:
+        self.components: dict[str, dict[str, Registered]] = {role: {} for role in ROLES}
+        self.plugins: list[PluginInfo] = []
+
+    def names(self, role: str) -> list[str]:
+        return sorted(self.components[role])
+
+    def get(self, role: str, name: str, where: str = "") -> Registered:
+        known = self.components[role]
+        if name in known:
+            return known[name]
+        raise UserError(unknown_name_message(role, name, list(known), where))
+
+
+def unknown_name_message(role: str, name: str, known: list[str], where: str = "") -> str:
+    label = ROLE_LABELS[role]
+    close = difflib.get_close_matches(name, known, n=1, cutoff=0.5)
+    hint = f" Did you mean '{close[0]}'?" if close else ""
+    prefix = f"{where}: " if where else ""
+    listing = ", ".join(sorted(known)) or "none installed"
+    return f"{prefix}unknown {label} '{name}'.{hint} Known {label}s: {listing}."
+
+
+def _selected_entry_points() -> list[EntryPoint]:
+    eps = list(entry_points(group=GROUP))
+    if os.environ.get("HARNESS_DISABLE_PLUGIN_AUTOLOAD"):
+        eps = [ep for ep in eps if ep.dist is not None and ep.dist.name == BUILTIN_DIST]
+    allow = os.environ.get("HARNESS_PLUGINS")
+    if allow:
+        wanted = {name.strip() for name in allow.split(",") if name.strip()}
+        eps = [ep for ep in eps if ep.name in wanted]
+    # A distribution installed twice on sys.path (editable + site) lists its entry points twice.
+    unique: dict[tuple[str, str], EntryPoint] = {}
+    for ep in eps:
+        unique.setdefault((ep.name, ep.value), ep)
+    return sorted(unique.values(), key=lambda ep: ep.name)
+
+
+def _register_into(registry: Registry, info: PluginInfo, plugin: Any) -> None:
+    manager = pluggy.PluginManager(GROUP)
+    manager.add_hookspecs(hookspecs)
+    manager.register(plugin, name=info.name)
+    for role in ROLES:
+        hook = getattr(manager.hook, f"register_{role}")
+
+        def register(name: str, factory: Any, _role: str = role) -> None:
+            base = ROLE_BASES[_role]
+            if base is not object and not (isinstance(factory, type) and issubclass(factory, base)):
+                raise TypeError(f"{name!r} must be a subclass of {base.__name__}")
+            existing = registry.components[_role].get(name)
+            if existing is not None and existing.plugin != info.name:
+                raise ValueError(f"{ROLE_LABELS[_role]} {name!r} is already registered by {existing.plugin}")
+            registry.components[_role][name] = Registered(factory, info.name, info.distribution, info.version)
+            info.components.setdefault(_role, []).append(name)
+
+        hook(register=register)
+
+
+def load_registry() -> Registry:
+    """Import every selected entry point and collect what it registers; errors are recorded, not raised."""
+    registry = Registry()
+    for ep in _selected_entry_points():
+        dist = ep.dist.name if ep.dist is not None else "?"
+        version = ep.dist.version if ep.dist is not None else "?"
+        info = PluginInfo(ep.name, ep.value, dist, version)
+        registry.plugins.append(info)
+        try:
+            _register_into(registry, info, ep.load())
+        except Exception as exc:  # a third party's bug must not take the harness down
+            for role, names in info.components.items():
+                for name in names:
+                    registry.components[role].pop(name, None)
+            info.components = {}
+            info.error = f"{type(exc).__name__}: {exc}"
+    return registry
+
+
+_REGISTRY: Registry | None = None
+
+
+def get_registry(refresh: bool = False) -> Registry:
+    """The process-wide registry (the only global state), loaded on first use."""
+    global _REGISTRY
+    if _REGISTRY is None or refresh:
+        _REGISTRY = load_registry()
+    return _REGISTRY

@@ -1,0 +1,239 @@
+"""The staged, cached benchmark run.
+
+dataset -> encoder fit -> encode (train/val/test) -> reconstruction check
+        -> per generator: fit -> sample -> checks -> row
+
+Each stage's output is an artifact keyed by (stage, plugin name + version, validated config, upstream keys,
+seed). A stage whose artifact exists is loaded, not recomputed, so a re-run is nearly free and a killed run
+resumes at the stage it was in. A failing generator becomes a row with an `error`; the other rows still run.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import time
+import traceback
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from harness.cache import ArtifactCache, atomic_write_text
+from harness.components import Component
+from harness.context import RunContext, resolve_device
+from harness.data import Condition, LatentSet, SampleSet, VideoSet
+from harness.errors import GeneratorOutputError, UserError
+from harness.monitor import StageMonitor
+from harness.plugins import Registry
+from harness.results import build_manifest, build_results
+from harness.spec import GeneratorEntry, ResolvedSpec
+
+SPLITS = ("train", "val", "test")
+log = logging.getLogger("harness")
+
+
+@dataclass
+class StageRecord:
+    stage: str
+    key: str
+    cached: bool
+    seconds: float = 0.0
+    peak_rss_mb: float = 0.0
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+def psnr(reference: np.ndarray, test: np.ndarray) -> float:
+    """Peak signal-to-noise ratio in dB over uint8 arrays (data range 255)."""
+    mse = float(np.mean((np.asarray(reference, np.float64) - np.asarray(test, np.float64)) ** 2))
+    return float("inf") if mse == 0 else 10.0 * math.log10(255.0**2 / mse)
+
+
+class Runner:
+    def __init__(self, resolved: ResolvedSpec, registry: Registry, cache: ArtifactCache, run_dir: Path,
+                 show_progress: bool = True):
+        self.resolved = resolved
+        self.spec = resolved.spec
+        self.registry = registry
+        self.cache = cache
+        self.run_dir = Path(run_dir)
+        self.stages: list[StageRecord] = []
+        device = resolve_device(self.spec.device)
+        if device.type == "cuda":
+            import torch
+
+            if not torch.cuda.is_available():
+                raise UserError(f"{resolved.source}: device is 'cuda' but no CUDA GPU is visible; use 'auto' or 'cpu'.")
+        self.ctx = RunContext(device=device, seed=self.spec.seed, cache=cache, show_progress=show_progress)
+
+    # ------------------------------------------------------------------------------------------ plumbing
+
+    @property
+    def executed(self) -> list[str]:
+        """Stages that were computed (not loaded from the cache) in this run."""
+        return [s.stage for s in self.stages if not s.cached]
+
+    def _component(self, role: str, plugin: str, config_key: str) -> tuple[Component, dict[str, Any]]:
+        registered = self.registry.get(role, plugin)
+        config = self.resolved.configs[config_key]
+        identity = {"plugin": plugin, "version": f"{registered.version}/{registered.factory.version}",
+                    "config": config.model_dump(mode="json")}
+        return registered.factory(config), identity
+
+    def _stage(self, stage: str, key: str, build: Callable[[Path], dict[str, Any] | None]) -> tuple[Path, dict]:
+        """Load the artifact `(stage, key)` or build it with `build(tmp_folder) -> meta`."""
+        artifact = self.cache.get(stage, key)
+        if artifact is not None:
+            self.stages.append(StageRecord(stage, key, cached=True))
+            return artifact.path, self._meta(stage, key)
+        log.info("stage %s started (key %s)", stage, key)
+        with StageMonitor() as monitor, self.cache.writing(stage, key, {}) as tmp:
+            meta = build(tmp) or {}
+            # stored with the artifact, so warm runs report the cost of the original computation
+            meta["seconds"] = round(time.perf_counter() - monitor.start, 3)
+            (tmp / "stage.json").write_text(json.dumps(meta, default=str))
+        record = StageRecord(stage, key, cached=False, **monitor.record())
+        self.stages.append(record)
+        log.info("stage %s finished in %.1fs", stage, record.seconds)
+        return self.cache.path(stage, key), self._meta(stage, key)
+
+    def _meta(self, stage: str, key: str) -> dict[str, Any]:
+        return json.loads((self.cache.path(stage, key) / "stage.json").read_text())
+
+    # ------------------------------------------------------------------------------------------ stages
+
+    def _load_data(self) -> tuple[Any, dict[str, str], dict[str, VideoSet], dict[str, Any]]:
+        dataset, ident = self._component("datasets", self.spec.dataset.plugin, "dataset")
+        self.ctx.components["dataset"] = dataset
+        keys, videos, reports = {}, {}, {}
+        for split in SPLITS:
+            keys[split] = self.cache.key("dataset", **ident, seed=self.spec.seed, split=split)
+
+            def build(tmp: Path, split: str = split) -> dict:
+                loaded = dataset.load(split, self.ctx)
+                loaded.save(tmp)
+                return {"report": dataset.load_report().get(split, {"videos": len(loaded)})}
+
+            path, meta = self._stage(f"dataset-{split}", keys[split], build)
+            videos[split] = VideoSet.load(path)
+            reports[split] = meta.get("report", {})
+            if len(videos[split]) == 0:
+                raise UserError(f"{self.resolved.source}: dataset split '{split}' has no readable videos; check the "
+                                "dataset folder and its FileList.csv Split column.")
+        return dataset, keys, videos, reports
+
+    def _fit_component(self, stage: str, component: Component, key: str, fit: Callable[[], None]) -> None:
+        """Fit and cache a component's state (encoder or generator); reload it when cached."""
+        def build(tmp: Path) -> dict:
+            fit()
+            state = tmp / "state"
+            state.mkdir()
+            return {"saved": bool(component.save_state(state))}
+
+        path, meta = self._stage(stage, key, build)
+        if self.stages[-1].cached:
+            if meta.get("saved"):
+                component.load_state(path / "state")
+            else:
+                fit()  # nothing was saved (cheap fits), so redo it
+
+    def _encode(self, data_keys, videos) -> tuple[Any, dict[str, str], dict[str, LatentSet], dict[str, Any]]:
+        encoder, ident = self._component("encoders", self.spec.encoder.plugin, "encoder")
+        self.ctx.components["encoder"] = encoder
+        fit_key = self.cache.key("encoder-fit", **ident, data=data_keys["train"], seed=self.spec.seed)
+        self._fit_component("encoder-fit", encoder, fit_key, lambda: encoder.fit(videos["train"], self.ctx))
+        keys, latents = {}, {}
+        for split in SPLITS:
+            keys[split] = self.cache.key("encode", encoder=fit_key, data=data_keys[split])
+            path, _ = self._stage(f"encode-{split}", keys[split],
+                                  lambda tmp, s=split: encoder.encode(videos[s], self.ctx).save(tmp))
+            latents[split] = LatentSet.load(path)
+
+        def reconstruction(tmp: Path) -> dict:
+            decoded = encoder.decode(latents["test"], self.ctx)
+            return {"recon_psnr_db": round(psnr(videos["test"].frames, decoded.frames), 3)}
+
+        _, meta = self._stage("reconstruction", self.cache.key("reconstruction", latents=keys["test"]), reconstruction)
+        summary = {"plugin": self.spec.encoder.plugin, "space": encoder.space,
+                   "latent_shape": list(latents["train"].clip_shape), "recon_psnr_db": meta["recon_psnr_db"]}
+        return encoder, keys, latents, summary
+
+    def conditions(self, n: int, train: LatentSet) -> list[Condition]:
+        """The requested videos, identical for every generator of a benchmark (same seeds, same EFs)."""
+        spec = self.spec.conditions
+        rng = self.ctx.rng("conditions", spec.ef)
+        if spec.ef == "train-distribution":
+            efs = rng.choice(train.table["ef"].to_numpy(dtype=float), size=n, replace=True)
+        else:
+            efs = rng.uniform(*spec.ef_range, size=n)
+        return [Condition(f"s{i:06d}", self.ctx.seed_for("sample", i), round(float(ef), 3))
+                for i, ef in enumerate(efs)]
+
+    def _generate(self, entry: GeneratorEntry, enc_keys, latents) -> dict[str, Any]:
+        row = entry.row_name
+        n = self.resolved.n_samples(entry)
+        generator, ident = self._component("generators", entry.plugin, f"generators.{row}")
+        base = {"generator": row, "plugin": entry.plugin, "generator_hash": self.resolved.generator_hash(row),
+                "n_samples": n}
+        conditions = self.conditions(n, latents["train"])
+        fit_key = self.cache.key("generator-fit", **ident, data=[enc_keys["train"], enc_keys["val"]],
+                                 seed=self.spec.seed)
+        sample_key = self.cache.key("samples", fit=fit_key, conditions=[asdict(c) for c in conditions])
+        fit_data = {"train": latents["train"], "val": latents["val"]}
+        try:
+            if self.cache.get("samples", sample_key) is None:
+                self._fit_component("generator-fit", generator, fit_key, lambda: generator.fit(fit_data, self.ctx))
+
+            def build(tmp: Path) -> dict:
+                start = time.perf_counter()
+                samples = generator.sample(conditions, self.ctx)
+                seconds = time.perf_counter() - start
+                check_samples(samples, n, latents["train"].clip_shape, row)
+                samples.save(tmp)
+                return {"sample_seconds_per_video": seconds / max(n, 1)}
+
+            path, meta = self._stage("samples", sample_key, build)
+        except (UserError, GeneratorOutputError) as exc:
+            log.info("generator %s failed: %s", row, exc)
+            return {**base, "error": str(exc)}
+        except Exception as exc:  # a plugin bug: isolate it to its row, keep the traceback in the log
+            log.info("generator %s raised:\n%s", row, traceback.format_exc())
+            return {**base, "error": f"{type(exc).__name__}: {exc} (traceback in run.log)"}
+        samples = SampleSet.load(path)
+        atomic_write_text(self.run_dir / "samples" / f"{row}.csv", samples.provenance.to_csv(index=False))
+        return {**base, "n_returned": len(samples), "sample_seconds_per_video": round(
+            meta["sample_seconds_per_video"], 5), "error": None}
+
+    # ------------------------------------------------------------------------------------------ run
+
+    def run(self) -> dict[str, Any]:
+        started = time.time()
+        self.run_dir.mkdir(parents=True, exist_ok=True)
+        _, data_keys, videos, reports = self._load_data()
+        _, enc_keys, latents, encoder_summary = self._encode(data_keys, videos)
+        rows = []
+        for entry in self.spec.generators:
+            rows.append(self._generate(entry, enc_keys, latents))
+        results = build_results(self.resolved, reports, encoder_summary, rows)
+        manifest = build_manifest(self.resolved, self.ctx, self.stages, started)
+        atomic_write_text(self.run_dir / "results.json", json.dumps(results, indent=2))
+        atomic_write_text(self.run_dir / "manifest.json", json.dumps(manifest, indent=2))
+        return results
+
+
+def check_samples(samples: SampleSet, n: int, clip_shape: tuple[int, ...], row: str) -> None:
+    """Reject unusable generator output with one sentence; nothing of it reaches the cache."""
+    if not isinstance(samples, SampleSet):
+        raise GeneratorOutputError(f"generator '{row}' returned {type(samples).__name__}, not a SampleSet.")
+    if len(samples) != n:
+        raise GeneratorOutputError(f"generator '{row}' returned {len(samples)} samples for {n} requested.")
+    if samples.clip_shape != tuple(clip_shape):
+        raise GeneratorOutputError(f"generator '{row}' returned clips of shape {list(samples.clip_shape)}, but the "
+                                   f"encoder's space has shape {list(clip_shape)} [T, C, h, w].")
+    bad = ~np.isfinite(np.asarray(samples.latents, dtype=np.float32)).reshape(len(samples), -1).all(axis=1)
+    if bad.any():
+        raise GeneratorOutputError(f"generator '{row}' returned NaN or infinite values in {int(bad.sum())} of "
+                                   f"{n} samples.")

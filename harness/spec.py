@@ -1,0 +1,248 @@
+"""Benchmark specs: YAML files validated by pydantic, with errors reported by YAML path and line.
+
+The *benchmark hash* covers everything that makes rows comparable (dataset, encoder, re-ID, privacy,
+conditions, downstream, seed) and deliberately not the generator list, so a row produced later with
+`--generator` joins the same table.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, PositiveInt, ValidationError, field_validator, model_validator
+
+from harness.errors import UserError
+from harness.hashing import stable_hash
+from harness.plugins import Registry, unknown_name_message
+
+SPEC_VERSION = 1
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class PluginRef(_Strict):
+    plugin: str
+    args: dict[str, Any] = Field(default_factory=dict)
+
+
+class GeneratorEntry(PluginRef):
+    name: str | None = Field(None, description="row name; defaults to the plugin name")
+    n_samples: PositiveInt | None = Field(None, description="defaults to the spec's samples_per_generator")
+
+    @property
+    def row_name(self) -> str:
+        return self.name or self.plugin
+
+
+class PrivacySpec(_Strict):
+    calibration: Literal["test-to-train", "train-to-test"] = "test-to-train"
+    percentile: float = Field(95.0, gt=0, lt=100)
+    head: str = "pred"
+
+
+class ConditionSpec(_Strict):
+    ef: Literal["train-distribution", "uniform"] = "train-distribution"
+    ef_range: tuple[float, float] = (10.0, 90.0)
+
+    @field_validator("ef_range")
+    @classmethod
+    def _ordered(cls, value: tuple[float, float]) -> tuple[float, float]:
+        low, high = value
+        if not 0 <= low < high <= 100:
+            raise ValueError("ef_range must be two numbers with 0 <= low < high <= 100")
+        return value
+
+
+class DownstreamSpec(_Strict):
+    task: PluginRef
+    strategies: list[str] = Field(default_factory=lambda: ["random"])
+
+
+class LeaderboardSpec(_Strict):
+    title: str | None = None
+    sort_by: str | None = None
+
+
+class Spec(_Strict):
+    spec_version: Literal[1]
+    name: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
+    description: str = ""
+    seed: int = 0
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+    dataset: PluginRef
+    encoder: PluginRef
+    reid: PluginRef | None = None
+    privacy: PrivacySpec = Field(default_factory=PrivacySpec)
+    conditions: ConditionSpec = Field(default_factory=ConditionSpec)
+    samples_per_generator: PositiveInt = 64
+    generators: list[GeneratorEntry] = Field(min_length=1)
+    downstream: DownstreamSpec | None = None
+    leaderboard: LeaderboardSpec = Field(default_factory=LeaderboardSpec)
+
+    @model_validator(mode="after")
+    def _unique_rows(self) -> Spec:
+        seen: set[str] = set()
+        for entry in self.generators:
+            if entry.row_name in seen:
+                raise ValueError(f"two generators share the row name '{entry.row_name}'; give one a `name`")
+            seen.add(entry.row_name)
+        return self
+
+
+ROLE_OF_SECTION = {"dataset": "datasets", "encoder": "encoders", "reid": "reid_filters", "task": "tasks"}
+
+
+@dataclass
+class SpecProblem:
+    path: tuple[Any, ...]
+    line: int | None
+    message: str
+
+    def render(self, file: str) -> str:
+        where = ".".join(str(p) for p in self.path) or "<top>"
+        at = f"{file}:{self.line}" if self.line else file
+        return f"{at}: {where}: {self.message}"
+
+
+class SpecErrors(UserError):
+    def __init__(self, file: str, problems: list[SpecProblem]):
+        self.file = file
+        self.problems = problems
+        super().__init__("\n".join(p.render(file) for p in problems))
+
+
+@dataclass
+class ResolvedSpec:
+    """A validated spec with every plugin's args completed by its Config defaults."""
+
+    spec: Spec
+    source: str
+    configs: dict[str, Any]  # "dataset", "encoder", "reid", "task", "generators.<row>" -> validated Config
+
+    def resolved(self) -> dict[str, Any]:
+        data = self.spec.model_dump(mode="json")
+        for key in ("dataset", "encoder", "reid"):
+            if data.get(key) is not None:
+                data[key]["args"] = self.configs[key].model_dump(mode="json")
+        if data.get("downstream") is not None:
+            data["downstream"]["task"]["args"] = self.configs["task"].model_dump(mode="json")
+        for entry, raw in zip(self.spec.generators, data["generators"], strict=True):
+            raw["args"] = self.configs[f"generators.{entry.row_name}"].model_dump(mode="json")
+            raw["name"] = entry.row_name
+            raw["n_samples"] = entry.n_samples or self.spec.samples_per_generator
+        return data
+
+    @property
+    def spec_hash(self) -> str:
+        return stable_hash(self.resolved())
+
+    @property
+    def benchmark_hash(self) -> str:
+        data = self.resolved()
+        for key in ("generators", "leaderboard", "description", "samples_per_generator", "device"):
+            data.pop(key, None)
+        return stable_hash(data)
+
+    def generator_hash(self, row_name: str) -> str:
+        entry = next(g for g in self.resolved()["generators"] if g["name"] == row_name)
+        return stable_hash(entry)
+
+    def n_samples(self, entry: GeneratorEntry) -> int:
+        return entry.n_samples or self.spec.samples_per_generator
+
+
+def _line_of(node: yaml.Node | None, path: tuple[Any, ...]) -> int | None:
+    """The 1-based line of the YAML node at `path`, or of its deepest existing ancestor."""
+    if node is None:
+        return None
+    line = node.start_mark.line + 1
+    for part in path:
+        child = None
+        if isinstance(node, yaml.MappingNode):
+            for key, value in node.value:
+                if key.value == str(part):
+                    child = value
+                    line = key.start_mark.line + 1
+                    break
+        elif isinstance(node, yaml.SequenceNode) and isinstance(part, int) and part < len(node.value):
+            child = node.value[part]
+            line = child.start_mark.line + 1
+        if child is None:
+            break
+        node = child
+    return line
+
+
+def _pydantic_problems(err: ValidationError, prefix: tuple[Any, ...], root: yaml.Node | None) -> list[SpecProblem]:
+    problems = []
+    for item in err.errors():
+        loc = prefix + tuple(p for p in item["loc"] if not (isinstance(p, str) and p.startswith("function-")))
+        msg = item["msg"]
+        if item["type"] == "extra_forbidden":
+            msg = "unknown key; remove it or check its spelling"
+        elif item["type"] == "missing":
+            msg = "required field is missing"
+        problems.append(SpecProblem(loc, _line_of(root, loc), msg))
+    return problems
+
+
+def read_yaml(path: Path) -> tuple[Any, yaml.Node | None]:
+    if not path.is_file():
+        raise UserError(f"{path}: spec file not found; check the path.")
+    text = path.read_text()
+    try:
+        data = yaml.safe_load(text)
+        node = yaml.compose(text)
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f"{path}:{mark.line + 1}" if mark else str(path)
+        problem = getattr(exc, "problem", None) or str(exc)
+        raise UserError(f"{where}: malformed YAML ({problem}); fix the syntax at that line.") from None
+    if not isinstance(data, dict):
+        raise UserError(f"{path}: a spec must be a YAML mapping with keys like spec_version, name, dataset.")
+    return data, node
+
+
+def validate_spec(path: Path, registry: Registry, overrides: dict[str, Any] | None = None) -> ResolvedSpec:
+    """Validate structure, plugin names and each plugin's args; raise SpecErrors listing every problem."""
+    data, root = read_yaml(Path(path))
+    if overrides:
+        data = {**data, **overrides}
+    file = str(path)
+    try:
+        spec = Spec.model_validate(data)
+    except ValidationError as err:
+        raise SpecErrors(file, _pydantic_problems(err, (), root)) from None
+
+    problems: list[SpecProblem] = []
+    configs: dict[str, Any] = {}
+    refs: list[tuple[str, str, tuple[Any, ...], PluginRef]] = [
+        ("dataset", "datasets", ("dataset",), spec.dataset),
+        ("encoder", "encoders", ("encoder",), spec.encoder),
+    ]
+    if spec.reid is not None:
+        refs.append(("reid", "reid_filters", ("reid",), spec.reid))
+    if spec.downstream is not None:
+        refs.append(("task", "tasks", ("downstream", "task"), spec.downstream.task))
+    for i, entry in enumerate(spec.generators):
+        refs.append((f"generators.{entry.row_name}", "generators", ("generators", i), entry))
+
+    for key, role, loc, ref in refs:
+        known = registry.components[role]
+        if ref.plugin not in known:
+            msg = unknown_name_message(role, ref.plugin, list(known))
+            problems.append(SpecProblem(loc + ("plugin",), _line_of(root, loc + ("plugin",)), msg))
+            continue
+        factory = known[ref.plugin].factory
+        try:
+            configs[key] = factory.Config.model_validate(ref.args)
+        except ValidationError as err:
+            problems.extend(_pydantic_problems(err, loc + ("args",), root))
+    if problems:
+        raise SpecErrors(file, problems)
+    return ResolvedSpec(spec, file, configs)

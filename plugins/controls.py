@@ -1,0 +1,138 @@
+"""Control generators: rows that make every other row interpretable and check the metrics themselves.
+
+copy          training videos (optionally with noise)      -> memorised ~100 %, recall ~1
+holdout       real held-out (val) videos, not used for tau  -> memorised ~5 %, recall ~ real reference
+collapse      variations of only k training videos          -> recall <= k / N_train
+phantom-fresh new patients from the phantom's distribution  -> ideal generator, needs dataset echo-phantom
+noise         Gaussian latents                              -> worst fidelity, no utility
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+from pydantic import Field, PositiveInt
+
+from harness import hookimpl
+from harness.components import ComponentConfig, Generator
+from harness.context import RunContext
+from harness.data import Condition, LatentSet, SampleSet
+from harness.errors import UserError
+
+
+def _sample_set(latents: np.ndarray, conditions: list[Condition], efs, sources: list[list[str]], fps: float,
+                **extra) -> SampleSet:
+    ids = [c.sample_id for c in conditions]
+    table = pd.DataFrame({"video_id": ids, "patient_id": "", "ef": np.asarray(efs, dtype=float),
+                          "split": "synthetic", "fps": fps, "source_file": ""})
+    provenance = pd.DataFrame({"sample_id": ids, "seed": [c.seed for c in conditions],
+                               "requested_ef": [c.ef for c in conditions],
+                               "source_ids": [";".join(s) for s in sources], **extra})
+    return SampleSet(latents.astype(np.float16), table, provenance)
+
+
+class _FromRealVideos(Generator):
+    """Returns (noisy) real videos from a pool chosen in `fit`; subclasses choose the pool."""
+
+    class Config(ComponentConfig):
+        noise_std: float = Field(0.0, ge=0, description="Gaussian noise, in units of the latent std")
+
+    def _pool(self, data: dict[str, LatentSet], ctx: RunContext) -> LatentSet:
+        raise NotImplementedError
+
+    def fit(self, data: dict[str, LatentSet], ctx: RunContext) -> None:
+        self.pool = self._pool(data, ctx)
+        self.scale = float(np.asarray(data["train"].latents[:64], dtype=np.float32).std())
+        self.order = ctx.rng("pool-order", type(self).__name__).permutation(len(self.pool))
+        self.fps = float(data["train"].table["fps"].iloc[0])
+
+    def sample(self, conditions: list[Condition], ctx: RunContext) -> SampleSet:
+        picks = [int(self.order[i % len(self.order)]) for i in range(len(conditions))]
+        out = np.empty((len(conditions), *self.pool.clip_shape), dtype=np.float32)
+        for i, (cond, src) in enumerate(zip(conditions, picks, strict=True)):
+            out[i] = self.pool.latents[src]
+            if self.config.noise_std > 0:
+                rng = np.random.default_rng(cond.seed)
+                out[i] += rng.normal(0, self.config.noise_std * self.scale, out[i].shape)
+        ids = self.pool.table["video_id"].astype(str).tolist()
+        efs = self.pool.table["ef"].to_numpy()[picks]
+        return _sample_set(out, conditions, efs, [[ids[p]] for p in picks], self.fps)
+
+
+class Copy(_FromRealVideos):
+    """Training videos, each returned as many times as needed (a generator that memorised everything)."""
+
+    def _pool(self, data, ctx):
+        return data["train"]
+
+
+class Holdout(_FromRealVideos):
+    """Real validation videos: never trained on and never used to set tau, so they must score like real data."""
+
+    def _pool(self, data, ctx):
+        if len(data["val"]) == 0:
+            raise UserError("holdout: the dataset's val split is empty; the holdout control needs held-out videos.")
+        return data["val"]
+
+
+class Collapse(_FromRealVideos):
+    """Noisy variations of only `k` training videos (mode collapse)."""
+
+    class Config(_FromRealVideos.Config):
+        k: PositiveInt = 3
+        noise_std: float = Field(0.1, ge=0, description="Gaussian noise, in units of the latent std")
+
+    def _pool(self, data, ctx):
+        train = data["train"]
+        if self.config.k > len(train):
+            raise UserError(f"collapse: k={self.config.k} exceeds the {len(train)} training videos; lower "
+                            "generators[].args.k.")
+        chosen = np.sort(ctx.rng("collapse-pick").choice(len(train), self.config.k, replace=False))
+        return LatentSet(np.asarray(train.latents[chosen]), train.table.iloc[chosen])
+
+
+class Noise(Generator):
+    """Gaussian latents, optionally with the per-channel mean and std of the training latents."""
+
+    class Config(ComponentConfig):
+        match_moments: bool = True
+
+    def fit(self, data, ctx):
+        train = np.asarray(data["train"].latents[:256], dtype=np.float32)
+        self.shape = train.shape[1:]
+        axes = (0, 1, 3, 4)
+        self.mean = train.mean(axis=axes, keepdims=True)[0] if self.config.match_moments else 0.0
+        self.std = train.std(axis=axes, keepdims=True)[0] if self.config.match_moments else 1.0
+        self.fps = float(data["train"].table["fps"].iloc[0])
+        self.efs = data["train"].table["ef"].to_numpy()
+
+    def sample(self, conditions, ctx):
+        out = np.stack([np.random.default_rng(c.seed).standard_normal(self.shape) for c in conditions])
+        out = out * self.std + self.mean
+        return _sample_set(out, conditions, [c.ef for c in conditions], [[] for _ in conditions], self.fps)
+
+
+class PhantomFresh(Generator):
+    """New phantom patients from the dataset's own generative process: the ideal generator."""
+
+    def fit(self, data, ctx):
+        dataset = ctx.components.get("dataset")
+        if not hasattr(dataset, "fresh"):
+            raise UserError("phantom-fresh: needs the dataset 'echo-phantom' (it simulates new patients); "
+                            "remove this generator or switch dataset.plugin to echo-phantom.")
+
+    def sample(self, conditions, ctx):
+        videos = ctx.components["dataset"].fresh(len(conditions), ctx, name="sample")
+        latents = ctx.components["encoder"].encode(videos, ctx)
+        sources = [[f"new:{v}"] for v in videos.table["patient_id"].astype(str)]
+        return _sample_set(np.asarray(latents.latents, dtype=np.float32), conditions, videos.table["ef"].to_numpy(),
+                           sources, float(videos.table["fps"].iloc[0]))
+
+
+@hookimpl
+def register_generators(register):
+    register("copy", Copy)
+    register("holdout", Holdout)
+    register("collapse", Collapse)
+    register("noise", Noise)
+    register("phantom-fresh", PhantomFresh)

@@ -1,0 +1,144 @@
+"""Built-in datasets: the embedded `echo-phantom`, and loaders for local EchoNet-Dynamic / Pediatric folders."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import Field, PositiveFloat, PositiveInt
+
+from harness import hookimpl
+from harness.components import ComponentConfig, Dataset
+from harness.context import RunContext
+from harness.data import VideoSet
+from harness_plugins.echonet import load_clips, read_filelist, resolve_root
+from harness_plugins.phantom.writers import TEST_FOLD, TRAIN_FOLDS, VAL_FOLD, build_cohort, write_dynamic, \
+    write_pediatric
+
+SPLITS = ("train", "val", "test")
+
+
+class ClipConfig(ComponentConfig):
+    fps: PositiveFloat | None = Field(32.0, description="resample to this frame rate; null keeps the native one")
+    clip_length: PositiveInt = Field(32, description="frames per clip, starting at frame 0")
+    size: PositiveInt = 112
+    max_videos: PositiveInt | None = Field(None, description="cap per split, for quick runs")
+
+
+class _FolderDataset(Dataset):
+    """Shared loading: read the normalised FileList, keep one split, decode its clips."""
+
+    dialect: str = "dynamic"
+
+    def __init__(self, config=None):
+        super().__init__(config)
+        self._reports: dict[str, Any] = {}
+
+    def _root(self, ctx: RunContext) -> Path:
+        raise NotImplementedError
+
+    def _fold_splits(self) -> dict[int, str]:
+        return {}
+
+    def load(self, split: str, ctx: RunContext) -> VideoSet:
+        root = self._root(ctx)
+        table = read_filelist(root, self._fold_splits(), patient_from_name=self.dialect == "pediatric")
+        table = table[table["split"] == split]
+        if self.config.max_videos:
+            table = table.iloc[: self.config.max_videos]
+        videos, report = load_clips(table, self.config.fps, self.config.clip_length, self.config.size, ctx.progress)
+        self._reports[split] = report
+        return videos
+
+    def load_report(self) -> dict[str, Any]:
+        return dict(self._reports)
+
+
+class EchoNetDynamic(_FolderDataset):
+    """EchoNet-Dynamic from a local folder (`FileList.csv`, `VolumeTracings.csv`, `Videos/`)."""
+
+    class Config(ClipConfig):
+        root: Path | None = Field(None, description="folder with FileList.csv; else $HARNESS_ECHONET_DYNAMIC")
+
+    def _root(self, ctx):
+        return resolve_root(self.config.root, "HARNESS_ECHONET_DYNAMIC", "echonet-dynamic")
+
+
+class EchoNetPediatric(_FolderDataset):
+    """EchoNet-Pediatric (one view) from a local folder; integer folds map to splits as configured."""
+
+    dialect = "pediatric"
+
+    class Config(ClipConfig):
+        root: Path | None = Field(None, description="folder with FileList.csv or with A4C/ and PSAX/ "
+                                                    "sub-folders; else $HARNESS_ECHONET_PEDIATRIC")
+        view: Literal["a4c", "psax"] = "a4c"
+        train_folds: list[int] = list(TRAIN_FOLDS)
+        val_folds: list[int] = [VAL_FOLD]
+        test_folds: list[int] = [TEST_FOLD]
+
+    def _root(self, ctx):
+        root = self.config.root
+        if root is not None and (Path(root) / self.config.view.upper() / "FileList.csv").is_file():
+            root = Path(root) / self.config.view.upper()
+        return resolve_root(root, "HARNESS_ECHONET_PEDIATRIC", "echonet-pediatric")
+
+    def _fold_splits(self):
+        c = self.config
+        return {**{f: "train" for f in c.train_folds}, **{f: "val" for f in c.val_folds},
+                **{f: "test" for f in c.test_folds}}
+
+
+class EchoPhantom(_FolderDataset):
+    """Simulated echocardiograms with ground truth, written in EchoNet format then read by the same loader."""
+
+    class Config(ClipConfig):
+        view: Literal["a4c", "psax"] = "a4c"
+        format: Literal["dynamic", "pediatric"] = "dynamic"
+        n_train: PositiveInt = 200
+        n_val: PositiveInt = 40
+        n_test: PositiveInt = 60
+        n_frames: PositiveInt = Field(96, description="frames per written video")
+        written_fps: PositiveFloat = 50.0
+        twin_fraction: float = Field(0.08, ge=0, le=0.5, description="share of patients that nearly "
+                                                                      "coincide with another patient")
+
+    @property
+    def dialect(self) -> str:  # type: ignore[override]
+        return self.config.format
+
+    def _fold_splits(self):
+        return {**{f: "train" for f in TRAIN_FOLDS}, VAL_FOLD: "val", TEST_FOLD: "test"}
+
+    def write(self, folder: Path, seed: int, counts: dict[str, int], prefix: str, progress: bool) -> None:
+        c = self.config
+        videos = build_cohort(seed, counts, c.twin_fraction, prefix)
+        writer = write_dynamic if c.format == "dynamic" else write_pediatric
+        writer(folder, videos, c.view, c.n_frames, c.written_fps, progress=progress)
+
+    def _root(self, ctx):
+        c = self.config
+        counts = {"TRAIN": c.n_train, "VAL": c.n_val, "TEST": c.n_test}
+        key = {"config": c.model_dump(mode="json"), "seed": ctx.seed_for("echo-phantom"), "version": self.version}
+        return ctx.cached_folder(
+            "echo-phantom", key,
+            lambda tmp: self.write(tmp, ctx.seed_for("echo-phantom"), counts, "PH", ctx.show_progress))
+
+    def fresh(self, n: int, ctx: RunContext, name: str) -> VideoSet:
+        """New patients from the same distribution as the dataset (never in it), loaded the same way."""
+        c = self.config
+        seed = ctx.seed_for("phantom-fresh", name)
+        key = {"config": c.model_dump(mode="json"), "seed": seed, "n": n, "version": self.version}
+        folder = ctx.cached_folder(
+            "phantom-fresh", key,
+            lambda tmp: self.write(tmp, seed, {"TRAIN": n}, "FR", ctx.show_progress))
+        table = read_filelist(folder, self._fold_splits(), patient_from_name=self.dialect == "pediatric")
+        videos, _ = load_clips(table, c.fps, c.clip_length, c.size, ctx.progress)
+        return videos
+
+
+@hookimpl
+def register_datasets(register):
+    register("echo-phantom", EchoPhantom)
+    register("echonet-dynamic", EchoNetDynamic)
+    register("echonet-pediatric", EchoNetPediatric)

@@ -1,0 +1,111 @@
+"""Write a simulated cohort to disk in EchoNet-Dynamic's or EchoNet-Pediatric's exact layout.
+
+Dynamic: `Videos/<FileName>.avi`, `FileList.csv` (FileName without `.avi`, Split TRAIN/VAL/TEST) and
+`VolumeTracings.csv` (FileName with `.avi`, line pairs X1,Y1,X2,Y2 on the ED and ES frames).
+Pediatric: FileName `<patient>-<accession>-<instance>.avi`, integer Split folds 0-9, point tracings X,Y.
+"""
+
+from __future__ import annotations
+
+import csv
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+from tqdm.auto import tqdm
+
+from harness.hashing import derive_seed
+from harness.videoio import write_avi
+from harness_plugins.phantom.simulator import Patient, contraction, ed_es_frames, lv_chords, lv_contour, \
+    render_video, sample_patients
+
+SPLITS = ("TRAIN", "VAL", "TEST")
+TRAIN_FOLDS, VAL_FOLD, TEST_FOLD = tuple(range(8)), 8, 9
+
+
+@dataclass(frozen=True)
+class CohortVideo:
+    patient: Patient
+    split: str
+    file_stem: str
+    noise_seed: int
+
+
+def build_cohort(seed: int, counts: dict[str, int], twin_fraction: float, prefix: str = "PH") -> list[CohortVideo]:
+    """One video per patient; patients are drawn once and dealt to the splits in a seeded random order."""
+    rng = np.random.default_rng(derive_seed(seed, "cohort"))
+    total = sum(counts.values())
+    patients = sample_patients(rng, total, twin_fraction, prefix)
+    splits = [s for s in SPLITS for _ in range(counts.get(s, 0))]
+    order = rng.permutation(total)
+    videos = []
+    for slot, idx in enumerate(order):
+        patient = patients[idx]
+        stem = f"0X{derive_seed(seed, 'file', patient.patient_id):08X}{idx:05d}"
+        videos.append(CohortVideo(patient, splits[slot], stem, derive_seed(seed, "noise", patient.patient_id)))
+    return videos
+
+
+def _render_all(videos, view, n_frames, fps, folder: Path, name_of, progress: bool) -> None:
+    for video in tqdm(videos, desc=f"writing phantom {view}", disable=not progress, leave=False):
+        frames = render_video(video.patient, view, n_frames, fps, video.noise_seed)
+        write_avi(folder / "Videos" / name_of(video), frames, fps)
+
+
+def _fmt(value: float) -> str:
+    return repr(float(value))
+
+
+def write_dynamic(folder: Path, videos: list[CohortVideo], view: str, n_frames: int, fps: float,
+                  progress: bool = True) -> None:
+    folder = Path(folder)
+    (folder / "Videos").mkdir(parents=True, exist_ok=True)
+    _render_all(videos, view, n_frames, fps, folder, lambda v: f"{v.file_stem}.avi", progress)
+    with open(folder / "FileList.csv", "w", newline="") as handle:
+        out = csv.writer(handle)
+        out.writerow(["FileName", "EF", "ESV", "EDV", "FrameHeight", "FrameWidth", "FPS", "NumberOfFrames", "Split"])
+        for v in videos:
+            p = v.patient
+            out.writerow([v.file_stem, _fmt(p.measured_ef), _fmt(p.esv), _fmt(p.edv), 112, 112, _fmt(fps),
+                          n_frames, v.split])
+    with open(folder / "VolumeTracings.csv", "w", newline="") as handle:
+        out = csv.writer(handle)
+        out.writerow(["FileName", "X1", "Y1", "X2", "Y2", "Frame"])
+        for v in videos:
+            c = contraction(v.patient, n_frames, fps)
+            for frame in ed_es_frames(v.patient, n_frames, fps):
+                for x1, y1, x2, y2 in lv_chords(v.patient, float(c[frame])):
+                    out.writerow([f"{v.file_stem}.avi", f"{x1:.4f}", f"{y1:.4f}", f"{x2:.4f}", f"{y2:.4f}", frame])
+
+
+def pediatric_fold(split: str, index: int) -> int:
+    return {"VAL": VAL_FOLD, "TEST": TEST_FOLD}.get(split, TRAIN_FOLDS[index % len(TRAIN_FOLDS)])
+
+
+def write_pediatric(folder: Path, videos: list[CohortVideo], view: str, n_frames: int, fps: float,
+                    progress: bool = True) -> None:
+    folder = Path(folder)
+    (folder / "Videos").mkdir(parents=True, exist_ok=True)
+
+    def name_of(v: CohortVideo) -> str:
+        return f"CR{v.patient.patient_id}-{v.noise_seed % 100000:05d}-{1:06d}.avi"
+
+    _render_all(videos, view, n_frames, fps, folder, name_of, progress)
+    rng = np.random.default_rng(derive_seed(len(videos), "demographics"))
+    with open(folder / "FileList.csv", "w", newline="") as handle:
+        out = csv.writer(handle)
+        out.writerow(["FileName", "EF", "Sex", "Age", "Weight", "Height", "Split"])
+        for i, v in enumerate(videos):
+            age = float(rng.uniform(0, 18))
+            height = 50 + 110 * (age / 18) + float(rng.normal(0, 5))
+            weight = 3.5 + 60 * (age / 18) ** 1.5 + float(rng.normal(0, 3))
+            out.writerow([name_of(v), _fmt(v.patient.measured_ef), "MF"[int(rng.integers(2))], f"{age:.2f}",
+                          f"{max(weight, 2.0):.1f}", f"{max(height, 40.0):.1f}", pediatric_fold(v.split, i)])
+    with open(folder / "VolumeTracings.csv", "w", newline="") as handle:
+        out = csv.writer(handle)
+        out.writerow(["FileName", "X", "Y", "Frame"])
+        for v in videos:
+            c = contraction(v.patient, n_frames, fps)
+            for frame in ed_es_frames(v.patient, n_frames, fps):
+                for x, y in lv_contour(v.patient, float(c[frame])):
+                    out.writerow([name_of(v), f"{x:.4f}", f"{y:.4f}", frame])
