@@ -93,7 +93,8 @@ def _overrides(args) -> dict | None:
     try:
         gen_args = json.loads(args.generator_args)
     except json.JSONDecodeError as exc:
-        raise UserError(f"--generator-args is not valid JSON ({exc.msg}); pass an object like '{{\"k\": 1}}'.") from None
+        raise UserError(f"--generator-args is not valid JSON ({exc.msg}); "
+                        "pass an object like '{\"k\": 1}'.") from None
     if not isinstance(gen_args, dict):
         raise UserError("--generator-args must be a JSON object like '{\"k\": 1}'.")
     entry = {"plugin": args.generator, "args": gen_args}

@@ -5,15 +5,21 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any, Literal
 
+from harness_plugins.echonet import load_clips, read_filelist, resolve_root
+from harness_plugins.phantom.writers import (
+    TEST_FOLD,
+    TRAIN_FOLDS,
+    VAL_FOLD,
+    build_cohort,
+    write_dynamic,
+    write_pediatric,
+)
 from pydantic import Field, PositiveFloat, PositiveInt
 
 from harness import hookimpl
 from harness.components import ComponentConfig, Dataset
 from harness.context import RunContext
 from harness.data import VideoSet
-from harness_plugins.echonet import load_clips, read_filelist, resolve_root
-from harness_plugins.phantom.writers import TEST_FOLD, TRAIN_FOLDS, VAL_FOLD, build_cohort, write_dynamic, \
-    write_pediatric
 
 SPLITS = ("train", "val", "test")
 
@@ -91,6 +97,8 @@ class EchoNetPediatric(_FolderDataset):
 
 class EchoPhantom(_FolderDataset):
     """Simulated echocardiograms with ground truth, written in EchoNet format then read by the same loader."""
+
+    version = "2"  # bump whenever the simulator's output changes
 
     class Config(ClipConfig):
         view: Literal["a4c", "psax"] = "a4c"

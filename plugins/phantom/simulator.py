@@ -142,12 +142,12 @@ def _smooth_noise(seed: int, sigma: float) -> np.ndarray:
 
 def tissue_texture(patient: Patient) -> np.ndarray:
     """Fixed multiplicative speckle of a patient (mean 1); a near twin shares most of its parent's."""
-    base = _smooth_noise(patient.texture_seed, 1.6)
+    base = _smooth_noise(patient.texture_seed, 2.2)
     if patient.twin_of >= 0:
-        parent = _smooth_noise(patient.twin_of, 1.6)
+        parent = _smooth_noise(patient.twin_of, 2.2)
         base = (1 - patient.twin_mix) * parent + patient.twin_mix * base
         base = (base - base.mean()) / (base.std() + 1e-8)
-    return np.exp(0.28 * base - 0.5 * 0.28**2)
+    return np.exp(0.2 * base - 0.5 * 0.2**2)
 
 
 def sector_mask() -> np.ndarray:

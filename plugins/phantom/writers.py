@@ -12,12 +12,19 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+from harness_plugins.phantom.simulator import (
+    Patient,
+    contraction,
+    ed_es_frames,
+    lv_chords,
+    lv_contour,
+    render_video,
+    sample_patients,
+)
 from tqdm.auto import tqdm
 
 from harness.hashing import derive_seed
 from harness.videoio import write_avi
-from harness_plugins.phantom.simulator import Patient, contraction, ed_es_frames, lv_chords, lv_contour, \
-    render_video, sample_patients
 
 SPLITS = ("TRAIN", "VAL", "TEST")
 TRAIN_FOLDS, VAL_FOLD, TEST_FOLD = tuple(range(8)), 8, 9

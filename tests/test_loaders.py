@@ -1,0 +1,87 @@
+import numpy as np
+import pandas as pd
+import pytest
+from harness_plugins.datasets import EchoNetDynamic, EchoNetPediatric
+from harness_plugins.phantom.writers import build_cohort, write_dynamic, write_pediatric
+
+from harness.cache import ArtifactCache
+from harness.context import RunContext
+from harness.errors import UserError
+
+COUNTS = {"TRAIN": 5, "VAL": 2, "TEST": 3}
+
+
+@pytest.fixture
+def ctx(tmp_path):
+    import torch
+
+    return RunContext(torch.device("cpu"), 0, ArtifactCache(tmp_path / "cache"), show_progress=False)
+
+
+@pytest.fixture(scope="module")
+def folders(tmp_path_factory):
+    base = tmp_path_factory.mktemp("echonet")
+    videos = build_cohort(5, COUNTS, 0.0)
+    write_dynamic(base / "dynamic", videos, "a4c", n_frames=30, fps=50.0, progress=False)
+    write_pediatric(base / "pediatric" / "A4C", videos, "a4c", n_frames=30, fps=50.0, progress=False)
+    return base
+
+
+def test_dynamic_resamples_to_fps_and_clip_length(folders, ctx):
+    ds = EchoNetDynamic(EchoNetDynamic.Config(root=folders / "dynamic", fps=25, clip_length=10))
+    test = ds.load("test", ctx)
+    assert test.frames.shape == (3, 10, 112, 112) and test.frames.dtype == np.uint8
+    assert (test.table["fps"] == 25).all() and (test.table["split"] == "test").all()
+    native = EchoNetDynamic(EchoNetDynamic.Config(root=folders / "dynamic", fps=None, clip_length=20)).load("test", ctx)
+    # resampling 50 -> 25 fps keeps every other frame
+    np.testing.assert_array_equal(test.frames[:, :10], native.frames[:, 0:20:2])
+    files = pd.read_csv(folders / "dynamic" / "FileList.csv").set_index("FileName")
+    np.testing.assert_allclose(test.table["ef"], files.loc[test.table["video_id"], "EF"])
+
+
+def test_pediatric_folds_and_view_subfolder(folders, ctx):
+    ds = EchoNetPediatric(EchoNetPediatric.Config(root=folders / "pediatric", view="a4c", fps=25, clip_length=8))
+    sizes = {s: len(ds.load(s, ctx)) for s in ("train", "val", "test")}
+    assert sizes == {"train": 5, "val": 2, "test": 3}
+    table = ds.load("train", ctx).table
+    assert table["patient_id"].str.startswith("CR").all() and not table["video_id"].str.endswith(".avi").any()
+
+
+def test_short_videos_are_padded_and_counted(folders, ctx):
+    ds = EchoNetDynamic(EchoNetDynamic.Config(root=folders / "dynamic", fps=50, clip_length=40))
+    videos = ds.load("val", ctx)
+    assert videos.frames.shape[1] == 40
+    np.testing.assert_array_equal(videos.frames[:, 30], videos.frames[:, 29])
+    assert ds.load_report()["val"]["padded"] == 2
+
+
+def test_corrupt_video_is_skipped_and_reported(folders, ctx, tmp_path):
+    import shutil
+
+    root = tmp_path / "copy"
+    shutil.copytree(folders / "dynamic", root)
+    victim = pd.read_csv(root / "FileList.csv").query("Split == 'TRAIN'")["FileName"].iloc[0]
+    (root / "Videos" / f"{victim}.avi").write_bytes(b"RIFF\x00\x00garbage")
+    ds = EchoNetDynamic(EchoNetDynamic.Config(root=root, fps=25, clip_length=8))
+    train = ds.load("train", ctx)
+    assert len(train) == 4
+    report = ds.load_report()["train"]
+    assert report["skipped"] == 1 and report["skipped_files"] == [f"{victim}.avi"]
+
+
+def test_wrong_root_and_missing_column_are_one_sentence(folders, ctx, tmp_path):
+    with pytest.raises(UserError, match="does not exist"):
+        EchoNetDynamic(EchoNetDynamic.Config(root=tmp_path / "nope")).load("train", ctx)
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(UserError, match="has no FileList.csv"):
+        EchoNetDynamic(EchoNetDynamic.Config(root=tmp_path / "empty")).load("train", ctx)
+    (tmp_path / "bad").mkdir()
+    pd.read_csv(folders / "dynamic" / "FileList.csv").drop(columns=["EF"]).to_csv(tmp_path / "bad" / "FileList.csv")
+    with pytest.raises(UserError, match="column 'EF' is missing"):
+        EchoNetDynamic(EchoNetDynamic.Config(root=tmp_path / "bad")).load("train", ctx)
+
+
+def test_missing_root_names_the_environment_variable(ctx, monkeypatch):
+    monkeypatch.delenv("HARNESS_ECHONET_DYNAMIC", raising=False)
+    with pytest.raises(UserError, match="HARNESS_ECHONET_DYNAMIC"):
+        EchoNetDynamic(EchoNetDynamic.Config()).load("train", ctx)

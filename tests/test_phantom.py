@@ -1,0 +1,86 @@
+import numpy as np
+import pandas as pd
+import pytest
+from harness_plugins.phantom.simulator import VIEWS, near_twin, render_video, sample_patient
+from harness_plugins.phantom.writers import build_cohort, write_dynamic, write_pediatric
+
+from harness.videoio import read_avi
+
+COUNTS = {"TRAIN": 6, "VAL": 2, "TEST": 2}
+
+
+@pytest.fixture(scope="module")
+def dynamic_folder(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("dyn")
+    videos = build_cohort(3, COUNTS, twin_fraction=0.3)
+    write_dynamic(folder, videos, "a4c", n_frames=20, fps=50.0, progress=False)
+    return folder, videos
+
+
+def test_dynamic_layout_and_decoded_videos(dynamic_folder):
+    folder, videos = dynamic_folder
+    files = pd.read_csv(folder / "FileList.csv")
+    assert list(files.columns) == ["FileName", "EF", "ESV", "EDV", "FrameHeight", "FrameWidth", "FPS",
+                                   "NumberOfFrames", "Split"]
+    assert sorted(files["Split"].unique()) == ["TEST", "TRAIN", "VAL"]
+    assert not files["FileName"].str.endswith(".avi").any()
+    for row in files.itertuples():
+        frames, fps = read_avi(folder / "Videos" / f"{row.FileName}.avi")
+        assert frames.shape == (row.NumberOfFrames, row.FrameHeight, row.FrameWidth) == (20, 112, 112)
+        assert fps == pytest.approx(row.FPS) == pytest.approx(50.0)
+    truth = {v.file_stem: v.patient for v in videos}
+    for row in files.itertuples():
+        p = truth[row.FileName]
+        assert row.EF == pytest.approx(p.measured_ef, abs=1e-9)
+        assert row.ESV == pytest.approx(p.esv, abs=1e-9)
+        assert row.EDV == pytest.approx(p.edv, abs=1e-9)
+        assert row.EF == pytest.approx(100 * (row.EDV - row.ESV) / row.EDV, abs=1e-6)
+        assert 10 <= row.EF <= 90
+
+
+def test_dynamic_tracings(dynamic_folder):
+    folder, _ = dynamic_folder
+    tracings = pd.read_csv(folder / "VolumeTracings.csv")
+    assert list(tracings.columns) == ["FileName", "X1", "Y1", "X2", "Y2", "Frame"]
+    assert tracings["FileName"].str.endswith(".avi").all()
+    assert (tracings.groupby("FileName")["Frame"].nunique() == 2).all()  # ED and ES
+
+
+def test_pediatric_layout(tmp_path):
+    videos = build_cohort(1, COUNTS, twin_fraction=0.0)
+    write_pediatric(tmp_path, videos, "psax", n_frames=12, fps=40.0, progress=False)
+    files = pd.read_csv(tmp_path / "FileList.csv")
+    assert list(files.columns) == ["FileName", "EF", "Sex", "Age", "Weight", "Height", "Split"]
+    assert files["FileName"].str.endswith(".avi").all()
+    assert set(files["Split"]) <= set(range(10)) and {8, 9} <= set(files["Split"])
+    tracings = pd.read_csv(tmp_path / "VolumeTracings.csv")
+    assert list(tracings.columns) == ["FileName", "X", "Y", "Frame"]
+    frames, fps = read_avi(tmp_path / "Videos" / files["FileName"][0])
+    assert frames.shape == (12, 112, 112) and fps == pytest.approx(40.0)
+
+
+def test_deterministic_for_a_seed(tmp_path):
+    for name in ("a", "b"):
+        write_dynamic(tmp_path / name, build_cohort(7, COUNTS, 0.2), "a4c", 8, 50.0, progress=False)
+    assert (tmp_path / "a" / "FileList.csv").read_bytes() == (tmp_path / "b" / "FileList.csv").read_bytes()
+    for avi in (tmp_path / "a" / "Videos").iterdir():
+        assert avi.read_bytes() == (tmp_path / "b" / "Videos" / avi.name).read_bytes()
+    other = build_cohort(8, COUNTS, 0.2)
+    assert [v.patient.ef for v in other] != [v.patient.ef for v in build_cohort(7, COUNTS, 0.2)]
+
+
+def test_patients_differ_and_twins_nearly_coincide():
+    rng = np.random.default_rng(0)
+    a, b = sample_patient(rng, "a"), sample_patient(rng, "b")
+    twin = near_twin(a, rng, "t")
+    va, vb, vt = (render_video(p, "a4c", 4, 50.0, noise_seed=1).astype(float) for p in (a, b, twin))
+    d_other, d_twin = np.abs(va - vb).mean(), np.abs(va - vt).mean()
+    assert d_twin < d_other  # the twin is closer to its parent than an unrelated patient
+    assert d_twin > 0.5  # but not identical
+
+
+def test_views_render_differently_and_the_heart_moves():
+    p = sample_patient(np.random.default_rng(1), "p")
+    a4c, psax = (render_video(p, v, 30, 50.0, 0).astype(float) for v in VIEWS)
+    assert np.abs(a4c - psax).mean() > 3
+    assert np.abs(a4c[0] - a4c[12]).mean() > 1  # frames of one cycle differ

@@ -1,0 +1,49 @@
+import json
+
+from tests.conftest import TINY, run_cli
+
+
+def test_builtins_load_through_entry_points(registry):
+    names = {p.name: p for p in registry.plugins}
+    assert {"echo-datasets", "encoders", "controls"} <= set(names)
+    assert all(p.distribution == "reid-harness" and p.error is None for p in registry.plugins)
+    assert registry.names("generators") == ["collapse", "copy", "holdout", "noise", "phantom-fresh"]
+    assert registry.names("encoders") == ["identity", "vae"]
+
+
+def test_broken_plugin_is_listed_and_others_still_work(third_party):
+    done = run_cli("plugins", "--json", env=third_party)
+    assert done.returncode == 0
+    plugins = {p["name"]: p for p in json.loads(done.stdout)}
+    assert "needs a missing library" in plugins["broken"]["error"]
+    assert plugins["jitter"]["distribution"] == "harness-jitter" and plugins["jitter"]["version"] == "0.3.1"
+    assert plugins["jitter"]["components"] == {"generators": ["jitter"]}
+    assert plugins["controls"]["error"] is None
+    text = run_cli("plugins", env=third_party).stdout
+    assert "FAILED TO LOAD: ImportError: needs a missing library" in text
+
+
+def test_allow_list(third_party):
+    done = run_cli("plugins", "--json", env={**third_party, "HARNESS_PLUGINS": "jitter,encoders"})
+    assert sorted(p["name"] for p in json.loads(done.stdout)) == ["encoders", "jitter"]
+
+
+def test_autoload_can_be_disabled(third_party):
+    done = run_cli("plugins", "--json", env={**third_party, "HARNESS_DISABLE_PLUGIN_AUTOLOAD": "1"})
+    assert "jitter" not in {p["name"] for p in json.loads(done.stdout)}
+
+
+def test_third_party_generator_gets_a_row_in_the_same_benchmark(third_party, tiny_run, tmp_path):
+    out = tmp_path / "row"
+    done = run_cli("--cache", str(tiny_run["cache"]), "run", str(TINY), "--generator", "jitter",
+                   "--generator-args", '{"shift": 0.25}', "--out", str(out), "--no-progress", env=third_party)
+    assert done.returncode == 0, done.stderr
+    result = json.loads((out / "results.json").read_text())
+    assert result["benchmark"]["benchmark_hash"] == tiny_run["results"]["benchmark"]["benchmark_hash"]
+    [row] = result["rows"]
+    assert row["generator"] == "jitter" and row["error"] is None and row["n_returned"] == 8
+    # the shared stages came from the cache: only the new generator's stages ran
+    stages = json.loads((out / "manifest.json").read_text())["stages"]
+    assert {s["stage"] for s in stages if not s["cached"]} == {"generator-fit", "samples"}
+    board = run_cli("leaderboard", str(tiny_run["out"]), str(out), "--format", "csv")
+    assert board.returncode == 0 and "jitter" in board.stdout and "copy" in board.stdout

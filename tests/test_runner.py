@@ -1,0 +1,165 @@
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import numpy as np
+import pytest
+
+from harness.cache import ArtifactCache
+from harness.data import LatentSet, SampleSet
+from tests.conftest import ROOT, TINY, run_cli
+
+TIMING_KEYS = {"sample_seconds_per_video"}
+
+
+def comparable(results: dict) -> dict:
+    """Results without wall-clock timings, which legitimately differ between runs."""
+    return {**results, "rows": [{k: v for k, v in row.items() if k not in TIMING_KEYS} for row in results["rows"]]}
+
+
+def test_run_writes_results_manifest_and_log(tiny_run):
+    out, results = tiny_run["out"], tiny_run["results"]
+    assert results["schema_version"] == 1
+    assert [r["generator"] for r in results["rows"]] == ["copy", "holdout", "collapse", "phantom-fresh", "noise"]
+    assert all(r["error"] is None and r["n_returned"] == 8 for r in results["rows"])
+    assert results["encoder"]["latent_shape"] == [8, 4, 14, 14]
+    manifest = json.loads((out / "manifest.json").read_text())
+    for field in ("spec_hash", "benchmark_hash", "resolved_spec", "packages", "device", "seed", "stages"):
+        assert field in manifest
+    assert manifest["packages"]["torch"] and manifest["device"] == "cpu"
+    assert all({"seconds", "peak_rss_mb"} <= set(s) for s in manifest["stages"])
+    assert "stage encoder-fit started" in (out / "run.log").read_text()
+    assert f"outputs in {out}" in tiny_run["stdout"]
+    assert (out / "samples" / "copy.csv").is_file() and (out / "leaderboard.md").is_file()
+
+
+def test_second_run_recomputes_nothing(tiny_run, tmp_path):
+    out = tmp_path / "again"
+    done = run_cli("--cache", str(tiny_run["cache"]), "run", str(TINY), "--out", str(out), "--no-progress")
+    assert done.returncode == 0, done.stderr
+    stages = json.loads((out / "manifest.json").read_text())["stages"]
+    assert len(stages) >= 13 and [s["stage"] for s in stages if not s["cached"]] == []
+    assert json.loads((out / "results.json").read_text()) == tiny_run["results"]
+
+
+def test_control_samples_are_what_they_claim(tiny_run):
+    cache = ArtifactCache(tiny_run["cache"])
+    train = LatentSet.load(next(a.path for a in cache.entries() if a.stage == "encode-train"))
+    val = LatentSet.load(next(a.path for a in cache.entries() if a.stage == "encode-val"))
+    samples = {}
+    for artifact in cache.entries():
+        if artifact.stage == "samples":
+            s = SampleSet.load(artifact.path)
+            samples[s.provenance["source_ids"].iloc[0]] = s
+    by_source = {tuple(s.provenance["source_ids"]): s for s in samples.values()}
+    train_ids, val_ids = set(train.table["video_id"]), set(val.table["video_id"])
+    kinds = {}
+    for sources, s in by_source.items():
+        ids = {i for src in sources for i in src.split(";") if i}
+        if ids and ids <= train_ids and len(ids) <= 2:
+            kinds["collapse"] = s
+        elif ids and ids <= train_ids:
+            kinds["copy"] = s
+        elif ids and ids <= val_ids:
+            kinds["holdout"] = s
+    copy = kinds["copy"]
+    for i, src in enumerate(copy.provenance["source_ids"]):
+        j = int(np.flatnonzero(train.table["video_id"] == src)[0])
+        np.testing.assert_array_equal(copy.latents[i], train.latents[j])
+    assert "collapse" in kinds and "holdout" in kinds
+    assert set(copy.provenance.columns) >= {"sample_id", "seed", "requested_ef", "source_ids"}
+
+
+def test_killed_run_resumes_to_identical_results(tiny_run, tmp_path):
+    cache, out = tmp_path / "cache", tmp_path / "run"
+    cmd = [sys.executable, "-m", "harness.cli", "--cache", str(cache), "run", str(TINY), "--out", str(out),
+           "--no-progress"]
+    proc = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                            start_new_session=True)
+    log = out / "run.log"
+    deadline = time.time() + 300
+    while time.time() < deadline:
+        if log.is_file() and "stage encoder-fit started" in log.read_text():
+            break
+        time.sleep(0.05)
+    else:
+        proc.kill()
+        pytest.fail("the run never reached the encoder-fit stage")
+    time.sleep(0.5)  # well inside the VAE training loop
+    os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait()
+    assert proc.returncode == -signal.SIGKILL
+    store = ArtifactCache(cache)
+    assert store.get("encoder-fit", "x") is None
+    assert {a.stage for a in store.entries()} >= {"dataset-train"} and "encoder-fit" not in {
+        a.stage for a in store.entries()}
+    done = run_cli("--cache", str(cache), "run", str(TINY), "--out", str(out), "--no-progress")
+    assert done.returncode == 0, done.stderr
+    executed = [s["stage"] for s in json.loads((out / "manifest.json").read_text())["stages"] if not s["cached"]]
+    assert "dataset-train" not in executed and "encoder-fit" in executed
+    resumed = json.loads((out / "results.json").read_text())
+    assert comparable(resumed) == comparable(tiny_run["results"])
+
+
+def _spec(tmp_path, dataset: str, generators: str = "  - plugin: copy\n") -> str:
+    path = tmp_path / "spec.yaml"
+    path.write_text(f"spec_version: 1\nname: bad\ndevice: cpu\ndataset: {dataset}\nencoder: {{plugin: identity}}\n"
+                    f"samples_per_generator: 4\ngenerators:\n{generators}")
+    return str(path)
+
+
+def _assert_clean_failure(done, cache, *phrases):
+    assert done.returncode == 2, done.stdout + done.stderr
+    assert "Traceback" not in done.stderr
+    for phrase in phrases:
+        assert phrase in done.stderr
+    files = [p for p in cache.rglob("*") if p.is_file()] if cache.exists() else []
+    assert files == []
+
+
+def test_missing_dataset_root_fails_cleanly(tmp_path):
+    cache = tmp_path / "cache"
+    spec = _spec(tmp_path, f"{{plugin: echonet-dynamic, args: {{root: {tmp_path / 'absent'}}}}}")
+    done = run_cli("--cache", str(cache), "run", spec, "--out", str(tmp_path / "run"))
+    _assert_clean_failure(done, cache, "does not exist", "dataset.args.root")
+
+
+def test_filelist_missing_column_fails_cleanly(tmp_path):
+    root = tmp_path / "data"
+    root.mkdir()
+    (root / "FileList.csv").write_text("FileName,Split\nabc,TRAIN\n")
+    cache = tmp_path / "cache"
+    spec = _spec(tmp_path, f"{{plugin: echonet-dynamic, args: {{root: {root}}}}}")
+    done = run_cli("--cache", str(cache), "run", spec, "--out", str(tmp_path / "run"))
+    _assert_clean_failure(done, cache, "FileList.csv: column 'EF' is missing")
+
+
+@pytest.mark.parametrize("problem, phrase", [
+    ("plugin: copy\n    n_samples: -3", "generators.0.n_samples"),
+    ("plugin: copy\n    args: {noise_std: [1]}", "generators.0.args.noise_std"),
+    ("plugin: cpy", "Did you mean 'copy'?"),
+])
+def test_bad_specs_fail_before_touching_the_cache(tmp_path, problem, phrase):
+    cache = tmp_path / "cache"
+    done = run_cli("--cache", str(cache), "run", _spec(tmp_path, "{plugin: echo-phantom}", f"  - {problem}\n"))
+    _assert_clean_failure(done, cache, phrase)
+
+
+def test_bad_generator_output_becomes_an_error_row(third_party, tiny_run, tmp_path):
+    spec = tmp_path / "spec.yaml"
+    spec.write_text(TINY.read_text().split("generators:")[0] + "generators:\n  - plugin: copy\n"
+                    "  - {plugin: jitter, name: shape, args: {shape_bug: true}}\n"
+                    "  - {plugin: jitter, name: nan, args: {nan_bug: true}}\n")
+    done = run_cli("--cache", str(tiny_run["cache"]), "run", str(spec), "--out", str(tmp_path / "run"),
+                   "--no-progress", env=third_party)
+    assert done.returncode == 2 and "Traceback" not in done.stderr
+    rows = {r["generator"]: r for r in json.loads((tmp_path / "run" / "results.json").read_text())["rows"]}
+    assert rows["copy"]["error"] is None and rows["copy"]["n_returned"] == 8
+    assert "shape [7, 4, 14, 14]" in rows["shape"]["error"] and "[8, 4, 14, 14]" in rows["shape"]["error"]
+    assert "NaN" in rows["nan"]["error"]
+    assert "generator 'shape'" in done.stderr and "generator 'nan'" in done.stderr
+    # nothing of the bad output was cached
+    assert sum(a.stage == "samples" for a in ArtifactCache(tiny_run["cache"]).entries()) <= 7
