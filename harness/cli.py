@@ -186,6 +186,9 @@ def cmd_cache(args) -> int:
         total = sum(a.size_bytes for a in entries) / 2**20
         print(f"{len(entries)} artifacts, {total:.1f} MiB in {cache.root}")
         return 0
+    if not args.leftovers_only and not args.runs.is_dir():
+        raise UserError(f"{args.runs}: no run directories here, so every artifact would count as unused; pass "
+                        "--runs DIR (where your runs are) or --leftovers-only.")
     keep = None if args.leftovers_only else _used_artifacts(args.runs)
     removed = cache.gc(keep, dry_run=args.dry_run)
     verb = "would remove" if args.dry_run else "removed"

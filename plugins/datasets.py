@@ -5,6 +5,12 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any, Literal
 
+from pydantic import Field, PositiveFloat, PositiveInt
+
+from harness import hookimpl
+from harness.components import ComponentConfig, Dataset
+from harness.context import RunContext
+from harness.data import VideoSet
 from harness_plugins.echonet import load_clips, read_filelist, resolve_root
 from harness_plugins.phantom.writers import (
     TEST_FOLD,
@@ -14,12 +20,6 @@ from harness_plugins.phantom.writers import (
     write_dynamic,
     write_pediatric,
 )
-from pydantic import Field, PositiveFloat, PositiveInt
-
-from harness import hookimpl
-from harness.components import ComponentConfig, Dataset
-from harness.context import RunContext
-from harness.data import VideoSet
 
 SPLITS = ("train", "val", "test")
 

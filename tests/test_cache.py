@@ -1,3 +1,5 @@
+import json
+
 import pytest
 
 from harness.cache import ArtifactCache
@@ -32,3 +34,23 @@ def test_gc_removes_leftovers_and_unused(tmp_path):
     removed = cache.gc(keep={("s", keys[0])})
     assert len(removed) == 3
     assert [a.key for a in cache.entries()] == [keys[0]] and cache.leftovers() == []
+
+
+def test_cli_gc_keeps_what_runs_use(tiny_run, tmp_path):
+    import shutil
+
+    from tests.conftest import run_cli
+
+    cache = tmp_path / "cache"
+    shutil.copytree(tiny_run["cache"], cache)
+    (cache / "samples" / ".tmp-killed-0000").mkdir()
+    refused = run_cli("--cache", str(cache), "cache", "gc", "--runs", str(tmp_path / "none"))
+    assert refused.returncode == 2 and "--leftovers-only" in refused.stderr
+    done = run_cli("--cache", str(cache), "cache", "gc", "--runs", str(tiny_run["out"]))
+    assert done.returncode == 0
+    store = ArtifactCache(cache)
+    used = {(s["stage"], s["key"]) for s in json.loads(
+        (tiny_run["out"] / "manifest.json").read_text())["stages"]}
+    assert {(a.stage, a.key) for a in store.entries()} == used and store.leftovers() == []
+    listing = run_cli("--cache", str(cache), "cache", "ls")
+    assert f"{len(used)} artifacts" in listing.stdout

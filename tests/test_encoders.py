@@ -2,13 +2,13 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
-from harness_plugins.encoders import VAE, Identity
 
 from harness.cache import ArtifactCache
 from harness.context import RunContext
 from harness.data import VideoSet
 from harness.errors import UserError
 from harness.runner import psnr
+from harness_plugins.encoders import VAE, Identity
 
 
 @pytest.fixture

@@ -1,12 +1,12 @@
 import numpy as np
 import pandas as pd
 import pytest
-from harness_plugins.datasets import EchoNetDynamic, EchoNetPediatric
-from harness_plugins.phantom.writers import build_cohort, write_dynamic, write_pediatric
 
 from harness.cache import ArtifactCache
 from harness.context import RunContext
 from harness.errors import UserError
+from harness_plugins.datasets import EchoNetDynamic, EchoNetPediatric
+from harness_plugins.phantom.writers import build_cohort, write_dynamic, write_pediatric
 
 COUNTS = {"TRAIN": 5, "VAL": 2, "TEST": 3}
 

@@ -1,10 +1,10 @@
 import numpy as np
 import pandas as pd
 import pytest
-from harness_plugins.phantom.simulator import VIEWS, near_twin, render_video, sample_patient
-from harness_plugins.phantom.writers import build_cohort, write_dynamic, write_pediatric
 
 from harness.videoio import read_avi
+from harness_plugins.phantom.simulator import VIEWS, near_twin, render_video, sample_patient
+from harness_plugins.phantom.writers import build_cohort, write_dynamic, write_pediatric
 
 COUNTS = {"TRAIN": 6, "VAL": 2, "TEST": 2}
 

@@ -12,6 +12,10 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+from tqdm.auto import tqdm
+
+from harness.hashing import derive_seed
+from harness.videoio import write_avi
 from harness_plugins.phantom.simulator import (
     Patient,
     contraction,
@@ -21,10 +25,6 @@ from harness_plugins.phantom.simulator import (
     render_video,
     sample_patients,
 )
-from tqdm.auto import tqdm
-
-from harness.hashing import derive_seed
-from harness.videoio import write_avi
 
 SPLITS = ("TRAIN", "VAL", "TEST")
 TRAIN_FOLDS, VAL_FOLD, TEST_FOLD = tuple(range(8)), 8, 9
