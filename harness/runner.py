@@ -114,15 +114,15 @@ class Runner:
 
             def build(tmp: Path, split: str = split) -> dict:
                 loaded = dataset.load(split, self.ctx)
+                if len(loaded) == 0:
+                    raise UserError(f"{self.resolved.source}: dataset split '{split}' has no readable videos; check "
+                                    "the dataset folder and the Split column of its FileList.csv.")
                 loaded.save(tmp)
                 return {"report": dataset.load_report().get(split, {"videos": len(loaded)})}
 
             path, meta = self._stage(f"dataset-{split}", keys[split], build)
             videos[split] = VideoSet.load(path)
             reports[split] = meta.get("report", {})
-            if len(videos[split]) == 0:
-                raise UserError(f"{self.resolved.source}: dataset split '{split}' has no readable videos; check the "
-                                "dataset folder and its FileList.csv Split column.")
         return dataset, keys, videos, reports
 
     def _fit_component(self, stage: str, component: Component, key: str, fit: Callable[[], None]) -> None:
