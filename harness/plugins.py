@@ -92,42 +92,59 @@ def _selected_entry_points() -> list[EntryPoint]:
     return sorted(unique.values(), key=lambda ep: ep.name)
 
 
-def _register_into(registry: Registry, info: PluginInfo, plugin: Any) -> None:
-    manager = pluggy.PluginManager(GROUP)
-    manager.add_hookspecs(hookspecs)
-    manager.register(plugin, name=info.name)
-    for role in ROLES:
-        hook = getattr(manager.hook, f"register_{role}")
+def _registrar(registry: Registry, info: PluginInfo, role: str):
+    """The `register(name, factory)` callback handed to one plugin's hook for one role."""
+    base = ROLE_BASES[role]
 
-        def register(name: str, factory: Any, _role: str = role) -> None:
-            base = ROLE_BASES[_role]
-            if base is not object and not (isinstance(factory, type) and issubclass(factory, base)):
-                raise TypeError(f"{name!r} must be a subclass of {base.__name__}")
-            existing = registry.components[_role].get(name)
-            if existing is not None and existing.plugin != info.name:
-                raise ValueError(f"{ROLE_LABELS[_role]} {name!r} is already registered by {existing.plugin}")
-            registry.components[_role][name] = Registered(factory, info.name, info.distribution, info.version)
-            info.components.setdefault(_role, []).append(name)
+    def register(name: str, factory: Any) -> None:
+        if base is not object and not (isinstance(factory, type) and issubclass(factory, base)):
+            raise TypeError(f"{name!r} must be a subclass of {base.__name__}")
+        existing = registry.components[role].get(name)
+        if existing is not None and existing.plugin != info.name:
+            raise ValueError(f"{ROLE_LABELS[role]} {name!r} is already registered by {existing.plugin}")
+        registry.components[role][name] = Registered(factory, info.name, info.distribution, info.version)
+        info.components.setdefault(role, []).append(name)
 
-        hook(register=register)
+    return register
+
+
+def _fail(registry: Registry, info: PluginInfo, exc: Exception) -> None:
+    """Record a plugin's error and withdraw whatever it had registered before failing."""
+    for role, names in info.components.items():
+        for name in names:
+            registry.components[role].pop(name, None)
+    info.components = {}
+    info.error = f"{type(exc).__name__}: {exc}"
 
 
 def load_registry() -> Registry:
-    """Import every selected entry point and collect what it registers; errors are recorded, not raised."""
+    """Import every selected entry point and collect what it registers; errors are recorded, not raised.
+
+    Hook implementations are called one plugin at a time (not through a single hook call) so that an exception
+    is attributed to the plugin that raised it and the other plugins still register.
+    """
     registry = Registry()
+    manager = pluggy.PluginManager(GROUP)
+    manager.add_hookspecs(hookspecs)
+    infos: dict[str, PluginInfo] = {}
     for ep in _selected_entry_points():
         dist = ep.dist.name if ep.dist is not None else "?"
         version = ep.dist.version if ep.dist is not None else "?"
-        info = PluginInfo(ep.name, ep.value, dist, version)
+        info = infos[ep.name] = PluginInfo(ep.name, ep.value, dist, version)
         registry.plugins.append(info)
         try:
-            _register_into(registry, info, ep.load())
+            manager.register(ep.load(), name=ep.name)
         except Exception as exc:  # a third party's bug must not take the harness down
-            for role, names in info.components.items():
-                for name in names:
-                    registry.components[role].pop(name, None)
-            info.components = {}
-            info.error = f"{type(exc).__name__}: {exc}"
+            _fail(registry, info, exc)
+    for role in ROLES:
+        for impl in getattr(manager.hook, f"register_{role}").get_hookimpls():
+            info = infos[impl.plugin_name]
+            if info.error:
+                continue
+            try:
+                impl.function(register=_registrar(registry, info, role))
+            except Exception as exc:
+                _fail(registry, info, exc)
     return registry
 
 

@@ -41,9 +41,11 @@ class Identity(Encoder):
 
 
 PRESETS = {
-    # Small enough to train on a laptop CPU in minutes, fully convolutional so it trains on crops.
+    # Small enough to train on a laptop CPU in minutes, fully convolutional so it trains on crops. Two norm
+    # groups, not one per channel: per-channel normalisation of the 8-channel first layers discards intensity
+    # and cost about 8 dB of reconstruction PSNR on the phantom at equal training time.
     "cpu": dict(in_channels=1, out_channels=1, block_out_channels=(8, 16, 32, 64), layers_per_block=1,
-                norm_num_groups=8, mid_block_add_attention=False),
+                norm_num_groups=2, mid_block_add_attention=False),
     # EchoNet-Synthetic's published shape (CompVis ch 128, ch_mult 1,2,2,4, 2 res blocks, RGB input).
     "echonet-synthetic": dict(in_channels=3, out_channels=3, block_out_channels=(128, 256, 256, 512),
                               layers_per_block=2, norm_num_groups=32),
@@ -58,6 +60,7 @@ class VAE(Encoder):
     """
 
     space: ClassVar = "latent"
+    version = "2"
 
     class Config(ComponentConfig):
         preset: Literal["cpu", "echonet-synthetic"] = "cpu"

@@ -83,6 +83,18 @@ def register_generators(register):
 '''
 
 
+BAD_HOOK_MODULE = '''
+import harness
+from harness_plugins.controls import Copy
+
+
+@harness.hookimpl
+def register_generators(register):
+    register("half-registered", Copy)
+    raise RuntimeError("registration bug")
+'''
+
+
 def make_distribution(folder: Path, name: str, module_source: str, entry_points: str) -> Path:
     """A real installed distribution as importlib.metadata sees it: a module plus a .dist-info folder."""
     folder.mkdir(parents=True, exist_ok=True)
@@ -103,5 +115,6 @@ def third_party(tmp_path_factory) -> dict:
     make_distribution(folder, "harness-jitter", THIRD_PARTY_MODULE, "jitter = harness_jitter")
     make_distribution(folder, "harness-broken", "raise ImportError('needs a missing library')\n",
                       "broken = harness_broken")
+    make_distribution(folder, "harness-badhook", BAD_HOOK_MODULE, "badhook = harness_badhook")
     path = os.pathsep.join([str(folder), os.environ.get("PYTHONPATH", "")])
     return {"PYTHONPATH": path, "HARNESS_DISABLE_PLUGIN_AUTOLOAD": ""}

@@ -19,6 +19,9 @@ def test_broken_plugin_is_listed_and_others_still_work(third_party):
     assert plugins["jitter"]["distribution"] == "harness-jitter" and plugins["jitter"]["version"] == "0.3.1"
     assert plugins["jitter"]["components"] == {"generators": ["jitter"]}
     assert plugins["controls"]["error"] is None
+    # a hook that raises half-way is reported, and what it registered before raising is withdrawn
+    assert plugins["badhook"]["error"] == "RuntimeError: registration bug"
+    assert plugins["badhook"]["components"] == {}
     text = run_cli("plugins", env=third_party).stdout
     assert "FAILED TO LOAD: ImportError: needs a missing library" in text
 
@@ -26,6 +29,8 @@ def test_broken_plugin_is_listed_and_others_still_work(third_party):
 def test_allow_list(third_party):
     done = run_cli("plugins", "--json", env={**third_party, "HARNESS_PLUGINS": "jitter,encoders"})
     assert sorted(p["name"] for p in json.loads(done.stdout)) == ["encoders", "jitter"]
+    validate = run_cli("validate", str(TINY), env={**third_party, "HARNESS_PLUGINS": "encoders"})
+    assert validate.returncode == 2 and "unknown dataset 'echo-phantom'" in validate.stderr
 
 
 def test_autoload_can_be_disabled(third_party):

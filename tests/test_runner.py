@@ -163,3 +163,11 @@ def test_bad_generator_output_becomes_an_error_row(third_party, tiny_run, tmp_pa
     assert "generator 'shape'" in done.stderr and "generator 'nan'" in done.stderr
     # nothing of the bad output was cached
     assert sum(a.stage == "samples" for a in ArtifactCache(tiny_run["cache"]).entries()) <= 7
+
+
+def test_malformed_yaml_run_fails_before_touching_the_cache(tmp_path):
+    spec = tmp_path / "broken.yaml"
+    spec.write_text("spec_version: 1\nname: x\ngenerators:\n  - plugin: copy\n   args: {}\n")
+    cache = tmp_path / "cache"
+    done = run_cli("--cache", str(cache), "run", str(spec), "--out", str(tmp_path / "run"))
+    _assert_clean_failure(done, cache, "broken.yaml:5: malformed YAML")
