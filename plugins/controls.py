@@ -113,7 +113,8 @@ class Noise(Generator):
 
 
 class PhantomFresh(Generator):
-    """New phantom patients from the dataset's own generative process: the ideal generator."""
+    """New phantom patients from the dataset's own generative process, with the requested EFs: the ideal
+    conditional generator."""
 
     def fit(self, data, ctx):
         dataset = ctx.components.get("dataset")
@@ -122,7 +123,7 @@ class PhantomFresh(Generator):
                             "remove this generator or switch dataset.plugin to echo-phantom.")
 
     def sample(self, conditions, ctx):
-        videos = ctx.components["dataset"].fresh(len(conditions), ctx, name="sample")
+        videos = ctx.components["dataset"].fresh([c.ef for c in conditions], ctx, name="sample")
         latents = ctx.components["encoder"].encode(videos, ctx)
         sources = [[f"new:{v}"] for v in videos.table["patient_id"].astype(str)]
         return _sample_set(np.asarray(latents.latents, dtype=np.float32), conditions, videos.table["ef"].to_numpy(),

@@ -118,9 +118,10 @@ class EchoPhantom(_FolderDataset):
     def _fold_splits(self):
         return {**{f: "train" for f in TRAIN_FOLDS}, VAL_FOLD: "val", TEST_FOLD: "test"}
 
-    def write(self, folder: Path, seed: int, counts: dict[str, int], prefix: str, progress: bool) -> None:
+    def write(self, folder: Path, seed: int, counts: dict[str, int], prefix: str, progress: bool,
+              efs: list[float] | None = None) -> None:
         c = self.config
-        videos = build_cohort(seed, counts, c.twin_fraction, prefix)
+        videos = build_cohort(seed, counts, c.twin_fraction, prefix, efs)
         writer = write_dynamic if c.format == "dynamic" else write_pediatric
         writer(folder, videos, c.view, c.n_frames, c.written_fps, progress=progress)
 
@@ -132,14 +133,14 @@ class EchoPhantom(_FolderDataset):
             "echo-phantom", key,
             lambda tmp: self.write(tmp, ctx.seed_for("echo-phantom"), counts, "PH", ctx.show_progress))
 
-    def fresh(self, n: int, ctx: RunContext, name: str) -> VideoSet:
-        """New patients from the same distribution as the dataset (never in it), loaded the same way."""
+    def fresh(self, efs: list[float], ctx: RunContext, name: str) -> VideoSet:
+        """New patients from the dataset's distribution (never in it), with the requested EFs, loaded the same way."""
         c = self.config
         seed = ctx.seed_for("phantom-fresh", name)
-        key = {"config": c.model_dump(mode="json"), "seed": seed, "n": n, "version": self.version}
+        key = {"config": c.model_dump(mode="json"), "seed": seed, "efs": efs, "version": self.version}
         folder = ctx.cached_folder(
             "phantom-fresh", key,
-            lambda tmp: self.write(tmp, seed, {"TRAIN": n}, "FR", ctx.show_progress))
+            lambda tmp: self.write(tmp, seed, {"TRAIN": len(efs)}, "FR", ctx.show_progress, efs))
         table = read_filelist(folder, self._fold_splits(), patient_from_name=self.dialect == "pediatric")
         videos, _ = load_clips(table, c.fps, c.clip_length, c.size, ctx.progress)
         return videos

@@ -171,3 +171,12 @@ def test_malformed_yaml_run_fails_before_touching_the_cache(tmp_path):
     cache = tmp_path / "cache"
     done = run_cli("--cache", str(cache), "run", str(spec), "--out", str(tmp_path / "run"))
     _assert_clean_failure(done, cache, "broken.yaml:5: malformed YAML")
+
+
+def test_phantom_fresh_honours_the_requested_ef(tiny_run):
+    cache = ArtifactCache(tiny_run["cache"])
+    fresh = [s for s in (SampleSet.load(a.path) for a in cache.entries() if a.stage == "samples")
+             if s.provenance["source_ids"].str.startswith("new:").all()]
+    [samples] = fresh
+    np.testing.assert_allclose(samples.table["ef"], samples.provenance["requested_ef"], atol=1e-6)
+    assert samples.provenance["requested_ef"].nunique() > 1

@@ -8,7 +8,8 @@ Pediatric: FileName `<patient>-<accession>-<instance>.avi`, integer Split folds 
 from __future__ import annotations
 
 import csv
-from dataclasses import dataclass
+from collections.abc import Sequence
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
@@ -17,6 +18,8 @@ from tqdm.auto import tqdm
 from harness.hashing import derive_seed
 from harness.videoio import write_avi
 from harness_plugins.phantom.simulator import (
+    EF_MAX,
+    EF_MIN,
     Patient,
     contraction,
     ed_es_frames,
@@ -38,8 +41,12 @@ class CohortVideo:
     noise_seed: int
 
 
-def build_cohort(seed: int, counts: dict[str, int], twin_fraction: float, prefix: str = "PH") -> list[CohortVideo]:
-    """One video per patient; patients are drawn once and dealt to the splits in a seeded random order."""
+def build_cohort(seed: int, counts: dict[str, int], twin_fraction: float, prefix: str = "PH",
+                 efs: Sequence[float] | None = None) -> list[CohortVideo]:
+    """One video per patient; patients are drawn once and dealt to the splits in a seeded random order.
+
+    `efs` (one per video, in output order) replaces the drawn ejection fractions, for conditional sampling.
+    """
     rng = np.random.default_rng(derive_seed(seed, "cohort"))
     total = sum(counts.values())
     patients = sample_patients(rng, total, twin_fraction, prefix)
@@ -48,6 +55,8 @@ def build_cohort(seed: int, counts: dict[str, int], twin_fraction: float, prefix
     videos = []
     for slot, idx in enumerate(order):
         patient = patients[idx]
+        if efs is not None:
+            patient = replace(patient, ef=float(np.clip(efs[slot], EF_MIN, EF_MAX)))
         stem = f"0X{derive_seed(seed, 'file', patient.patient_id):08X}{idx:05d}"
         videos.append(CohortVideo(patient, splits[slot], stem, derive_seed(seed, "noise", patient.patient_id)))
     return videos
