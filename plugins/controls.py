@@ -116,6 +116,8 @@ class PhantomFresh(Generator):
     """New phantom patients from the dataset's own generative process, with the requested EFs: the ideal
     conditional generator."""
 
+    version = "2"  # 2: honours the requested EF
+
     def fit(self, data, ctx):
         dataset = ctx.components.get("dataset")
         if not hasattr(dataset, "fresh"):
