@@ -6,6 +6,7 @@ import platform
 import subprocess
 import sys
 import time
+from dataclasses import asdict
 from importlib.metadata import PackageNotFoundError, version
 from typing import Any
 
@@ -71,8 +72,6 @@ def build_manifest(resolved: ResolvedSpec, ctx, stages, started: float) -> dict[
         "git_revision": _git_revision(),
         "started": time.strftime("%Y-%m-%dT%H:%M:%S", time.localtime(started)),
         "wall_seconds": round(time.time() - started, 3),
-        "stages": [
-            {"stage": s.stage, "key": s.key, "cached": s.cached, "seconds": s.seconds, "peak_rss_mb": s.peak_rss_mb}
-            for s in stages
-        ],
+        # per stage: whether this run computed it, and what computing it cost (stored with the artifact)
+        "stages": [asdict(s) for s in stages],
     }

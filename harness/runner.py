@@ -16,7 +16,7 @@ import math
 import time
 import traceback
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
@@ -41,9 +41,9 @@ class StageRecord:
     stage: str
     key: str
     cached: bool
-    seconds: float = 0.0
-    peak_rss_mb: float = 0.0
-    extra: dict[str, Any] = field(default_factory=dict)
+    seconds: float | None = None
+    peak_rss_mb: float | None = None
+    cuda_peak_mb: float | None = None
 
 
 def psnr(reference: np.ndarray, test: np.ndarray) -> float:
@@ -84,21 +84,24 @@ class Runner:
         return registered.factory(config), identity
 
     def _stage(self, stage: str, key: str, build: Callable[[Path], dict[str, Any] | None]) -> tuple[Path, dict]:
-        """Load the artifact `(stage, key)` or build it with `build(tmp_folder) -> meta`."""
+        """Load the artifact `(stage, key)` or build it with `build(tmp_folder) -> meta`.
+
+        The stage's cost (wall time, peak memory) is stored with the artifact, so the manifest of a warm run
+        still reports what each stage cost when it was computed.
+        """
         artifact = self.cache.get(stage, key)
-        if artifact is not None:
-            self.stages.append(StageRecord(stage, key, cached=True))
-            return artifact.path, self._meta(stage, key)
-        log.info("stage %s started (key %s)", stage, key)
-        with StageMonitor() as monitor, self.cache.writing(stage, key, {}) as tmp:
-            meta = build(tmp) or {}
-            # stored with the artifact, so warm runs report the cost of the original computation
-            meta["seconds"] = round(time.perf_counter() - monitor.start, 3)
-            (tmp / "stage.json").write_text(json.dumps(meta, default=str))
-        record = StageRecord(stage, key, cached=False, **monitor.record())
-        self.stages.append(record)
-        log.info("stage %s finished in %.1fs", stage, record.seconds)
-        return self.cache.path(stage, key), self._meta(stage, key)
+        if artifact is None:
+            log.info("stage %s started (key %s)", stage, key)
+            with self.cache.writing(stage, key, {}) as tmp:
+                with StageMonitor() as monitor:
+                    meta = build(tmp) or {}
+                meta.update(monitor.record())
+                (tmp / "stage.json").write_text(json.dumps(meta, default=str))
+            log.info("stage %s finished in %.1fs", stage, meta["seconds"])
+        meta = self._meta(stage, key)
+        self.stages.append(StageRecord(stage, key, cached=artifact is not None, seconds=meta.get("seconds"),
+                                       peak_rss_mb=meta.get("peak_rss_mb"), cuda_peak_mb=meta.get("cuda_peak_mb")))
+        return self.cache.path(stage, key), meta
 
     def _meta(self, stage: str, key: str) -> dict[str, Any]:
         return json.loads((self.cache.path(stage, key) / "stage.json").read_text())
