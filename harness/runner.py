@@ -128,8 +128,13 @@ class Runner:
             reports[split] = meta.get("report", {})
         return dataset, keys, videos, reports
 
-    def _fit_component(self, stage: str, component: Component, key: str, fit: Callable[[], None]) -> None:
-        """Fit and cache a component's state (encoder or generator); reload it when cached."""
+    def _fit_component(self, stage: str, component: Component, key: str,
+                       fit: Callable[[], None]) -> Callable[[], None]:
+        """Fit and cache a component's state (encoder or generator).
+
+        Returns `ready()`, which makes the component usable on first call: it loads the cached state (or redoes
+        a fit that saved nothing). A warm run whose later stages are all cached never pays for loading models.
+        """
         def build(tmp: Path) -> dict:
             fit()
             state = tmp / "state"
@@ -137,25 +142,39 @@ class Runner:
             return {"saved": bool(component.save_state(state))}
 
         path, meta = self._stage(stage, key, build)
-        if self.stages[-1].cached:
+        loaded = not self.stages[-1].cached
+
+        def ready() -> None:
+            nonlocal loaded
+            if loaded:
+                return
             if meta.get("saved"):
                 component.load_state(path / "state")
             else:
-                fit()  # nothing was saved (cheap fits), so redo it
+                fit()  # nothing was saved (a cheap fit), so redo it
+            loaded = True
+
+        return ready
 
     def _encode(self, data_keys, videos) -> tuple[Any, dict[str, str], dict[str, LatentSet], dict[str, Any]]:
         encoder, ident = self._component("encoders", self.spec.encoder.plugin, "encoder")
         self.ctx.components["encoder"] = encoder
         fit_key = self.cache.key("encoder-fit", **ident, data=data_keys["train"], seed=self.spec.seed)
-        self._fit_component("encoder-fit", encoder, fit_key, lambda: encoder.fit(videos["train"], self.ctx))
+        self.encoder_ready = self._fit_component("encoder-fit", encoder, fit_key,
+                                                 lambda: encoder.fit(videos["train"], self.ctx))
         keys, latents = {}, {}
         for split in SPLITS:
             keys[split] = self.cache.key("encode", encoder=fit_key, data=data_keys[split])
-            path, _ = self._stage(f"encode-{split}", keys[split],
-                                  lambda tmp, s=split: encoder.encode(videos[s], self.ctx).save(tmp))
+
+            def encode(tmp: Path, split: str = split) -> None:
+                self.encoder_ready()
+                encoder.encode(videos[split], self.ctx).save(tmp)
+
+            path, _ = self._stage(f"encode-{split}", keys[split], encode)
             latents[split] = LatentSet.load(path)
 
         def reconstruction(tmp: Path) -> dict:
+            self.encoder_ready()
             decoded = encoder.decode(latents["test"], self.ctx)
             return {"recon_psnr_db": round(psnr(videos["test"].frames, decoded.frames), 3)}
 
@@ -188,9 +207,12 @@ class Runner:
         fit_data = {"train": latents["train"], "val": latents["val"]}
         try:
             if self.cache.get("samples", sample_key) is None:
-                self._fit_component("generator-fit", generator, fit_key, lambda: generator.fit(fit_data, self.ctx))
+                generator_ready = self._fit_component("generator-fit", generator, fit_key,
+                                                      lambda: generator.fit(fit_data, self.ctx))
 
             def build(tmp: Path) -> dict:
+                self.encoder_ready()  # generators may use the run's encoder (e.g. to encode what they render)
+                generator_ready()
                 start = time.perf_counter()
                 samples = generator.sample(conditions, self.ctx)
                 seconds = time.perf_counter() - start

@@ -180,3 +180,13 @@ def test_phantom_fresh_honours_the_requested_ef(tiny_run):
     [samples] = fresh
     np.testing.assert_allclose(samples.table["ef"], samples.provenance["requested_ef"], atol=1e-6)
     assert samples.provenance["requested_ef"].nunique() > 1
+
+
+def test_warm_run_loads_no_models(tiny_run, registry, tmp_path):
+    from harness.runner import Runner
+    from harness.spec import validate_spec
+
+    runner = Runner(validate_spec(TINY, registry), registry, ArtifactCache(tiny_run["cache"]), tmp_path / "run",
+                    show_progress=False)
+    assert comparable(runner.run()) == comparable(tiny_run["results"])
+    assert runner.executed == [] and runner.ctx.components["encoder"].model is None
