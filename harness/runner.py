@@ -108,7 +108,7 @@ class Runner:
 
     # ------------------------------------------------------------------------------------------ stages
 
-    def _load_data(self) -> tuple[Any, dict[str, str], dict[str, VideoSet], dict[str, Any]]:
+    def _load_data(self) -> tuple[dict[str, str], dict[str, VideoSet], dict[str, Any]]:
         dataset, ident = self._component("datasets", self.spec.dataset.plugin, "dataset")
         self.ctx.components["dataset"] = dataset
         keys, videos, reports = {}, {}, {}
@@ -126,7 +126,7 @@ class Runner:
             path, meta = self._stage(f"dataset-{split}", keys[split], build)
             videos[split] = VideoSet.load(path)
             reports[split] = meta.get("report", {})
-        return dataset, keys, videos, reports
+        return keys, videos, reports
 
     def _fit_component(self, stage: str, component: Component, key: str,
                        fit: Callable[[], None]) -> Callable[[], None]:
@@ -156,7 +156,7 @@ class Runner:
 
         return ready
 
-    def _encode(self, data_keys, videos) -> tuple[Any, dict[str, str], dict[str, LatentSet], dict[str, Any]]:
+    def _encode(self, data_keys, videos) -> tuple[dict[str, str], dict[str, LatentSet], dict[str, Any]]:
         encoder, ident = self._component("encoders", self.spec.encoder.plugin, "encoder")
         self.ctx.components["encoder"] = encoder
         fit_key = self.cache.key("encoder-fit", **ident, data=data_keys["train"], seed=self.spec.seed)
@@ -181,7 +181,7 @@ class Runner:
         _, meta = self._stage("reconstruction", self.cache.key("reconstruction", latents=keys["test"]), reconstruction)
         summary = {"plugin": self.spec.encoder.plugin, "space": encoder.space,
                    "latent_shape": list(latents["train"].clip_shape), "recon_psnr_db": meta["recon_psnr_db"]}
-        return encoder, keys, latents, summary
+        return keys, latents, summary
 
     def conditions(self, n: int, train: LatentSet) -> list[Condition]:
         """The requested videos, identical for every generator of a benchmark (same seeds, same EFs)."""
@@ -206,9 +206,10 @@ class Runner:
         sample_key = self.cache.key("samples", fit=fit_key, conditions=[asdict(c) for c in conditions])
         fit_data = {"train": latents["train"], "val": latents["val"]}
         try:
-            if self.cache.get("samples", sample_key) is None:
-                generator_ready = self._fit_component("generator-fit", generator, fit_key,
-                                                      lambda: generator.fit(fit_data, self.ctx))
+            # the fit (or its cached state) is only needed when the samples themselves are not cached
+            generator_ready = self._fit_component(
+                "generator-fit", generator, fit_key, lambda: generator.fit(fit_data, self.ctx)
+            ) if self.cache.get("samples", sample_key) is None else None
 
             def build(tmp: Path) -> dict:
                 self.encoder_ready()  # generators may use the run's encoder (e.g. to encode what they render)
@@ -237,11 +238,9 @@ class Runner:
     def run(self) -> dict[str, Any]:
         started = time.time()
         self.run_dir.mkdir(parents=True, exist_ok=True)
-        _, data_keys, videos, reports = self._load_data()
-        _, enc_keys, latents, encoder_summary = self._encode(data_keys, videos)
-        rows = []
-        for entry in self.spec.generators:
-            rows.append(self._generate(entry, enc_keys, latents))
+        data_keys, videos, reports = self._load_data()
+        enc_keys, latents, encoder_summary = self._encode(data_keys, videos)
+        rows = [self._generate(entry, enc_keys, latents) for entry in self.spec.generators]
         results = build_results(self.resolved, reports, encoder_summary, rows)
         manifest = build_manifest(self.resolved, self.ctx, self.stages, started)
         atomic_write_text(self.run_dir / "results.json", json.dumps(results, indent=2))

@@ -20,14 +20,14 @@ from harness.data import Condition, LatentSet, SampleSet
 from harness.errors import UserError
 
 
-def _sample_set(latents: np.ndarray, conditions: list[Condition], efs, sources: list[list[str]], fps: float,
-                **extra) -> SampleSet:
+def _sample_set(latents: np.ndarray, conditions: list[Condition], efs, sources: list[list[str]],
+                fps: float) -> SampleSet:
     ids = [c.sample_id for c in conditions]
     table = pd.DataFrame({"video_id": ids, "patient_id": "", "ef": np.asarray(efs, dtype=float),
                           "split": "synthetic", "fps": fps, "source_file": ""})
     provenance = pd.DataFrame({"sample_id": ids, "seed": [c.seed for c in conditions],
                                "requested_ef": [c.ef for c in conditions],
-                               "source_ids": [";".join(s) for s in sources], **extra})
+                               "source_ids": [";".join(s) for s in sources]})
     return SampleSet(latents.astype(np.float16), table, provenance)
 
 
