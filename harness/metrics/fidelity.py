@@ -1,0 +1,57 @@
+"""Fidelity in a feature space: Frechet distance and k-NN precision / recall / density / coverage.
+
+Precision, recall, density and coverage follow Naeem et al. 2020 (the `prdc` package) exactly, strict `<`
+included, but are computed in row blocks so memory stays bounded for large sets.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+from scipy import linalg
+
+
+def _blocks(n: int, other: int, block_bytes: int, itemsize: int):
+    rows = max(1, block_bytes // max(other * itemsize, 1))
+    for start in range(0, n, rows):
+        yield slice(start, min(n, start + rows))
+
+
+def kth_neighbour_distance(x: torch.Tensor, k: int, block_bytes: int = 64 * 2**20) -> torch.Tensor:
+    """Distance from each row to its k-th nearest other row of the same set (self excluded)."""
+    out = torch.empty(len(x), dtype=x.dtype, device=x.device)
+    for s in _blocks(len(x), len(x), block_bytes, x.element_size()):
+        out[s] = torch.cdist(x[s], x).topk(k + 1, dim=1, largest=False).values[:, k]
+    return out
+
+
+def prdc(real: torch.Tensor, fake: torch.Tensor, k: int = 5, block_bytes: int = 64 * 2**20) -> dict[str, float]:
+    r_real = kth_neighbour_distance(real, k, block_bytes)
+    r_fake = kth_neighbour_distance(fake, k, block_bytes)
+    inside_real = torch.zeros(len(fake), dtype=torch.long, device=fake.device)  # real balls containing fake j
+    recalled = torch.zeros(len(real), dtype=torch.bool, device=real.device)
+    covered = torch.zeros(len(real), dtype=torch.bool, device=real.device)
+    for s in _blocks(len(real), len(fake), block_bytes, real.element_size()):
+        d = torch.cdist(real[s], fake)  # [block of real, M]
+        inside_real += (d < r_real[s, None]).sum(dim=0)
+        recalled[s] = (d < r_fake[None, :]).any(dim=1)
+        covered[s] = d.min(dim=1).values < r_real[s]
+    return {
+        "precision": float((inside_real > 0).double().mean()),
+        "recall": float(recalled.double().mean()),
+        "density": float(inside_real.double().mean() / k),
+        "coverage": float(covered.double().mean()),
+    }
+
+
+def frechet_distance(real: np.ndarray, fake: np.ndarray) -> float:
+    """||mu_r - mu_f||^2 + Tr(S_r + S_f - 2 (S_r S_f)^(1/2)) of Gaussians fitted to the two feature sets."""
+    real, fake = np.asarray(real, np.float64), np.asarray(fake, np.float64)
+    mu_r, mu_f = real.mean(0), fake.mean(0)
+    s_r, s_f = np.cov(real, rowvar=False), np.cov(fake, rowvar=False)
+    covmean = linalg.sqrtm(s_r @ s_f)
+    if not np.isfinite(covmean).all():  # near-singular product: regularise, as the FID reference code does
+        eps = 1e-6 * np.eye(len(s_r))
+        covmean = linalg.sqrtm((s_r + eps) @ (s_f + eps))
+    covmean = covmean.real
+    return float(((mu_r - mu_f) ** 2).sum() + np.trace(s_r) + np.trace(s_f) - 2.0 * np.trace(covmean))
