@@ -123,10 +123,16 @@ def cmd_run(args) -> int:
         handler.close()
     from harness.leaderboard import render
 
-    atomic_write_text(run_dir / "leaderboard.md", render([results], "md"))
+    results["_source"] = str(run_dir)
+    atomic_write_text(run_dir / "leaderboard.md", render([results], "md", base=run_dir))
     errors = [r for r in results["rows"] if r.get("error")]
     for row in errors:
         print(f"error: generator '{row['generator']}': {row['error']}", file=sys.stderr)
+    reid = results.get("reid")
+    if reid and not reid["reliable"]:
+        print(f"warning: the re-ID model did not learn (validation AUC {reid['training'].get('val_auc')} < "
+              f"{resolved.spec.privacy.min_val_auc}); its privacy columns are marked unreliable. Train longer "
+              "(reid.args) or check the data.", file=sys.stderr)
     skipped = results["dataset"]["skipped_videos"]
     if skipped:
         print(f"warning: {skipped} unreadable videos were skipped (listed in results.json).", file=sys.stderr)
@@ -155,7 +161,7 @@ def cmd_plugins(args) -> int:
 def cmd_leaderboard(args) -> int:
     from harness.leaderboard import load_results, render
 
-    text = render(load_results(args.runs), args.format, args.allow_mixed)
+    text = render(load_results(args.runs), args.format, args.allow_mixed, base=args.out)
     if args.out:
         target = args.out / f"leaderboard.{args.format}"
         atomic_write_text(target, text)

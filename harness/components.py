@@ -12,6 +12,9 @@ from typing import TYPE_CHECKING, Any, ClassVar, Literal
 from pydantic import BaseModel, ConfigDict
 
 if TYPE_CHECKING:
+    import numpy as np
+    import torch
+
     from harness.context import RunContext
     from harness.data import Condition, LatentSet, SampleSet, VideoSet
 
@@ -36,6 +39,10 @@ class Component:
 
     def load_state(self, folder: Path) -> None:
         """Restore what `save_state` wrote."""
+
+    def fit_report(self) -> dict[str, Any]:
+        """What training measured (epochs, validation scores, epoch time), kept with the cached state."""
+        return {}
 
 
 class Dataset(Component):
@@ -79,17 +86,24 @@ class Generator(Component):
 
 
 class ReIdFilter(Component):
-    """A re-identification model: embeds frames and scores all pairs of embeddings."""
+    """A re-identification model: embeds frames; the core scores pairs of embeddings with its heads.
+
+    Heads: `pred` = the model's logit `w . |f_a - f_b| + b` (from `head_parameters`), and the model-free `l1`,
+    `l2` and `corr` on the same features. All-pairs scoring is a core function (`harness.metrics.pairs`), chunked
+    so that it never builds the full matrix.
+    """
 
     heads: ClassVar[tuple[str, ...]] = ("pred", "l1", "l2", "corr")
 
     def fit(self, train: LatentSet, val: LatentSet, ctx: RunContext) -> None:
         raise NotImplementedError
 
-    def embed(self, frames, ctx: RunContext):
+    def embed(self, videos: np.ndarray, ctx: RunContext, frames: list[int] | None = None) -> torch.Tensor:
+        """Features `[N, F, D]` of the chosen frames (all when None) of clips `[N, T, C, h, w]`."""
         raise NotImplementedError
 
-    def scores(self, fa, fb, head: str):
+    def head_parameters(self) -> tuple[torch.Tensor, float]:
+        """`(w, b)` of the `pred` head's linear layer on `|f_a - f_b|`."""
         raise NotImplementedError
 
 

@@ -6,6 +6,7 @@ Published tables hold aggregates only (one number per generator and metric), nev
 from __future__ import annotations
 
 import json
+import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -32,6 +33,19 @@ COLUMNS = [
     Column("generator", "generator"),
     Column("plugin", "plugin"),
     Column("n_samples", "samples"),
+    Column("memorised_pct", "memorised %", "↓", 1),
+    Column("tau", "τ", "", 3),
+    Column("recall", "recall", "↑"),
+    Column("recall_after_filter", "recall after filter", "↑"),
+    Column("reference_recall", "real recall", "", 3),
+    Column("irs_inf", "IRS∞", "↑"),
+    Column("consistency", "consistency", "↑"),
+    Column("consistency_gap_abs", "consistency gap to real", "↓"),
+    Column("fd", "Fréchet distance", "↓"),
+    Column("precision", "precision", "↑"),
+    Column("knn_recall", "k-NN recall", "↑"),
+    Column("density", "density", "↑"),
+    Column("coverage", "coverage", "↑"),
     Column("recon_psnr_db", "recon PSNR dB", "↑", 2),
     Column("sample_seconds_per_video", "s/video", "↓", 4),
     Column("generator_hash", "config hash"),
@@ -46,9 +60,11 @@ def load_results(paths: list[Path]) -> list[dict[str, Any]]:
         if not file.is_file():
             raise UserError(f"{path}: no results.json here; pass run directories written by `harness run`.")
         try:
-            results.append(json.loads(file.read_text()))
+            result = json.loads(file.read_text())
         except json.JSONDecodeError as exc:
             raise UserError(f"{file}: not valid JSON ({exc}); re-run the benchmark to rewrite it.") from None
+        result["_source"] = str(file.parent)  # where its figures are; not part of any published table
+        results.append(result)
     return results
 
 
@@ -68,25 +84,140 @@ def collect_rows(results: list[dict[str, Any]], allow_mixed: bool = False) -> tu
     return frame, hashes
 
 
+#: Columns whose numbers mean nothing when the re-ID model did not learn.
+PRIVACY_KEYS = ("memorised_pct", "tau", "recall", "recall_after_filter", "irs_inf")
+
+
 def table(frame: pd.DataFrame, mixed: bool) -> pd.DataFrame:
+    frame = frame.copy()
+    if "consistency_gap" in frame.columns:
+        frame["consistency_gap_abs"] = pd.to_numeric(frame["consistency_gap"], errors="coerce").abs()
     columns = [c for c in COLUMNS if c.key in frame.columns]
     out = pd.DataFrame({c.header: frame[c.key] for c in columns})
     if mixed:
         out.insert(0, "benchmark", frame["benchmark_hash"])
     for c in columns:
-        if c.digits and pd.api.types.is_float_dtype(out[c.header]):
-            out[c.header] = out[c.header].round(c.digits)
-    return out.fillna("")
+        if c.digits and pd.api.types.is_numeric_dtype(out[c.header]) and not pd.api.types.is_bool_dtype(out[c.header]):
+            out[c.header] = out[c.header].astype(float).round(c.digits)
+    if "privacy_reliable" in frame.columns:
+        unreliable = frame["privacy_reliable"].eq(False).to_numpy()
+        for c in columns:
+            if c.key in PRIVACY_KEYS:
+                out[c.header] = [f"{v} (unreliable)" if bad else v for v, bad in zip(out[c.header], unreliable,
+                                                                                      strict=True)]
+    return out.astype(object).where(out.notna(), "")
 
 
-def render(results: list[dict[str, Any]], fmt: str, allow_mixed: bool = False) -> str:
+def _interval(value: float, low: float, high: float) -> str:
+    return f"{value:.3f} [{low:.3f}, {high:.3f}]"
+
+
+def reid_tables(results: list[dict[str, Any]]) -> str:
+    """The re-ID model's quality (paper Table 1) and AUC per head (Table 3), one line per distinct model."""
+    quality, heads, seen = [], [], set()
+    for result in results:
+        reid = result.get("reid")
+        if not reid or result["benchmark"]["benchmark_hash"] in seen:
+            continue
+        seen.add(result["benchmark"]["benchmark_hash"])
+        name = f"{reid['plugin']} ({result['benchmark']['encoder']})"
+        test, training = reid["test"], reid.get("training", {})
+        quality.append({"model": name, "test pairs": test["pairs"],
+                        "AUC [95 % CI] ↑": _interval(test["auc"], test["auc_low"], test["auc_high"]),
+                        "accuracy ↑": round(test["accuracy"], 3), "F1 ↑": round(test["f1"], 3),
+                        "precision ↑": round(test["precision"], 3), "recall ↑": round(test["recall"], 3),
+                        "val AUC ↑": training.get("val_auc", ""), "epochs": training.get("epochs", ""),
+                        "s/epoch ↓": training.get("epoch_seconds", ""),
+                        "reliable": "yes" if reid.get("reliable", True) else "NO (val AUC too low)"})
+        heads.append({"model": name, **{f"AUC {h} ↑": _interval(v["auc"], v["auc_low"], v["auc_high"])
+                                         for h, v in test["heads"].items()}})
+    if not quality:
+        return ""
+    return ("\n### Re-identification model (test pairs, threshold 0.5)\n\n"
+            + tabulate(pd.DataFrame(quality), headers="keys", tablefmt="github", showindex=False)
+            + "\n\n### AUC per head\n\n"
+            + tabulate(pd.DataFrame(heads), headers="keys", tablefmt="github", showindex=False) + "\n")
+
+
+def study_tables(result: dict[str, Any]) -> str:
+    """A re-ID study: each model on its own test split (Table 1), AUC per head (Table 3), cross-dataset (Table 2)."""
+    study = result["study"]
+    trained = {v["name"]: v for v in study["variants"]}
+    own, heads, cross = [], [], []
+    for test in study["tests"]:
+        variant = trained[test["model"]]
+        training = variant["reid"]["training"]
+        auc = _interval(test["auc"], test["auc_low"], test["auc_high"])
+        if test["model"] == test["tested_on"]:
+            own.append({"model": test["model"], "space": test["space"], "test pairs": test["pairs"],
+                        "AUC [95 % CI] ↑": auc, "accuracy ↑": round(test["accuracy"], 3), "F1 ↑": round(test["f1"], 3),
+                        "precision ↑": round(test["precision"], 3), "recall ↑": round(test["recall"], 3),
+                        "epochs": training.get("epochs"), "s/epoch ↓": training.get("epoch_seconds")})
+            heads.append({"model": test["model"], **{f"AUC {h} ↑": _interval(v["auc"], v["auc_low"], v["auc_high"])
+                                                     for h, v in test["heads"].items()}})
+        else:
+            cross.append({"model": test["model"], "space": test["space"], "tested on": test["tested_on"],
+                          "AUC [95 % CI] ↑": auc, **{f"AUC {h} ↑": round(v["auc"], 3)
+                                                     for h, v in test["heads"].items() if h != "pred"}})
+    text = f"## {result['benchmark']['title']}\n\nbenchmark `{result['benchmark']['benchmark_hash']}` · seed " \
+           f"{result['benchmark']['seed']}\n\n### Re-identification models on their own test split\n\n"
+    text += tabulate(pd.DataFrame(own), headers="keys", tablefmt="github", showindex=False) + "\n"
+    text += "\n### AUC per head\n\n" + tabulate(pd.DataFrame(heads), headers="keys", tablefmt="github",
+                                                    showindex=False) + "\n"
+    if cross:
+        text += "\n### Cross-dataset (trained on one dataset, tested on another)\n\n"
+        text += tabulate(pd.DataFrame(cross), headers="keys", tablefmt="github", showindex=False) + "\n"
+    text += epoch_time_ratios(study["variants"])
+    return text
+
+
+def epoch_time_ratios(variants: list[dict[str, Any]]) -> str:
+    """Image-space over latent-space training epoch time, for variants trained on the same dataset settings."""
+    lines = []
+    for image in (v for v in variants if v["encoder"]["space"] == "image"):
+        for latent in (v for v in variants if v["encoder"]["space"] == "latent"):
+            if latent["dataset_args"] == image["dataset_args"] and latent["dataset"] == image["dataset"]:
+                ratio = image["reid"]["training"]["epoch_seconds"] / latent["reid"]["training"]["epoch_seconds"]
+                lines.append(f"- `{image['name']}` vs `{latent['name']}`: {ratio:.1f}× longer per epoch in image space")
+    if not lines:
+        return ""
+    return "\nEpoch time, image vs latent space (same pairs per epoch):\n\n" + "\n".join(lines) + "\n"
+
+
+def figure_links(results: list[dict[str, Any]], base: Path) -> str:
+    """Markdown links to each run's figures, relative to where the table is written."""
+    links = []
+    for result in results:
+        source = result.get("_source")
+        for label, name in ((result.get("reid") or {}).get("figures") or {}).items():
+            if source is not None:
+                target = os.path.relpath(Path(source) / "figures" / name, base)
+                links.append(f"[{label.replace('_', ' ')}]({target})")
+    return ("\nFigures: " + " · ".join(links) + "\n") if links else ""
+
+
+def render(results: list[dict[str, Any]], fmt: str, allow_mixed: bool = False, base: Path | None = None) -> str:
+    """The table in `fmt`; Markdown adds the re-ID tables and links to figures (relative to `base`)."""
+    if any("study" in r for r in results):
+        if fmt != "md" or len(results) != 1:
+            return json.dumps([{k: v for k, v in r.items() if k != "_source"} for r in results], indent=2) + "\n"
+        return study_tables(results[0])
     frame, hashes = collect_rows(results, allow_mixed)
     shown = table(frame, mixed=len(hashes) > 1)
     bench = results[0]["benchmark"]
     if fmt == "md":
         title = f"## {bench['title']}\n\nbenchmark `{', '.join(hashes)}` · seed {bench['seed']} · " \
                 f"dataset `{bench['dataset']}` · encoder `{bench['encoder']}`\n\n"
-        return title + tabulate(shown, headers="keys", tablefmt="github", showindex=False) + "\n"
+        note = ""
+        reid = results[0].get("reid")
+        if reid:
+            note = (f"privacy: head `{reid['head']}`, τ = {reid['percentile']:g}th percentile "
+                    f"({reid['calibration']}); real test videos above τ: {reid['test_memorised_pct']:.1f} %\n\n")
+            if not all(r["reid"].get("reliable", True) for r in results if r.get("reid")):
+                note += "**The re-ID model did not learn (validation AUC below the spec's minimum): privacy " \
+                        "columns are unreliable.**\n\n"
+        return (title + note + tabulate(shown, headers="keys", tablefmt="github", showindex=False) + "\n"
+                + reid_tables(results) + figure_links(results, base or Path.cwd()))
     if fmt == "csv":
         return shown.to_csv(index=False)
     if fmt == "json":

@@ -19,7 +19,7 @@ PACKAGES = ("reid-harness", "torch", "torchvision", "diffusers", "numpy", "panda
 
 
 def build_results(resolved: ResolvedSpec, dataset_reports: dict[str, Any], encoder: dict[str, Any],
-                  rows: list[dict[str, Any]]) -> dict[str, Any]:
+                  rows: list[dict[str, Any]], reid: dict[str, Any] | None = None) -> dict[str, Any]:
     spec = resolved.spec
     return {
         "schema_version": RESULTS_SCHEMA_VERSION,
@@ -36,6 +36,7 @@ def build_results(resolved: ResolvedSpec, dataset_reports: dict[str, Any], encod
         "dataset": {"splits": dataset_reports,
                     "skipped_videos": sum(r.get("skipped", 0) for r in dataset_reports.values())},
         "encoder": encoder,
+        "reid": reid,
         "rows": [{**row, "recon_psnr_db": encoder.get("recon_psnr_db")} for row in rows],
     }
 

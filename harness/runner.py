@@ -21,12 +21,17 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import pandas as pd
+import torch
 
 from harness.cache import ArtifactCache, atomic_write_text
 from harness.components import Component
 from harness.context import RunContext, resolve_device
 from harness.data import Condition, LatentSet, SampleSet, VideoSet
 from harness.errors import GeneratorOutputError, UserError
+from harness.evaluation import Reference, reference_stats, row_metrics
+from harness.figures import render_figures, tsne_coordinates
+from harness.metrics.reid import reid_quality
 from harness.monitor import StageMonitor
 from harness.plugins import Registry
 from harness.results import build_manifest, build_results
@@ -108,8 +113,9 @@ class Runner:
 
     # ------------------------------------------------------------------------------------------ stages
 
-    def _load_data(self) -> tuple[dict[str, str], dict[str, VideoSet], dict[str, Any]]:
-        dataset, ident = self._component("datasets", self.spec.dataset.plugin, "dataset")
+    def _load_data(self, plugin: str, config_key: str = "dataset"
+                   ) -> tuple[dict[str, str], dict[str, VideoSet], dict[str, Any]]:
+        dataset, ident = self._component("datasets", plugin, config_key)
         self.ctx.components["dataset"] = dataset
         keys, videos, reports = {}, {}, {}
         for split in SPLITS:
@@ -139,7 +145,7 @@ class Runner:
             fit()
             state = tmp / "state"
             state.mkdir()
-            return {"saved": bool(component.save_state(state))}
+            return {"saved": bool(component.save_state(state)), "report": component.fit_report()}
 
         path, meta = self._stage(stage, key, build)
         loaded = not self.stages[-1].cached
@@ -154,14 +160,17 @@ class Runner:
                 fit()  # nothing was saved (a cheap fit), so redo it
             loaded = True
 
+        ready.meta = meta
         return ready
 
-    def _encode(self, data_keys, videos) -> tuple[dict[str, str], dict[str, LatentSet], dict[str, Any]]:
-        encoder, ident = self._component("encoders", self.spec.encoder.plugin, "encoder")
+    def _encode(self, data_keys, videos, plugin: str, config_key: str = "encoder"
+                ) -> tuple[dict[str, str], dict[str, LatentSet], dict[str, Any]]:
+        encoder, ident = self._component("encoders", plugin, config_key)
         self.ctx.components["encoder"] = encoder
         fit_key = self.cache.key("encoder-fit", **ident, data=data_keys["train"], seed=self.spec.seed)
         self.encoder_ready = self._fit_component("encoder-fit", encoder, fit_key,
                                                  lambda: encoder.fit(videos["train"], self.ctx))
+        self.encoder_fit_key = fit_key
         keys, latents = {}, {}
         for split in SPLITS:
             keys[split] = self.cache.key("encode", encoder=fit_key, data=data_keys[split])
@@ -179,9 +188,97 @@ class Runner:
             return {"recon_psnr_db": round(psnr(videos["test"].frames, decoded.frames), 3)}
 
         _, meta = self._stage("reconstruction", self.cache.key("reconstruction", latents=keys["test"]), reconstruction)
-        summary = {"plugin": self.spec.encoder.plugin, "space": encoder.space,
+        summary = {"plugin": plugin, "space": encoder.space,
                    "latent_shape": list(latents["train"].clip_shape), "recon_psnr_db": meta["recon_psnr_db"]}
         return keys, latents, summary
+
+    # ------------------------------------------------------------------------------------------ re-ID
+
+    def _embed(self, stage: str, key: str, latents: np.ndarray, n_frames_videos: int) -> tuple[torch.Tensor, ...]:
+        """Cached re-ID features: first frame of every video, all frames of the first `n_frames_videos` videos."""
+        def build(tmp: Path) -> None:
+            self.reid_ready()
+            first = self.reid.embed(latents, self.ctx, frames=[0])[:, 0]
+            frames = self.reid.embed(latents[:n_frames_videos], self.ctx) if n_frames_videos else first[:0, None]
+            for name, value in (("first", first), ("frames", frames)):
+                if not torch.isfinite(value).all():
+                    raise GeneratorOutputError(f"the re-ID model produced NaN features for {stage}; the inputs "
+                                               "contain values it cannot handle.")
+                np.save(tmp / f"{name}.npy", value.numpy().astype(np.float32))
+
+        path, _ = self._stage(stage, key, build)
+        return tuple(torch.from_numpy(np.load(path / f"{name}.npy")).to(self.ctx.device)
+                     for name in ("first", "frames"))
+
+    def _reid(self, enc_keys, latents, plugin: str, config_key: str = "reid") -> dict[str, Any]:
+        """Train the re-ID model, embed the real splits, measure the model, and compute the real reference."""
+        reid, ident = self._component("reid_filters", plugin, config_key)
+        self.reid = reid
+        privacy = self.spec.privacy
+        fit_key = self.cache.key("reid-fit", **ident, data=[enc_keys["train"], enc_keys["val"]], seed=self.spec.seed)
+        self.reid_ready = self._fit_component("reid-fit", reid, fit_key,
+                                              lambda: reid.fit(latents["train"], latents["val"], self.ctx))
+        self.reid_key = fit_key
+        feats = {split: self._embed(f"embed-{split}", self.cache.key("embed", reid=fit_key, latents=enc_keys[split],
+                                                                          frames=split == "test"),
+                                    latents[split].latents, len(latents[split]) if split == "test" else 0)
+                 for split in SPLITS}
+
+        def head(tmp: Path) -> dict:
+            self.reid_ready()
+            weight, bias = reid.head_parameters()
+            return {"weight": weight.tolist(), "bias": bias}
+
+        head_meta = self._stage("reid-head", self.cache.key("reid-head", reid=fit_key), head)[1]
+        weight = torch.tensor(head_meta["weight"], dtype=torch.float32, device=self.ctx.device)
+
+        def quality(tmp: Path) -> dict:
+            return {"quality": reid_quality(feats["test"][1], weight, head_meta["bias"], seed=0,
+                                            resamples=privacy.bootstrap_resamples)}
+
+        quality_meta = self._stage("reid-eval", self.cache.key("reid-eval", embed=fit_key, test=enc_keys["test"],
+                                                                resamples=privacy.bootstrap_resamples), quality)[1]
+        self.reference = Reference(
+            train_first=feats["train"][0], train_ids=latents["train"].table["video_id"].astype(str).tolist(),
+            test_first=feats["test"][0], test_frames=feats["test"][1], weight=weight, bias=head_meta["bias"],
+            head=privacy.head, percentile=privacy.percentile, calibration=privacy.calibration, knn=privacy.knn)
+        self.reference_stats = reference_stats(self.reference)
+        report = self.reid_ready.meta.get("report", {})
+        val_auc = report.get("val_auc")
+        reliable = val_auc is None or val_auc >= privacy.min_val_auc
+        if not reliable:
+            log.warning("the re-ID model failed to learn (validation AUC %.3f < %.2f)", val_auc, privacy.min_val_auc)
+        stats = self.reference_stats
+        return {"plugin": plugin, "training": report, "reliable": reliable,
+                "test": quality_meta["quality"], "head": privacy.head, "calibration": privacy.calibration,
+                "percentile": privacy.percentile, "tau": stats["tau"], "tau_test_to_train": stats["tau_test_to_train"],
+                "tau_train_to_test": stats["tau_train_to_test"], "test_memorised_pct": stats["test_memorised_pct"],
+                "reference_recall": stats["reference_recall"], "reference_irs_inf": stats["reference_irs_inf"],
+                "consistency_real": float(np.mean(stats["consistency_real"]["corr"])),
+                "consistency_real_head": float(np.mean(stats["consistency_real"]["pred"]))}
+
+    def _row_metrics(self, row: str, sample_key: str, samples: SampleSet) -> dict[str, Any]:
+        n_frames = min(len(samples), self.spec.privacy.consistency_videos)
+        first, frames = self._embed("embed-samples", self.cache.key("embed", reid=self.reid_key, latents=sample_key,
+                                                                     frames=n_frames), samples.latents, n_frames)
+        key = self.cache.key("row-metrics", reid=self.reid_key, samples=sample_key,
+                             privacy=self.spec.privacy.model_dump(mode="json"))
+
+        def build(tmp: Path) -> dict:
+            metrics, per_sample, arrays = row_metrics(first, frames, self.reference, self.reference_stats,
+                                                      samples.provenance["sample_id"].tolist())
+            per_sample.to_csv(tmp / "per_sample.csv", index=False)
+            arrays["tsne"] = tsne_coordinates(self.reference.train_first.cpu().numpy(), arrays.pop("features"),
+                                              self.ctx.seed_for("tsne", row))
+            np.savez(tmp / "arrays.npz", **arrays)
+            return {"metrics": metrics}
+
+        path, meta = self._stage("row-metrics", key, build)
+        per_sample = pd.read_csv(path / "per_sample.csv")
+        table = samples.provenance.merge(per_sample, on="sample_id", how="left")
+        atomic_write_text(self.run_dir / "samples" / f"{row}.csv", table.to_csv(index=False))
+        self.row_arrays[row] = path / "arrays.npz"
+        return meta["metrics"]
 
     def conditions(self, n: int, train: LatentSet) -> list[Condition]:
         """The requested videos, identical for every generator of a benchmark (same seeds, same EFs)."""
@@ -230,22 +327,97 @@ class Runner:
             return {**base, "error": f"{type(exc).__name__}: {exc} (traceback in run.log)"}
         samples = SampleSet.load(path)
         atomic_write_text(self.run_dir / "samples" / f"{row}.csv", samples.provenance.to_csv(index=False))
-        return {**base, "n_returned": len(samples), "sample_seconds_per_video": round(
+        out = {**base, "n_returned": len(samples), "sample_seconds_per_video": round(
             meta["sample_seconds_per_video"], 5), "error": None}
+        if self.spec.reid is not None:
+            try:
+                out.update(self._row_metrics(row, sample_key, samples))
+            except (ValueError, GeneratorOutputError) as exc:
+                log.info("metrics of %s failed: %s", row, exc)
+                return {**out, "error": f"metrics failed: {exc}"}
+        return out
 
     # ------------------------------------------------------------------------------------------ run
 
     def run(self) -> dict[str, Any]:
         started = time.time()
         self.run_dir.mkdir(parents=True, exist_ok=True)
-        data_keys, videos, reports = self._load_data()
-        enc_keys, latents, encoder_summary = self._encode(data_keys, videos)
+        if not self.spec.generators:
+            return self._run_study(started)
+        data_keys, videos, reports = self._load_data(self.spec.dataset.plugin)
+        enc_keys, latents, encoder_summary = self._encode(data_keys, videos, self.spec.encoder.plugin)
+        reid_summary = self._reid(enc_keys, latents, self.spec.reid.plugin) if self.spec.reid is not None else None
+        self.row_arrays: dict[str, Path] = {}
         rows = [self._generate(entry, enc_keys, latents) for entry in self.spec.generators]
-        results = build_results(self.resolved, reports, encoder_summary, rows)
+        if reid_summary is not None:
+            reid_summary["figures"] = render_figures(self.run_dir / "figures", self.reference_stats, self.row_arrays,
+                                                     self.reference.head)
+            if not reid_summary["reliable"]:
+                for row in rows:
+                    row["privacy_reliable"] = False
+        results = build_results(self.resolved, reports, encoder_summary, rows, reid_summary)
         manifest = build_manifest(self.resolved, self.ctx, self.stages, started)
         atomic_write_text(self.run_dir / "results.json", json.dumps(results, indent=2))
         atomic_write_text(self.run_dir / "manifest.json", json.dumps(manifest, indent=2))
         return results
+
+
+    def _run_study(self, started: float) -> dict[str, Any]:
+        """Train every re-ID variant, test it on its own test split and (with `cross`) on the other variants'."""
+        study = self.spec.reid_study
+        variants, models = [], {}
+        for variant in study.variants:
+            refs = {part: self.spec.variant_ref(variant, part) for part in ("dataset", "encoder", "reid")}
+            prefix = f"variants.{variant.name}"
+            data_keys, videos, reports = self._load_data(refs["dataset"].plugin, f"{prefix}.dataset")
+            enc_keys, latents, encoder = self._encode(data_keys, videos, refs["encoder"].plugin, f"{prefix}.encoder")
+            reid = self._reid(enc_keys, latents, refs["reid"].plugin, f"{prefix}.reid")
+            models[variant.name] = {
+                "encoder": self.ctx.components["encoder"], "encoder_ready": self.encoder_ready,
+                "encoder_key": self.encoder_fit_key, "reid": self.reid, "reid_ready": self.reid_ready,
+                "reid_key": self.reid_key, "weight": self.reference.weight, "bias": self.reference.bias,
+                "test_key": data_keys["test"], "test": videos["test"]}
+            variants.append({"name": variant.name, "dataset": refs["dataset"].plugin,
+                             "dataset_args": self.resolved.configs[f"{prefix}.dataset"].model_dump(mode="json"),
+                             "encoder": encoder, "reid": {k: v for k, v in reid.items() if k != "figures"},
+                             "splits": reports})
+        tests = [{"model": v["name"], "tested_on": v["name"], "space": v["encoder"]["space"], **v["reid"]["test"]}
+                 for v in variants]
+        if study.cross:
+            for v in variants:
+                for u in variants:
+                    if models[u["name"]]["test_key"] != models[v["name"]]["test_key"]:
+                        quality = self._cross_test(models[v["name"]], models[u["name"]])
+                        tests.append({"model": v["name"], "tested_on": u["name"], "space": v["encoder"]["space"],
+                                      **quality})
+        results = build_results(self.resolved, {}, {}, [], None)
+        results["study"] = {"variants": variants, "tests": tests}
+        manifest = build_manifest(self.resolved, self.ctx, self.stages, started)
+        atomic_write_text(self.run_dir / "results.json", json.dumps(results, indent=2))
+        atomic_write_text(self.run_dir / "manifest.json", json.dumps(manifest, indent=2))
+        return results
+
+    def _cross_test(self, model: dict[str, Any], other: dict[str, Any]) -> dict[str, Any]:
+        """Model quality on another dataset's test split, encoded with the model's own encoder."""
+        encode_key = self.cache.key("encode", encoder=model["encoder_key"], data=other["test_key"])
+
+        def encode(tmp: Path) -> None:
+            model["encoder_ready"]()
+            model["encoder"].encode(other["test"], self.ctx).save(tmp)
+
+        path, _ = self._stage("encode-cross", encode_key, encode)
+        latents = LatentSet.load(path)
+        self.reid, self.reid_ready = model["reid"], model["reid_ready"]
+        _, frames = self._embed("embed-cross", self.cache.key("embed", reid=model["reid_key"], latents=encode_key,
+                                                               frames=True), latents.latents, len(latents))
+
+        def quality(tmp: Path) -> dict:
+            return {"quality": reid_quality(frames, model["weight"], model["bias"], seed=0,
+                                            resamples=self.spec.privacy.bootstrap_resamples)}
+
+        key = self.cache.key("reid-eval", embed=model["reid_key"], test=encode_key,
+                             resamples=self.spec.privacy.bootstrap_resamples)
+        return self._stage("reid-eval", key, quality)[1]["quality"]
 
 
 def check_samples(samples: SampleSet, n: int, clip_shape: tuple[int, ...], row: str) -> None:

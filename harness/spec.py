@@ -50,7 +50,11 @@ class GeneratorEntry(PluginRef):
 class PrivacySpec(_Strict):
     calibration: Literal["test-to-train", "train-to-test"] = "test-to-train"
     percentile: float = Field(95.0, gt=0, lt=100)
-    head: str = "pred"
+    head: Literal["pred", "l1", "l2", "corr"] = "pred"
+    consistency_videos: PositiveInt = Field(1000, description="videos per row whose every frame is embedded")
+    knn: PositiveInt = Field(5, description="k of the k-NN precision/recall/density/coverage")
+    bootstrap_resamples: PositiveInt = 10_000
+    min_val_auc: float = Field(0.6, ge=0, le=1, description="below this the re-ID model is marked unreliable")
 
 
 class ConditionSpec(_Strict):
@@ -71,6 +75,30 @@ class DownstreamSpec(_Strict):
     strategies: list[str] = Field(default_factory=lambda: ["random"])
 
 
+class StudyVariant(_Strict):
+    """One re-ID model of a study; unset parts fall back to the spec's top-level `dataset`, `encoder`, `reid`."""
+
+    name: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
+    dataset: PluginRef | None = None
+    encoder: PluginRef | None = None
+    reid: PluginRef | None = None
+
+
+class ReidStudySpec(_Strict):
+    """Several re-ID models (e.g. latent vs image space, per view), each tested on its own test split and, with
+    `cross`, on every other variant's test split (encoded with its own encoder): paper Tables 1-3."""
+
+    variants: list[StudyVariant] = Field(min_length=1)
+    cross: bool = True
+
+    @model_validator(mode="after")
+    def _unique(self) -> ReidStudySpec:
+        names = [v.name for v in self.variants]
+        if len(set(names)) != len(names):
+            raise ValueError("study variants need distinct names")
+        return self
+
+
 class LeaderboardSpec(_Strict):
     title: str | None = None
     sort_by: str | None = None
@@ -88,9 +116,21 @@ class Spec(_Strict):
     privacy: PrivacySpec = Field(default_factory=PrivacySpec)
     conditions: ConditionSpec = Field(default_factory=ConditionSpec)
     samples_per_generator: PositiveInt = 64
-    generators: list[GeneratorEntry] = Field(min_length=1)
+    generators: list[GeneratorEntry] = Field(default_factory=list)
+    reid_study: ReidStudySpec | None = None
     downstream: DownstreamSpec | None = None
     leaderboard: LeaderboardSpec = Field(default_factory=LeaderboardSpec)
+
+    @model_validator(mode="after")
+    def _something_to_run(self) -> Spec:
+        if not self.generators and self.reid_study is None:
+            raise ValueError("the spec has no `generators` (and no `reid_study`); list at least one generator")
+        if self.reid_study is not None and self.reid is None and any(v.reid is None for v in self.reid_study.variants):
+            raise ValueError("every reid_study variant needs a `reid` (or set a top-level `reid`)")
+        return self
+
+    def variant_ref(self, variant: StudyVariant, part: str) -> PluginRef:
+        return getattr(variant, part) or getattr(self, part)
 
     @model_validator(mode="after")
     def _unique_rows(self) -> Spec:
@@ -137,6 +177,12 @@ class ResolvedSpec:
         for key in ("dataset", "encoder", "reid"):
             if data.get(key) is not None:
                 data[key]["args"] = self.configs[key].model_dump(mode="json")
+        if self.spec.reid_study is not None:
+            for variant, raw in zip(self.spec.reid_study.variants, data["reid_study"]["variants"], strict=True):
+                for part in ("dataset", "encoder", "reid"):
+                    ref = self.spec.variant_ref(variant, part)
+                    raw[part] = {"plugin": ref.plugin,
+                                 "args": self.configs[f"variants.{variant.name}.{part}"].model_dump(mode="json")}
         if data.get("downstream") is not None:
             data["downstream"]["task"]["args"] = self.configs["task"].model_dump(mode="json")
         for entry, raw in zip(self.spec.generators, data["generators"], strict=True):
@@ -239,6 +285,11 @@ def validate_spec(path: Path, registry: Registry, overrides: dict[str, Any] | No
         refs.append(("task", "tasks", ("downstream", "task"), spec.downstream.task))
     for i, entry in enumerate(spec.generators):
         refs.append((f"generators.{entry.row_name}", "generators", ("generators", i), entry))
+    for i, variant in enumerate(spec.reid_study.variants if spec.reid_study else []):
+        for part, role in (("dataset", "datasets"), ("encoder", "encoders"), ("reid", "reid_filters")):
+            own = getattr(variant, part) is not None
+            loc = ("reid_study", "variants", i, part) if own else (part,)
+            refs.append((f"variants.{variant.name}.{part}", role, loc, spec.variant_ref(variant, part)))
 
     for key, role, loc, ref in refs:
         known = registry.components[role]
@@ -247,6 +298,11 @@ def validate_spec(path: Path, registry: Registry, overrides: dict[str, Any] | No
             problems.append(SpecProblem(loc + ("plugin",), _line_of(root, loc + ("plugin",)), msg))
             continue
         factory = known[ref.plugin].factory
+        if key == "reid" and spec.privacy.head not in factory.heads:
+            loc_head = ("privacy", "head")
+            problems.append(SpecProblem(loc_head, _line_of(root, loc_head),
+                                        f"the re-ID model '{ref.plugin}' has no head '{spec.privacy.head}'; "
+                                        f"use one of {', '.join(factory.heads)}"))
         try:
             configs[key] = factory.Config.model_validate(ref.args)
         except ValidationError as err:

@@ -1,5 +1,6 @@
 import copy
 import json
+import re
 
 import pytest
 
@@ -18,7 +19,10 @@ def test_markdown_csv_json(tiny_run, tmp_path):
     assert payload["benchmark_hashes"] == [results["benchmark"]["benchmark_hash"]]
     assert {c["direction"] for c in payload["columns"]} == {"", "↑", "↓"}
     done = run_cli("leaderboard", str(tiny_run["out"]), "--format", "md", "--out", str(tmp_path))
-    assert done.returncode == 0 and (tmp_path / "leaderboard.md").read_text() == md
+    written = (tmp_path / "leaderboard.md").read_text()
+    assert done.returncode == 0 and written.startswith(md)
+    links = re.findall(r"\]\(([^)]+\.png)\)", written)
+    assert len(links) == 4 and all((tmp_path / link).is_file() for link in links)  # relative to the table
 
 
 def test_mixed_benchmarks_are_refused_unless_allowed(tiny_run):

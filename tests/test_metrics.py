@@ -63,3 +63,116 @@ def test_frechet_distance_of_a_shift():
     x = np.random.default_rng(1).normal(size=(500, 8))
     assert frechet_distance(x, x) == pytest.approx(0.0, abs=1e-6)
     assert frechet_distance(x, x + 2.0) == pytest.approx(8 * 4.0, rel=1e-6)
+
+
+# ---------------------------------------------------------------------------------------------- re-ID quality
+
+def test_auc_equals_scikit_learn_with_ties():
+    from sklearn.metrics import roc_auc_score
+
+    from harness.metrics.classification import roc_auc
+
+    rng = np.random.default_rng(0)
+    labels = rng.random(300) < 0.4
+    scores = np.round(rng.normal(labels * 0.8, 1.0), 1)  # rounding makes many ties
+    assert roc_auc(labels, scores) == pytest.approx(roc_auc_score(labels, scores), abs=1e-12)
+
+
+def test_bootstrap_interval_brackets_the_auc_and_matches_a_loop():
+    from sklearn.metrics import roc_auc_score
+
+    from harness.metrics.classification import _weighted_auc, bootstrap_auc, roc_auc
+
+    rng = np.random.default_rng(1)
+    labels = rng.random(120) < 0.5
+    scores = rng.normal(labels * 1.0, 1.0)
+    low, high = bootstrap_auc(labels, scores, resamples=2000, seed=0)
+    assert low < roc_auc(labels, scores) < high
+    draws = [rng.integers(0, 120, 120) for _ in range(5)]
+    counts = np.stack([np.bincount(d, minlength=120) for d in draws]).astype(float)
+    expected = [roc_auc_score(labels[d], scores[d]) for d in draws]
+    np.testing.assert_allclose(_weighted_auc(labels, scores, counts), expected, atol=1e-12)
+
+
+def test_decision_metrics_equal_scikit_learn():
+    from sklearn.metrics import accuracy_score, f1_score, precision_score, recall_score
+
+    from harness.metrics.classification import decision_metrics
+
+    rng = np.random.default_rng(2)
+    labels = rng.random(200) < 0.5
+    logits = rng.normal(labels * 1.5 - 0.5, 1.0)
+    said = logits > 0
+    got = decision_metrics(labels, logits)
+    assert got["accuracy"] == pytest.approx(accuracy_score(labels, said))
+    assert got["f1"] == pytest.approx(f1_score(labels, said))
+    assert got["precision"] == pytest.approx(precision_score(labels, said))
+    assert got["recall"] == pytest.approx(recall_score(labels, said))
+
+
+def test_evaluation_pairs_are_half_positive_and_use_two_frames():
+    from harness.metrics.reid import sample_pairs
+
+    pairs = sample_pairs(2000, 16, np.random.default_rng(0))
+    same = pairs[:, 4] == 1
+    assert 0.45 < same.mean() < 0.55
+    assert (pairs[same, 0] == pairs[same, 2]).all() and (pairs[same, 1] != pairs[same, 3]).all()
+    assert (pairs[~same, 0] != pairs[~same, 2]).all()
+    assert sorted(pairs[:, 0]) == list(range(2000))  # one pair per video
+
+
+# ---------------------------------------------------------------------------------------------- recall, IRS, tau
+
+def test_recall_on_hand_built_nearest_lists():
+    assert generative_recall(np.array([0, 0, 2]), n_train=10) == pytest.approx(2 / 3)
+    assert generative_recall(np.array([0, 0, 2]), n_train=2) == pytest.approx(1.0)
+    assert generative_recall(np.array([4, 4, 4, 4]), n_train=10) == pytest.approx(1 / 4)
+    assert appearances(np.array([0, 0, 2]), 4).tolist() == [2, 0, 1, 0]
+
+
+@pytest.mark.parametrize("support,draws", [(50, 60), (300, 400), (1000, 3000)])
+def test_irs_recovers_a_known_support_size_within_its_interval(support, draws):
+    from harness.metrics.privacy import support_size
+
+    hits = 0
+    for seed in range(20):
+        nearest = np.random.default_rng(seed).integers(0, support, draws)
+        estimate, low, high = support_size(nearest)
+        assert low <= estimate <= high
+        hits += low <= support <= high
+    assert hits >= 17  # a 95 % interval covers the truth in most of 20 draws
+
+
+def test_irs_is_capped_by_the_number_of_training_videos():
+    from harness.metrics.privacy import irs_infinity
+
+    assert irs_infinity(np.arange(10), n_train=10) == {"value": 1.0, "low": 1.0, "high": 1.0}
+
+
+def test_tau_in_both_directions_on_a_toy_case():
+    from harness.evaluation import Reference, reference_stats
+
+    train = torch.tensor([[0.0, 0.0], [1.0, 1.0], [0.0, 1.0]])
+    test = torch.tensor([[0.1, 0.0], [0.9, 1.0], [0.5, 0.5]])
+    ref = Reference(train, ["a", "b", "c"], test, torch.stack([test, test], dim=1), weight=torch.tensor([-1.0, -1.0]),
+                    bias=0.0, percentile=50.0)
+    stats = reference_stats(ref)
+    # test -> train: best scores -0.1, -0.1, -1.0 ; train -> test: -0.1, -0.1, -0.6
+    assert stats["tau_test_to_train"] == pytest.approx(np.percentile([-0.1, -0.1, -1.0], 50))
+    assert stats["tau_train_to_test"] == pytest.approx(np.percentile([-0.1, -0.1, -0.6], 50))
+    assert stats["reference_recall"] == pytest.approx(2 / 3)  # nearest: a, b, a (a three-way tie takes the first)
+
+
+# ---------------------------------------------------------------------------------------------- consistency
+
+def test_consistency_is_one_for_constant_features_and_low_for_the_swap():
+    from harness.metrics.consistency import consistency_curve
+
+    rng = torch.Generator().manual_seed(0)
+    per_video = torch.rand(6, 1, 32, generator=rng)
+    constant = per_video.expand(6, 10, 32)
+    curve = consistency_curve(constant, "corr")
+    assert torch.allclose(curve, torch.ones(9), atol=1e-6)
+    assert consistency_curve(constant, "corr", swap=True).mean() < 0.5
+    noise = torch.randn(200, 5, 64, generator=rng)
+    assert abs(float(consistency_curve(noise, "corr").mean())) < 0.05

@@ -26,3 +26,52 @@ def generative_recall(nearest: np.ndarray, n_train: int) -> float:
 def appearances(nearest: np.ndarray, n_train: int) -> np.ndarray:
     """How many queries have each training video as their nearest one."""
     return np.bincount(np.asarray(nearest, dtype=np.int64), minlength=n_train)
+
+
+def _log_ratio_step(s: np.ndarray, k: int, n: int) -> np.ndarray:
+    """l(s+1) - l(s) for the occupancy log-likelihood l(s) = log s!/(s-k)! - n log s (k distinct in n draws)."""
+    return np.log(s + 1) - np.log(s + 1 - k) - n * np.log1p(1.0 / s)
+
+
+def _occupancy_moments(s: np.ndarray, n: int) -> tuple[np.ndarray, np.ndarray]:
+    """Mean and variance of the number of distinct values in n uniform draws from s values."""
+    miss = (1.0 - 1.0 / s) ** n
+    mean = s * (1.0 - miss)
+    var = s * miss + s * (s - 1.0) * (1.0 - 2.0 / s) ** n - (s * miss) ** 2
+    return mean, np.maximum(var, 0.0)
+
+
+def support_size(nearest: np.ndarray, limit: int | None = None, z: float = 1.959964) -> tuple[float, float, float]:
+    """IRS-infinity's core: the number of distinct values s the draws come from, with a ~95 % interval.
+
+    The point estimate maximises P(k distinct | s, n) = S(n,k) s!/(s-k)! / s^n over s (occupancy model, Dombrowski
+    et al.); the interval holds every s whose expected distinct count lies within z standard deviations of k.
+    All draws distinct means the data cannot bound s: the estimate and upper end are infinite, or `limit` (the
+    number of values there are to draw from, e.g. N_train) when given; every value is capped at `limit`.
+    """
+    nearest = np.asarray(nearest)
+    n, k = len(nearest), len(np.unique(nearest))
+    if n == 0:
+        raise ValueError("the support estimate needs at least one draw")
+    cap = float("inf") if limit is None else float(limit)
+    if k == n:
+        return cap, float(k), cap
+    low, high = float(k), float(2 * k)
+    while _log_ratio_step(np.array(high), k, n) > 0:
+        high *= 2
+    while high - low > 0.5:  # first s with a non-positive step is the maximiser
+        mid = (low + high) / 2
+        low, high = (mid, high) if _log_ratio_step(np.array(mid), k, n) > 0 else (low, mid)
+    estimate = float(np.ceil(low))
+    grid = np.unique(np.concatenate([np.arange(k, 4 * k + 1), np.geomspace(k, 1e4 * k, 4000).round()]))
+    grid = grid[grid >= max(k, 1)]
+    mean, var = _occupancy_moments(grid.astype(np.float64), n)
+    inside = grid[np.abs(mean - k) <= z * np.sqrt(var) + 0.5]
+    low_end, high_end = float(inside.min(initial=k)), float(inside.max(initial=estimate))
+    return min(estimate, cap), min(low_end, cap), min(high_end, cap)
+
+
+def irs_infinity(nearest: np.ndarray, n_train: int) -> dict[str, float]:
+    """Estimated generative recall at infinitely many samples: support size / N_train, with its interval."""
+    estimate, low, high = support_size(nearest, limit=n_train)
+    return {"value": estimate / n_train, "low": low / n_train, "high": high / n_train}

@@ -1,0 +1,145 @@
+"""The seed paper's privacy, recall, consistency and fidelity analysis of one generator row, on re-ID features.
+
+`reference_stats` computes everything that depends only on the real data (tau, the real test->train recall, the
+real consistency curves); `row_metrics` compares one row's samples with it. Both work on feature tensors and run
+on whatever device those tensors are on.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import torch
+
+from harness.metrics.consistency import consistency_curve
+from harness.metrics.fidelity import frechet_distance, prdc
+from harness.metrics.pairs import HEADS, max_scores
+from harness.metrics.privacy import (
+    appearances,
+    generative_recall,
+    irs_infinity,
+    memorised_fraction,
+    privacy_threshold,
+)
+
+
+@dataclass
+class Reference:
+    """Real-data features a row is compared with (first frames of train and test; all frames of test)."""
+
+    train_first: torch.Tensor  # [N_train, D]
+    train_ids: list[str]
+    test_first: torch.Tensor  # [N_test, D]
+    test_frames: torch.Tensor  # [N_test, T, D]
+    weight: torch.Tensor
+    bias: float
+    head: str = "pred"
+    percentile: float = 95.0
+    calibration: str = "test-to-train"
+    knn: int = 5
+
+    def pmax(self, query: torch.Tensor, head: str, ref: torch.Tensor | None = None):
+        ref = self.train_first if ref is None else ref
+        return max_scores(query, ref, head, self.weight, self.bias)
+
+
+def _check_features(features: torch.Tensor, what: str) -> None:
+    if features.numel() == 0:
+        raise ValueError(f"{what} are empty: the metrics need at least one video")
+    if not torch.isfinite(features).all():
+        bad = int((~torch.isfinite(features.reshape(len(features), -1))).any(dim=1).sum())
+        raise ValueError(f"{what} contain NaN or infinite values ({bad} of {len(features)} videos)")
+
+
+def _curves(frames: torch.Tensor, ref: Reference, swap: bool = False) -> dict[str, list[float]]:
+    return {head: consistency_curve(frames, head, ref.weight, ref.bias, swap=swap).cpu().tolist()
+            for head in ("pred", "corr")}
+
+
+def reference_stats(ref: Reference) -> dict[str, Any]:
+    """tau under both calibrations for every head, the real test->train recall, real consistency curves."""
+    _check_features(ref.train_first, "training features")
+    _check_features(ref.test_frames, "test features")
+    n_train = len(ref.train_first)
+    heads: dict[str, Any] = {}
+    for head in HEADS:
+        pmax_test, nearest_test = ref.pmax(ref.test_first, head)
+        pmax_train, _ = ref.pmax(ref.train_first, head, ref=ref.test_first)  # EchoNet-Synthetic's direction
+        heads[head] = {"tau_test_to_train": privacy_threshold(pmax_test.cpu().numpy(), ref.percentile),
+                       "tau_train_to_test": privacy_threshold(pmax_train.cpu().numpy(), ref.percentile),
+                       "pmax_test": pmax_test.cpu().numpy(), "nearest_test": nearest_test.cpu().numpy()}
+    main = heads[ref.head]
+    key = "tau_test_to_train" if ref.calibration == "test-to-train" else "tau_train_to_test"
+    irs = irs_infinity(main["nearest_test"], n_train)
+    return {
+        "heads": heads,
+        "tau": main[key],
+        "tau_test_to_train": main["tau_test_to_train"],
+        "tau_train_to_test": main["tau_train_to_test"],
+        "test_memorised_pct": 100 * memorised_fraction(main["pmax_test"], main[key]),
+        "reference_recall": generative_recall(main["nearest_test"], n_train),
+        "reference_irs_inf": irs["value"],
+        "consistency_real": _curves(ref.test_frames, ref),
+        "consistency_real_swap": _curves(ref.test_frames, ref, swap=True) if len(ref.test_frames) > 1 else None,
+    }
+
+
+def row_metrics(first: torch.Tensor, frames: torch.Tensor, ref: Reference, stats: dict[str, Any],
+                sample_ids: list[str]) -> tuple[dict[str, Any], pd.DataFrame, dict[str, np.ndarray]]:
+    """Metrics of one row, its per-sample table, and the arrays its figures need."""
+    _check_features(first, "the samples' re-ID features")
+    n_train, n = len(ref.train_first), len(first)
+    per_sample = pd.DataFrame({"sample_id": sample_ids})
+    by_head: dict[str, Any] = {}
+    for head in HEADS:
+        pmax, nearest = (t.cpu().numpy() for t in ref.pmax(first, head))
+        h = stats["heads"][head]
+        tau = h["tau_test_to_train"] if ref.calibration == "test-to-train" else h["tau_train_to_test"]
+        by_head[head] = {"tau": tau, "memorised_pct": 100 * memorised_fraction(pmax, tau),
+                         "recall": generative_recall(nearest, n_train)}
+        per_sample[f"pmax_{head}"] = pmax
+        per_sample[f"nearest_{head}"] = [ref.train_ids[i] for i in nearest]
+        if head == ref.head:
+            main_pmax, main_nearest = pmax, nearest
+    memorised = main_pmax > stats["tau"]
+    counts = appearances(main_nearest, n_train)
+    per_sample["memorised"] = memorised
+    per_sample["appearances"] = counts[main_nearest]
+    kept = main_nearest[~memorised]
+    irs = irs_infinity(main_nearest, n_train)
+    curves = _curves(frames, ref) if frames.shape[1] > 1 else None
+    swap = _curves(frames, ref, swap=True) if curves and len(frames) > 1 else None
+    real = stats["consistency_real"]
+    train_np, first_np = ref.train_first.double().cpu().numpy(), first.double().cpu().numpy()
+    fidelity = (prdc(ref.train_first.double(), first.double(), k=ref.knn)
+                if min(n, n_train) > ref.knn else {k: None for k in ("precision", "recall", "density", "coverage")})
+    metrics = {
+        "tau": stats["tau"],
+        "memorised_pct": 100 * float(memorised.mean()),
+        "memorised_pct_train_to_test": 100 * memorised_fraction(main_pmax, stats["tau_train_to_test"]),
+        "recall": generative_recall(main_nearest, n_train),
+        "recall_after_filter": len(np.unique(kept)) / min(n_train, n),
+        "reference_recall": stats["reference_recall"],
+        "irs_inf": irs["value"], "irs_inf_low": irs["low"], "irs_inf_high": irs["high"],
+        "reference_irs_inf": stats["reference_irs_inf"],
+        "learned_videos": int((counts > 0).sum()),
+        "max_appearances": int(counts.max()),
+        "consistency": float(np.mean(curves["corr"])) if curves else None,
+        "consistency_gap": float(np.mean(curves["corr"]) - np.mean(real["corr"])) if curves else None,
+        "consistency_head": float(np.mean(curves["pred"])) if curves else None,
+        "consistency_swap": float(np.mean(swap["corr"])) if swap else None,
+        "fd": frechet_distance(train_np, first_np) if min(n, n_train) > 1 else None,
+        "precision": fidelity["precision"], "knn_recall": fidelity["recall"],
+        "density": fidelity["density"], "coverage": fidelity["coverage"],
+        "heads": by_head,
+    }
+    arrays = {"pmax": main_pmax, "nearest": main_nearest, "appearances": counts,
+              "features": first_np.astype(np.float32)}
+    if curves:
+        arrays.update({f"curve_{k}": np.asarray(v) for k, v in curves.items()})
+        if swap:
+            arrays.update({f"swap_{k}": np.asarray(v) for k, v in swap.items()})
+    return metrics, per_sample, arrays

@@ -1,0 +1,116 @@
+"""The seed paper's figures for a run: P_max histograms with tau (Fig. 4), t-SNE of re-ID features with learned
+training videos marked (Fig. 5), temporal-consistency curves with the swap control (Fig. 6), appearances per
+training video. Drawn from cached arrays, so a warm run redraws them without recomputing anything.
+"""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from sklearn.manifold import TSNE
+
+from harness.cache import atomic_write_bytes
+
+
+def tsne_coordinates(train: np.ndarray, synthetic: np.ndarray, seed: int, limit: int = 1500) -> np.ndarray:
+    """2-D t-SNE of training then synthetic features (each capped at `limit` rows), `[n_train + n_syn, 2]`."""
+    both = np.concatenate([train[:limit], synthetic[:limit]]).astype(np.float64)
+    if len(both) < 5:
+        return np.zeros((len(both), 2))
+    perplexity = float(min(30.0, (len(both) - 1) / 3))
+    return TSNE(n_components=2, perplexity=perplexity, init="pca", random_state=seed).fit_transform(both)
+
+
+def _grid(n: int, size: float = 3.2):
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    cols = min(n, 3)
+    rows = math.ceil(n / cols)
+    fig, axes = plt.subplots(rows, cols, figsize=(size * cols, size * rows), squeeze=False)
+    for ax in axes.flat[n:]:
+        ax.axis("off")
+    return fig, list(axes.flat[:n])
+
+
+def _save(fig, path: Path) -> str:
+    import io
+
+    import matplotlib.pyplot as plt
+
+    buffer = io.BytesIO()
+    fig.tight_layout()
+    fig.savefig(buffer, format="png", dpi=90)
+    plt.close(fig)
+    atomic_write_bytes(path, buffer.getvalue())
+    return path.name
+
+
+def render_figures(folder: Path, stats: dict[str, Any], row_arrays: dict[str, Path], head: str,
+                   n_train_limit: int = 1500) -> dict[str, str]:
+    """Write the four figures into `folder`; returns {figure: file name} for the results and leaderboard."""
+    if not row_arrays:
+        return {}
+    folder.mkdir(parents=True, exist_ok=True)
+    arrays = {row: dict(np.load(path)) for row, path in row_arrays.items()}
+    out = {}
+
+    fig, axes = _grid(len(arrays))
+    real = stats["heads"][head]["pmax_test"]
+    for ax, (row, a) in zip(axes, arrays.items(), strict=True):
+        bins = np.histogram_bin_edges(np.concatenate([real, a["pmax"]]), bins=30)
+        ax.hist(real, bins=bins, alpha=0.6, density=True, label="real test")
+        ax.hist(a["pmax"], bins=bins, alpha=0.6, density=True, label=row)
+        ax.axvline(stats["tau"], color="k", linestyle="--", label="τ")
+        ax.set_title(row)
+        ax.set_xlabel(f"P_max ({head})")
+        ax.legend(fontsize=7)
+    out["pmax_histograms"] = _save(fig, folder / "pmax_histograms.png")
+
+    fig, axes = _grid(len(arrays))
+    for ax, (row, a) in zip(axes, arrays.items(), strict=True):
+        xy, learned = a["tsne"], a["appearances"][:n_train_limit] > 0
+        n_train = min(len(a["appearances"]), n_train_limit)
+        ax.scatter(*xy[:n_train][~learned].T, s=6, c="lightgray", label="training, not learned")
+        ax.scatter(*xy[:n_train][learned].T, s=8, c="tab:blue", label="training, learned")
+        ax.scatter(*xy[n_train:].T, s=6, c="tab:orange", alpha=0.6, label="synthetic")
+        ax.set_title(row)
+        ax.set_xticks([])
+        ax.set_yticks([])
+        ax.legend(fontsize=6)
+    out["tsne"] = _save(fig, folder / "tsne.png")
+
+    curves = {row: a for row, a in arrays.items() if "curve_corr" in a}
+    if curves:
+        fig, axes = _grid(1, size=5.0)
+        ax = axes[0]
+        real_curve = np.asarray(stats["consistency_real"]["corr"])
+        ax.plot(np.arange(1, len(real_curve) + 1), real_curve, color="k", linewidth=2, label="real test")
+        if stats.get("consistency_real_swap"):
+            swap = np.asarray(stats["consistency_real_swap"]["corr"])
+            ax.plot(np.arange(1, len(swap) + 1), swap, color="k", linestyle=":", label="real, frame 0 swapped")
+        for row, a in curves.items():
+            line = ax.plot(np.arange(1, len(a["curve_corr"]) + 1), a["curve_corr"], label=row)[0]
+            if "swap_corr" in a:
+                ax.plot(np.arange(1, len(a["swap_corr"]) + 1), a["swap_corr"], color=line.get_color(),
+                        linestyle=":", linewidth=1)
+        ax.set_xlabel("frame t")
+        ax.set_ylabel("corr(f_0, f_t)")
+        ax.set_title("temporal consistency (dotted: frame-0 swap)")
+        ax.legend(fontsize=7)
+        out["consistency"] = _save(fig, folder / "consistency.png")
+
+    fig, axes = _grid(len(arrays))
+    for ax, (row, a) in zip(axes, arrays.items(), strict=True):
+        counts = np.sort(a["appearances"])[::-1]
+        ax.bar(np.arange(len(counts)), counts, width=1.0)
+        ax.set_title(f"{row}: {int((counts > 0).sum())} learned")
+        ax.set_xlabel("training video (sorted)")
+        ax.set_ylabel("appearances")
+    out["appearances"] = _save(fig, folder / "appearances.png")
+    return out

@@ -1,0 +1,217 @@
+"""Built-in `siamese` re-identification filter (Packhaeuser et al.; the seed paper's privacy model).
+
+A torchvision ResNet whose first convolution takes the encoder's channels maps a frame to 128 sigmoid features;
+the head `Linear(128 -> 1)` on `|f_a - f_b|` gives the logit that two frames come from the same video. It trains
+with BCE-with-logits on one pair per training video per epoch, half positive (two different frames of one video)
+and half negative (frames of two videos), with Adam and early stopping on the validation loss.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+from typing import Literal
+
+import numpy as np
+import torch
+import torchvision
+from pydantic import Field, PositiveInt
+from safetensors.torch import load_file, save_file
+from torch import nn
+
+from harness import hookimpl
+from harness.components import ComponentConfig, ReIdFilter
+from harness.context import RunContext
+from harness.data import LatentSet
+from harness.errors import UserError
+from harness.hashing import stable_hash
+from harness.metrics.classification import roc_auc
+from harness.metrics.reid import sample_pairs
+
+PRESETS = {
+    # the seed paper's latent-space model (UltrasoundPrivacy config_*.json, "Final")
+    "paper-latent": dict(backbone="resnet50", lr=5e-4, batch_size=1024, patience=150, max_epochs=1000),
+    # the seed paper's image-space model (config_*_is.json)
+    "paper-image": dict(backbone="resnet50", lr=1e-4, batch_size=128, patience=50, max_epochs=1000),
+    # minutes on a 2-core CPU for phantom-sized cohorts; a higher lr because few steps fit in that time (at 5e-4
+    # the head barely leaves its random init in 200 steps and exact copies are not their own nearest video)
+    "cpu": dict(backbone="resnet18", lr=2e-3, batch_size=64, patience=20, max_epochs=100),
+}
+
+
+def normalise_videos(x: torch.Tensor) -> torch.Tensor:
+    """Per-video min-max to [-1, 1] over the whole clip (T x C x H x W), as the seed code's "pmone"."""
+    flat = x.reshape(len(x), -1)
+    low = flat.min(dim=1).values.view(-1, *([1] * (x.dim() - 1)))
+    high = flat.max(dim=1).values.view(-1, *([1] * (x.dim() - 1)))
+    return 2.0 * (x - low) / (high - low).clamp_min(1e-8) - 1.0
+
+
+class SiameseNetwork(nn.Module):
+    def __init__(self, backbone: str, in_channels: int, features: int):
+        super().__init__()
+        net = getattr(torchvision.models, backbone)(weights=None, num_classes=features)
+        net.conv1 = nn.Conv2d(in_channels, 64, kernel_size=7, stride=2, padding=3, bias=False)
+        self.backbone = net
+        self.head = nn.Linear(features, 1)
+
+    def embed(self, frames: torch.Tensor) -> torch.Tensor:
+        return torch.sigmoid(self.backbone(frames))
+
+    def forward(self, a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+        f = self.embed(torch.cat([a, b]))  # one batch, so batch-norm statistics see both sides
+        fa, fb = f[: len(a)], f[len(a):]
+        return self.head((fa - fb).abs()).squeeze(1)
+
+
+class Siamese(ReIdFilter):
+    """Siamese ResNet re-ID model; `paper-latent`, `paper-image` and `cpu` presets set backbone and optimiser."""
+
+    version = "1-" + stable_hash(PRESETS)[:8]  # editing a preset invalidates models trained with the old one
+
+    class Config(ComponentConfig):
+        preset: Literal["cpu", "paper-latent", "paper-image"] = "cpu"
+        backbone: Literal["resnet18", "resnet34", "resnet50"] | None = Field(None, description="preset's if unset")
+        features: PositiveInt = 128
+        lr: float | None = Field(None, gt=0)
+        batch_size: PositiveInt | None = None
+        patience: PositiveInt | None = Field(None, description="epochs without a better validation loss")
+        max_epochs: PositiveInt | None = None
+        weights: str | None = Field(None, description="local .safetensors or torch state dict to start from")
+
+        def setting(self, name: str):
+            value = getattr(self, name)
+            return PRESETS[self.preset][name] if value is None else value
+
+    def __init__(self, config=None):
+        super().__init__(config)
+        self.net: SiameseNetwork | None = None
+        self.report: dict = {}
+
+    # ------------------------------------------------------------------------------------------ model
+
+    def _build(self, in_channels: int) -> SiameseNetwork:
+        net = SiameseNetwork(self.config.setting("backbone"), in_channels, self.config.features)
+        if self.config.weights:
+            net.load_state_dict(_load_weights(Path(self.config.weights), net), strict=True)
+        return net
+
+    def head_parameters(self) -> tuple[torch.Tensor, float]:
+        return self.net.head.weight.detach().float().cpu()[0], float(self.net.head.bias.detach().cpu()[0])
+
+    # ------------------------------------------------------------------------------------------ training
+
+    def fit(self, train: LatentSet, val: LatentSet, ctx: RunContext) -> None:
+        if len(train) < 2 or len(val) < 2:
+            raise UserError("the siamese re-ID model needs at least 2 training and 2 validation videos.")
+        cfg = self.config
+        torch.manual_seed(ctx.seed_for("siamese-init"))
+        x_train = normalise_videos(torch.from_numpy(np.asarray(train.latents, dtype=np.float32)))
+        x_val = normalise_videos(torch.from_numpy(np.asarray(val.latents, dtype=np.float32)))
+        net = self._build(x_train.shape[2]).to(ctx.device)
+        opt = torch.optim.Adam(net.parameters(), lr=cfg.setting("lr"))
+        loss_fn = nn.BCEWithLogitsLoss()
+        rng = ctx.rng("siamese-pairs")
+        val_pairs = sample_pairs(len(x_val), x_val.shape[1], np.random.default_rng(0))  # fixed, as the seed code
+        best = (float("inf"), -1, None, float("nan"))
+        epoch_seconds, bad_epochs, epoch = [], 0, 0
+        bar = ctx.progress(range(cfg.setting("max_epochs")), desc="re-ID training")
+        for epoch in bar:
+            net.train()
+            start = time.perf_counter()
+            pairs = sample_pairs(len(x_train), x_train.shape[1], rng)
+            for batch in np.array_split(pairs, max(1, -(-len(pairs) // cfg.setting("batch_size")))):
+                logits = _pair_logits(net, x_train, batch, ctx.device)
+                loss = loss_fn(logits, torch.as_tensor(batch[:, 4], dtype=torch.float32, device=ctx.device))
+                opt.zero_grad(set_to_none=True)
+                loss.backward()
+                opt.step()
+            epoch_seconds.append(time.perf_counter() - start)
+            val_loss, val_auc = self._validate(net, x_val, val_pairs, ctx)
+            if val_loss < best[0]:
+                state = {k: v.detach().clone() for k, v in net.state_dict().items()}
+                best, bad_epochs = (val_loss, epoch, state, val_auc), 0
+            else:
+                bad_epochs += 1
+            bar.set_postfix(val_loss=f"{val_loss:.3f}", val_auc=f"{val_auc:.3f}")
+            if bad_epochs >= cfg.setting("patience"):
+                break
+        net.load_state_dict(best[2])
+        self.net = net.eval()
+        self.report = {"epochs": epoch + 1, "best_epoch": best[1] + 1, "val_loss": round(best[0], 5),
+                       "val_auc": round(best[3], 5), "epoch_seconds": round(float(np.median(epoch_seconds)), 5),
+                       "train_pairs_per_epoch": len(x_train), "backbone": cfg.setting("backbone")}
+
+    @torch.no_grad()
+    def _validate(self, net: SiameseNetwork, x: torch.Tensor, pairs: np.ndarray, ctx: RunContext):
+        net.eval()
+        logits = torch.cat([_pair_logits(net, x, chunk, ctx.device).float().cpu()
+                            for chunk in np.array_split(pairs, max(1, len(pairs) // 256))])
+        labels = torch.as_tensor(pairs[:, 4], dtype=torch.float32)
+        loss = float(nn.functional.binary_cross_entropy_with_logits(logits, labels))
+        return loss, roc_auc(labels.numpy(), logits.numpy())
+
+    # ------------------------------------------------------------------------------------------ inference
+
+    @torch.no_grad()
+    def embed(self, videos: np.ndarray, ctx: RunContext, frames: list[int] | None = None,
+              batch_videos: int = 64) -> torch.Tensor:
+        """Features `[N, F, D]` of the chosen frames (all when None), each video normalised over its whole clip."""
+        self.net.eval().to(ctx.device)
+        chosen = list(range(videos.shape[1])) if frames is None else list(frames)
+        out = []
+        for start in ctx.progress(range(0, len(videos), batch_videos), desc="re-ID features"):
+            clip = torch.from_numpy(np.asarray(videos[start:start + batch_videos], dtype=np.float32))
+            x = normalise_videos(clip)[:, chosen].to(ctx.device)
+            f = self.net.embed(x.reshape(-1, *x.shape[2:])).float().cpu()
+            out.append(f.view(len(x), len(chosen), -1))
+        return torch.cat(out)
+
+    # ------------------------------------------------------------------------------------------ state
+
+    def fit_report(self) -> dict:
+        return self.report
+
+    def save_state(self, folder: Path) -> bool:
+        save_file({k: v.contiguous().cpu() for k, v in self.net.state_dict().items()}, folder / "siamese.safetensors")
+        meta = {"in_channels": self.net.backbone.conv1.in_channels, "report": self.report}
+        (folder / "siamese.json").write_text(json.dumps(meta))
+        return True
+
+    def load_state(self, folder: Path) -> None:
+        meta = json.loads((folder / "siamese.json").read_text())
+        net = SiameseNetwork(self.config.setting("backbone"), meta["in_channels"], self.config.features)
+        net.load_state_dict(load_file(folder / "siamese.safetensors"))
+        self.net, self.report = net.eval(), meta["report"]
+
+
+def _pair_logits(net: SiameseNetwork, x: torch.Tensor, pairs: np.ndarray, device: torch.device) -> torch.Tensor:
+    a = x[pairs[:, 0], pairs[:, 1]].to(device, non_blocking=True)
+    b = x[pairs[:, 2], pairs[:, 3]].to(device, non_blocking=True)
+    with torch.autocast(device_type=device.type, dtype=torch.bfloat16, enabled=device.type == "cuda"):
+        return net(a, b).float()
+
+
+def _load_weights(path: Path, net: nn.Module) -> dict[str, torch.Tensor]:
+    """A local state dict: safetensors, or a torch file read with `weights_only=True` (never arbitrary pickle)."""
+    if not path.is_file():
+        raise UserError(f"re-ID weights file {path} does not exist; set `weights` to a local .safetensors or .pt file.")
+    try:
+        state = load_file(path) if path.suffix == ".safetensors" else torch.load(path, map_location="cpu",
+                                                                                  weights_only=True)
+    except Exception as exc:  # unreadable or unsafe content: one sentence, no traceback
+        raise UserError(f"re-ID weights file {path} cannot be read as a state dict ({type(exc).__name__}); "
+                        "export it with safetensors or torch.save(model.state_dict()).") from None
+    state = state.get("state_dict", state) if isinstance(state, dict) else state
+    expected = net.state_dict()
+    wrong = [k for k, v in expected.items() if k not in state or tuple(state[k].shape) != tuple(v.shape)]
+    if wrong:
+        raise UserError(f"re-ID weights file {path} does not match the configured model ({len(wrong)} tensors "
+                        f"missing or of another shape, e.g. '{wrong[0]}'); check `backbone` and `features`.")
+    return state
+
+
+@hookimpl
+def register_reid_filters(register):
+    register("siamese", Siamese)
