@@ -55,6 +55,10 @@ class SiameseNetwork(nn.Module):
         net.conv1 = nn.Conv2d(in_channels, 64, kernel_size=7, stride=2, padding=3, bias=False)
         self.backbone = net
         self.head = nn.Linear(features, 1)
+        # Negative initial weights make the untrained head a distance (identical frames score highest), as the
+        # seed code's tests set it; training then refines it. With the default symmetric init, a briefly trained
+        # head still ranks some different videos above an exact copy.
+        nn.init.uniform_(self.head.weight, -2.0 / features**0.5, 0.0)
 
     def embed(self, frames: torch.Tensor) -> torch.Tensor:
         return torch.sigmoid(self.backbone(frames))
@@ -68,7 +72,7 @@ class SiameseNetwork(nn.Module):
 class Siamese(ReIdFilter):
     """Siamese ResNet re-ID model; `paper-latent`, `paper-image` and `cpu` presets set backbone and optimiser."""
 
-    version = "1-" + stable_hash(PRESETS)[:8]  # editing a preset invalidates models trained with the old one
+    version = "2-" + stable_hash(PRESETS)[:8]  # editing a preset invalidates models trained with the old one
 
     class Config(ComponentConfig):
         preset: Literal["cpu", "paper-latent", "paper-image"] = "cpu"

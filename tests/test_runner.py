@@ -27,7 +27,7 @@ def test_run_writes_results_manifest_and_log(tiny_run):
     out, results = tiny_run["out"], tiny_run["results"]
     assert results["schema_version"] == 1
     assert [r["generator"] for r in results["rows"]] == ["copy", "holdout", "collapse", "phantom-fresh", "noise"]
-    assert all(r["error"] is None and r["n_returned"] == 8 for r in results["rows"])
+    assert all(r["error"] is None and r["n_returned"] == 30 for r in results["rows"])
     assert results["encoder"]["latent_shape"] == [8, 4, 14, 14]
     manifest = json.loads((out / "manifest.json").read_text())
     for field in ("spec_hash", "benchmark_hash", "resolved_spec", "packages", "device", "seed", "stages"):
@@ -160,7 +160,7 @@ def test_bad_generator_output_becomes_an_error_row(third_party, tiny_run, tmp_pa
                    "--no-progress", env=third_party)
     assert done.returncode == 2 and "Traceback" not in done.stderr
     rows = {r["generator"]: r for r in json.loads((tmp_path / "run" / "results.json").read_text())["rows"]}
-    assert rows["copy"]["error"] is None and rows["copy"]["n_returned"] == 8
+    assert rows["copy"]["error"] is None and rows["copy"]["n_returned"] == 30
     assert "shape [7, 4, 14, 14]" in rows["shape"]["error"] and "[8, 4, 14, 14]" in rows["shape"]["error"]
     assert "NaN" in rows["nan"]["error"]
     assert "generator 'shape'" in done.stderr and "generator 'nan'" in done.stderr

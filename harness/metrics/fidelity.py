@@ -6,6 +6,8 @@ included, but are computed in row blocks so memory stays bounded for large sets.
 
 from __future__ import annotations
 
+import warnings
+
 import numpy as np
 import torch
 from scipy import linalg
@@ -49,7 +51,9 @@ def frechet_distance(real: np.ndarray, fake: np.ndarray) -> float:
     real, fake = np.asarray(real, np.float64), np.asarray(fake, np.float64)
     mu_r, mu_f = real.mean(0), fake.mean(0)
     s_r, s_f = np.cov(real, rowvar=False), np.cov(fake, rowvar=False)
-    covmean = linalg.sqrtm(s_r @ s_f)
+    with warnings.catch_warnings():  # singular covariances (fewer videos than feature dimensions) are expected
+        warnings.simplefilter("ignore", linalg.LinAlgWarning)
+        covmean = linalg.sqrtm(s_r @ s_f)
     if not np.isfinite(covmean).all():  # near-singular product: regularise, as the FID reference code does
         eps = 1e-6 * np.eye(len(s_r))
         covmean = linalg.sqrtm((s_r + eps) @ (s_f + eps))
