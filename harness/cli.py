@@ -50,6 +50,17 @@ def _parser() -> argparse.ArgumentParser:
     gc.add_argument("--leftovers-only", action="store_true", help="only remove partial writes of killed runs")
     gc.add_argument("--dry-run", action="store_true")
 
+    bench = sub.add_parser("bench", help="measure throughput figures on this machine")
+    bench_sub = bench.add_subparsers(dest="bench_command", required=True)
+    pairs = bench_sub.add_parser("pairs", help="all-pairs pred-head scoring vs a per-query loop")
+    pairs.add_argument("--queries", type=int, default=20_000)
+    pairs.add_argument("--references", type=int, default=7_465)
+    pairs.add_argument("--dim", type=int, default=128)
+    pairs.add_argument("--loop-queries", type=int, default=300, help="queries the slow loop is timed on")
+    pairs.add_argument("--memory-queries", type=int, default=100_000, help="queries of the peak-memory run")
+    pairs.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto")
+    pairs.add_argument("--json", action="store_true")
+
     data = sub.add_parser("data", help="write datasets")
     data_sub = data.add_subparsers(dest="data_command", required=True)
     ph = data_sub.add_parser("phantom", help="write a simulated echo dataset in EchoNet format")
@@ -142,6 +153,34 @@ def cmd_run(args) -> int:
     return 2 if errors else 0
 
 
+def cmd_bench(args) -> int:
+    from harness.bench import bench_pairs
+    from harness.context import resolve_device
+
+    device = resolve_device(args.device)
+    if device.type == "cuda":
+        import torch
+
+        if not torch.cuda.is_available():
+            raise UserError("--device cuda was given but no CUDA GPU is visible; use --device cpu.")
+    for name in ("queries", "references", "dim", "loop_queries", "memory_queries"):
+        if getattr(args, name) < 1:
+            raise UserError(f"--{name.replace('_', '-')} must be a positive number.")
+    result = bench_pairs(args.queries, args.references, args.dim, device, args.loop_queries, args.memory_queries)
+    if args.json:
+        print(json.dumps(result, indent=2))
+        return 0
+    print(f"pred-head all-pairs max, {result['queries']} x {result['references']} x {result['dim']} on "
+          f"{result['device']} ({result['threads']} threads)")
+    print(f"  harness        {result['harness_pairs_per_s']:.3e} pairs/s ({result['harness_seconds']:.2f} s)")
+    print(f"  per-query loop {result['loop_pairs_per_s']:.3e} pairs/s (timed on {result['loop_queries_timed']} "
+          f"queries; same max on those: {result['loop_agreement']:.0%}, max |diff| {result['loop_max_abs_diff']:.1e})")
+    print(f"  speed-up       {result['speedup']:.1f}x")
+    print(f"  peak extra memory at {result['memory_queries']} x {result['references']}: "
+          f"{result['peak_extra_memory_mib']:.1f} MiB ({result['memory_seconds']:.1f} s)")
+    return 0
+
+
 def cmd_plugins(args) -> int:
     registry = get_registry()
     if args.json:
@@ -218,7 +257,7 @@ def cmd_data(args) -> int:
     return 0
 
 
-COMMANDS = {"run": cmd_run, "validate": cmd_validate, "plugins": cmd_plugins, "leaderboard": cmd_leaderboard,
+COMMANDS = {"run": cmd_run, "validate": cmd_validate, "plugins": cmd_plugins, "bench": cmd_bench, "leaderboard": cmd_leaderboard,
             "cache": cmd_cache, "data": cmd_data}
 
 

@@ -176,3 +176,17 @@ def test_consistency_is_one_for_constant_features_and_low_for_the_swap():
     assert consistency_curve(constant, "corr", swap=True).mean() < 0.5
     noise = torch.randn(200, 5, 64, generator=rng)
     assert abs(float(consistency_curve(noise, "corr").mean())) < 0.05
+
+
+def test_compiled_pred_kernel_equals_a_per_query_loop():
+    from harness.metrics.pairs import pred_max_cpu
+
+    q, r = features(203, d=128, seed=6).float(), features(517, d=128, seed=7).float()  # 203: a partial query tile
+    w = torch.randn(128, generator=torch.Generator().manual_seed(8))
+    best, arg = pred_max_cpu(q, r, w, bias=-0.5)
+    loop = torch.stack([(qi - r).abs() @ w - 0.5 for qi in q])
+    torch.testing.assert_close(best, loop.max(dim=1).values, atol=1e-5, rtol=0)
+    assert torch.equal(arg, loop.argmax(dim=1))
+    r[5] = q[3]  # an exact copy is found, at the head's bias when every weight is negative
+    best, arg = pred_max_cpu(q, r, -w.abs(), bias=0.25)
+    assert arg[3] == 5 and best[3].item() == pytest.approx(0.25, abs=1e-5)

@@ -1,0 +1,69 @@
+"""`harness bench`: throughput figures measured on this machine (never asserted in tests).
+
+`pairs` times all-pairs `pred`-head scoring (the privacy hot path) through the harness against a per-query loop
+like the seed paper's notebook, which scores one synthetic feature against all training features with the model's
+head per iteration. Both see the same random sigmoid features; the loop is timed on a subset of queries, since its
+cost per query is constant.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+import torch
+
+from harness.metrics.pairs import max_scores
+from harness.monitor import StageMonitor, _rss_bytes
+
+
+def _features(n: int, dim: int, seed: int, device: torch.device) -> torch.Tensor:
+    g = torch.Generator().manual_seed(seed)
+    return torch.sigmoid(torch.randn(n, dim, generator=g)).to(device)
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+
+
+@torch.no_grad()
+def bench_pairs(n_query: int, n_ref: int, dim: int, device: torch.device, loop_queries: int = 300,
+                memory_queries: int = 100_000) -> dict[str, Any]:
+    head = torch.nn.Linear(dim, 1).to(device)
+    weight, bias = head.weight[0].detach(), float(head.bias[0])
+    ref = _features(n_ref, dim, 1, device)
+    query = _features(n_query, dim, 2, device)
+    max_scores(query[:64], ref, "pred", weight, bias)  # warm-up (compiles the CPU kernel once)
+    max_scores(query[: max(1, 1_000_000 // n_ref + 1)], ref, "pred", weight, bias)
+    _sync(device)
+    start = time.perf_counter()
+    best, arg = max_scores(query, ref, "pred", weight, bias)
+    _sync(device)
+    harness_seconds = time.perf_counter() - start
+
+    start = time.perf_counter()
+    loop_best = torch.empty(loop_queries, device=device)
+    loop_arg = torch.empty(loop_queries, dtype=torch.long, device=device)
+    for i in range(loop_queries):
+        scores = head((query[i] - ref).abs())[:, 0]
+        loop_best[i], loop_arg[i] = scores.max(), scores.argmax()
+    _sync(device)
+    loop_seconds = time.perf_counter() - start
+    agree = float((loop_arg == arg[:loop_queries]).float().mean())
+    max_diff = float((loop_best - best[:loop_queries]).abs().max())
+
+    big = _features(memory_queries, dim, 3, device)
+    baseline = _rss_bytes()
+    with StageMonitor(interval=0.01) as monitor:
+        max_scores(big, ref, "pred", weight, bias)
+        _sync(device)
+    extra = max(0, monitor.peak - baseline) if device.type == "cpu" else monitor.cuda_peak
+    harness_rate = n_query * n_ref / harness_seconds
+    loop_rate = loop_queries * n_ref / loop_seconds
+    return {"device": str(device), "queries": n_query, "references": n_ref, "dim": dim,
+            "harness_pairs_per_s": harness_rate, "harness_seconds": harness_seconds,
+            "loop_pairs_per_s": loop_rate, "loop_queries_timed": loop_queries, "speedup": harness_rate / loop_rate,
+            "loop_agreement": agree, "loop_max_abs_diff": max_diff,
+            "memory_queries": memory_queries, "peak_extra_memory_mib": extra / 2**20,
+            "memory_seconds": monitor.seconds, "threads": torch.get_num_threads()}
