@@ -257,8 +257,8 @@ def cmd_data(args) -> int:
     return 0
 
 
-COMMANDS = {"run": cmd_run, "validate": cmd_validate, "plugins": cmd_plugins, "bench": cmd_bench, "leaderboard": cmd_leaderboard,
-            "cache": cmd_cache, "data": cmd_data}
+COMMANDS = {"run": cmd_run, "validate": cmd_validate, "plugins": cmd_plugins, "bench": cmd_bench,
+            "leaderboard": cmd_leaderboard, "cache": cmd_cache, "data": cmd_data}
 
 
 def main(argv: list[str] | None = None) -> int:
