@@ -93,6 +93,9 @@ def cmd_validate(args) -> int:
         print(f"  reid      {spec.reid.plugin}")
     for entry in spec.generators:
         print(f"  generator {entry.row_name} ({entry.plugin}, {resolved.n_samples(entry)} samples)")
+    for variant in spec.reid_study.variants if spec.reid_study else []:
+        parts = (spec.variant_ref(variant, p).plugin for p in ("dataset", "encoder", "reid"))
+        print(f"  re-ID variant {variant.name} ({' / '.join(parts)})")
     print(f"  spec hash      {resolved.spec_hash}")
     print(f"  benchmark hash {resolved.benchmark_hash}")
     return 0

@@ -10,13 +10,14 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from sklearn.manifold import TSNE
 
 from harness.cache import atomic_write_bytes
 
 
 def tsne_coordinates(train: np.ndarray, synthetic: np.ndarray, seed: int, limit: int = 1500) -> np.ndarray:
     """2-D t-SNE of training then synthetic features (each capped at `limit` rows), `[n_train + n_syn, 2]`."""
+    from sklearn.manifold import TSNE
+
     both = np.concatenate([train[:limit], synthetic[:limit]]).astype(np.float64)
     if len(both) < 5:
         return np.zeros((len(both), 2))

@@ -15,7 +15,6 @@ from typing import Literal
 
 import numpy as np
 import torch
-import torchvision
 from pydantic import Field, PositiveInt
 from safetensors.torch import load_file, save_file
 from torch import nn
@@ -51,6 +50,8 @@ def normalise_videos(x: torch.Tensor) -> torch.Tensor:
 class SiameseNetwork(nn.Module):
     def __init__(self, backbone: str, in_channels: int, features: int):
         super().__init__()
+        import torchvision  # here, not at import: `harness plugins` and warm runs need no model code
+
         net = getattr(torchvision.models, backbone)(weights=None, num_classes=features)
         net.conv1 = nn.Conv2d(in_channels, 64, kernel_size=7, stride=2, padding=3, bias=False)
         self.backbone = net

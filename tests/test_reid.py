@@ -143,3 +143,34 @@ def test_a_model_that_did_not_learn_marks_privacy_unreliable(tiny_run, registry,
     assert "privacy columns are unreliable" in md and "(unreliable)" in md
     assert json.loads(render([results], "json"))["rows"][0]["privacy_reliable"] is False
     assert np.isfinite(results["rows"][0]["memorised_pct"])  # still computed, only marked
+
+
+def test_reid_study_tests_every_model_on_its_own_and_the_other_view(tiny_run, tmp_path):
+    from tests.conftest import run_cli
+
+    base = TINY.read_text().split("samples_per_generator:")[0]
+    psax = "{view: psax, n_train: 16, n_val: 30, n_test: 30, n_frames: 24, written_fps: 50, fps: 25, clip_length: 8}"
+    spec = tmp_path / "study.yaml"
+    spec.write_text(base + f"""reid_study:
+  variants:
+    - name: latent-a4c
+    - name: image-a4c
+      encoder: {{plugin: identity}}
+      reid: {{plugin: siamese, args: {{max_epochs: 2}}}}
+    - name: image-psax
+      dataset: {{plugin: echo-phantom, args: {psax}}}
+      encoder: {{plugin: identity}}
+      reid: {{plugin: siamese, args: {{max_epochs: 2}}}}
+""")
+    out = tmp_path / "run"
+    done = run_cli("--cache", str(tiny_run["cache"]), "run", str(spec), "--out", str(out), "--no-progress")
+    assert done.returncode == 0, done.stderr
+    study = json.loads((out / "results.json").read_text())["study"]
+    pairs = {(t["model"], t["tested_on"]) for t in study["tests"]}
+    assert pairs == {("latent-a4c", "latent-a4c"), ("image-a4c", "image-a4c"), ("image-psax", "image-psax"),
+                     ("latent-a4c", "image-psax"), ("image-a4c", "image-psax"), ("image-psax", "latent-a4c"),
+                     ("image-psax", "image-a4c")}
+    assert {v["encoder"]["space"] for v in study["variants"]} == {"latent", "image"}
+    assert all(0 <= t["auc"] <= 1 and t["auc_low"] <= t["auc"] <= t["auc_high"] for t in study["tests"])
+    md = (out / "leaderboard.md").read_text()
+    assert "Cross-dataset" in md and "AUC per head" in md and "longer per epoch in image space" in md

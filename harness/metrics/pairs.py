@@ -9,7 +9,8 @@ Heads (higher = more similar):
 
 from __future__ import annotations
 
-import numba
+import functools
+
 import numpy as np
 import torch
 
@@ -92,40 +93,47 @@ def max_scores(query: torch.Tensor, ref: torch.Tensor, head: str, weight: torch.
 FAST_MIN_PAIRS = 1_000_000
 
 
-@numba.njit(parallel=True, fastmath=True, cache=True)
-def _pred_max_kernel(q, ref, w, best, arg):  # pragma: no cover - compiled
-    nq, dim = q.shape
-    ref_linear = ref @ w
-    for tile in numba.prange((nq + 3) // 4):
-        i0 = tile * 4
-        i1, i2, i3 = min(i0 + 1, nq - 1), min(i0 + 2, nq - 1), min(i0 + 3, nq - 1)
-        b0 = b1 = b2 = b3 = np.float32(-np.inf)
-        a0 = a1 = a2 = a3 = 0
-        for j in range(ref.shape[0]):
-            s0 = s1 = s2 = s3 = np.float32(0.0)
-            for k in range(dim):
-                r, wk = ref[j, k], w[k]
-                s0 += wk * min(q[i0, k], r)
-                s1 += wk * min(q[i1, k], r)
-                s2 += wk * min(q[i2, k], r)
-                s3 += wk * min(q[i3, k], r)
-            c = ref_linear[j]
-            s0, s1, s2, s3 = c - 2 * s0, c - 2 * s1, c - 2 * s2, c - 2 * s3
-            if s0 > b0:
-                b0, a0 = s0, j
-            if s1 > b1:
-                b1, a1 = s1, j
-            if s2 > b2:
-                b2, a2 = s2, j
-            if s3 > b3:
-                b3, a3 = s3, j
-        best[i0], arg[i0] = b0, a0
-        if i0 + 1 < nq:
-            best[i1], arg[i1] = b1, a1
-        if i0 + 2 < nq:
-            best[i2], arg[i2] = b2, a2
-        if i0 + 3 < nq:
-            best[i3], arg[i3] = b3, a3
+@functools.cache
+def _pred_max_kernel():
+    """The compiled kernel; numba is imported (and the kernel compiled or loaded from its cache) on first use."""
+    import numba
+
+    @numba.njit(parallel=True, fastmath=True, cache=True)
+    def kernel(q, ref, w, best, arg):  # pragma: no cover - compiled
+        nq, dim = q.shape
+        ref_linear = ref @ w
+        for tile in numba.prange((nq + 3) // 4):
+            i0 = tile * 4
+            i1, i2, i3 = min(i0 + 1, nq - 1), min(i0 + 2, nq - 1), min(i0 + 3, nq - 1)
+            b0 = b1 = b2 = b3 = np.float32(-np.inf)
+            a0 = a1 = a2 = a3 = 0
+            for j in range(ref.shape[0]):
+                s0 = s1 = s2 = s3 = np.float32(0.0)
+                for k in range(dim):
+                    r, wk = ref[j, k], w[k]
+                    s0 += wk * min(q[i0, k], r)
+                    s1 += wk * min(q[i1, k], r)
+                    s2 += wk * min(q[i2, k], r)
+                    s3 += wk * min(q[i3, k], r)
+                c = ref_linear[j]
+                s0, s1, s2, s3 = c - 2 * s0, c - 2 * s1, c - 2 * s2, c - 2 * s3
+                if s0 > b0:
+                    b0, a0 = s0, j
+                if s1 > b1:
+                    b1, a1 = s1, j
+                if s2 > b2:
+                    b2, a2 = s2, j
+                if s3 > b3:
+                    b3, a3 = s3, j
+            best[i0], arg[i0] = b0, a0
+            if i0 + 1 < nq:
+                best[i1], arg[i1] = b1, a1
+            if i0 + 2 < nq:
+                best[i2], arg[i2] = b2, a2
+            if i0 + 3 < nq:
+                best[i3], arg[i3] = b3, a3
+
+    return kernel
 
 
 def pred_max_cpu(query: torch.Tensor, ref: torch.Tensor, weight: torch.Tensor,
@@ -136,5 +144,5 @@ def pred_max_cpu(query: torch.Tensor, ref: torch.Tensor, weight: torch.Tensor,
     w = np.ascontiguousarray(weight.detach().cpu().numpy(), dtype=np.float32)
     best, arg = np.empty(len(q), np.float32), np.empty(len(q), np.int64)
     if len(q) and len(r):
-        _pred_max_kernel(q, r, w, best, arg)
+        _pred_max_kernel()(q, r, w, best, arg)
     return torch.from_numpy(best + q @ w + np.float32(bias)).to(query.dtype), torch.from_numpy(arg)
