@@ -156,7 +156,7 @@ def study_tables(result: dict[str, Any]) -> str:
             heads.append({"model": test["model"], **{f"AUC {h} ↑": _interval(v["auc"], v["auc_low"], v["auc_high"])
                                                      for h, v in test["heads"].items()}})
         else:
-            cross.append({"model": test["model"], "space": test["space"], "tested on": test["tested_on"],
+            cross.append({"model": test["model"], "space": test["space"], "test split of": test["tested_on"],
                           "AUC [95 % CI] ↑": auc, **{f"AUC {h} ↑": round(v["auc"], 3)
                                                      for h, v in test["heads"].items() if h != "pred"}})
     text = f"## {result['benchmark']['title']}\n\nbenchmark `{result['benchmark']['benchmark_hash']}` · seed " \
@@ -169,6 +169,23 @@ def study_tables(result: dict[str, Any]) -> str:
         text += tabulate(pd.DataFrame(cross), headers="keys", tablefmt="github", showindex=False) + "\n"
     text += epoch_time_ratios(study["variants"])
     return text
+
+
+def render_study(result: dict[str, Any], fmt: str) -> str:
+    if fmt == "md":
+        return study_tables(result)
+    flat = [{"model": t["model"], "tested_on": t["tested_on"], "space": t["space"], "pairs": t["pairs"],
+             **{k: t[k] for k in ("auc", "auc_low", "auc_high", "accuracy", "f1", "precision", "recall")},
+             **{f"auc_{h}": v["auc"] for h, v in t["heads"].items()}} for t in result["study"]["tests"]]
+    if fmt == "csv":
+        return pd.DataFrame(flat).to_csv(index=False)
+    if fmt == "json":
+        variants = [{"name": v["name"], "dataset": v["dataset"], "space": v["encoder"]["space"],
+                     "training": v["reid"]["training"]} for v in result["study"]["variants"]]
+        payload = {"benchmark_hash": result["benchmark"]["benchmark_hash"], "title": result["benchmark"]["title"],
+                   "variants": variants, "tests": flat}
+        return json.dumps(payload, indent=2, ensure_ascii=False) + "\n"
+    raise UserError(f"unknown leaderboard format '{fmt}'; use md, csv or json.")
 
 
 def epoch_time_ratios(variants: list[dict[str, Any]]) -> str:
@@ -199,9 +216,9 @@ def figure_links(results: list[dict[str, Any]], base: Path) -> str:
 def render(results: list[dict[str, Any]], fmt: str, allow_mixed: bool = False, base: Path | None = None) -> str:
     """The table in `fmt`; Markdown adds the re-ID tables and links to figures (relative to `base`)."""
     if any("study" in r for r in results):
-        if fmt != "md" or len(results) != 1:
-            return json.dumps([{k: v for k, v in r.items() if k != "_source"} for r in results], indent=2) + "\n"
-        return study_tables(results[0])
+        if len(results) != 1:
+            raise UserError("a re-ID study's results cannot be combined with other runs; pass one study run.")
+        return render_study(results[0], fmt)
     frame, hashes = collect_rows(results, allow_mixed)
     shown = table(frame, mixed=len(hashes) > 1)
     bench = results[0]["benchmark"]

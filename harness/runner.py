@@ -383,13 +383,19 @@ class Runner:
                              "splits": reports})
         tests = [{"model": v["name"], "tested_on": v["name"], "space": v["encoder"]["space"], **v["reid"]["test"]}
                  for v in variants]
-        if study.cross:
+        if study.cross:  # every other test split once, named after a variant in the model's space when there is one
             for v in variants:
+                others: dict[str, dict] = {}
                 for u in variants:
-                    if models[u["name"]]["test_key"] != models[v["name"]]["test_key"]:
-                        quality = self._cross_test(models[v["name"]], models[u["name"]])
-                        tests.append({"model": v["name"], "tested_on": u["name"], "space": v["encoder"]["space"],
-                                      **quality})
+                    key, space = models[u["name"]]["test_key"], v["encoder"]["space"]
+                    if key == models[v["name"]]["test_key"]:
+                        continue
+                    if key not in others or (u["encoder"]["space"] == space != others[key]["encoder"]["space"]):
+                        others[key] = u
+                for u in others.values():
+                    quality = self._cross_test(models[v["name"]], models[u["name"]])
+                    tests.append({"model": v["name"], "tested_on": u["name"], "space": v["encoder"]["space"],
+                                  **quality})
         results = build_results(self.resolved, {}, {}, [], None)
         results["study"] = {"variants": variants, "tests": tests}
         manifest = build_manifest(self.resolved, self.ctx, self.stages, started)
