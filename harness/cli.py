@@ -201,9 +201,12 @@ def cmd_plugins(args) -> int:
 
 
 def cmd_leaderboard(args) -> int:
-    from harness.leaderboard import load_results, render
+    from harness.leaderboard import load_results, publish_figures, render
 
-    text = render(load_results(args.runs), args.format, args.allow_mixed, base=args.out)
+    results = load_results(args.runs)
+    if args.out and args.format == "md":
+        publish_figures(results, args.out)
+    text = render(results, args.format, args.allow_mixed, base=args.out)
     if args.out:
         target = args.out / f"leaderboard.{args.format}"
         atomic_write_text(target, text)

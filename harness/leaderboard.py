@@ -14,6 +14,7 @@ from typing import Any
 import pandas as pd
 from tabulate import tabulate
 
+from harness.cache import atomic_write_bytes
 from harness.errors import UserError
 
 
@@ -201,14 +202,28 @@ def epoch_time_ratios(variants: list[dict[str, Any]]) -> str:
     return "\nEpoch time, image vs latent space (same pairs per epoch):\n\n" + "\n".join(lines) + "\n"
 
 
+def publish_figures(results: list[dict[str, Any]], out: Path) -> None:
+    """Copy each run's figures next to a published table (aggregate plots only, never frames)."""
+    for result in results:
+        names = ((result.get("reid") or {}).get("figures") or {}).values()
+        if not names or "_source" not in result:
+            continue
+        bench = result["benchmark"]
+        folder = out / "figures" / f"{bench['name']}-{bench['spec_hash'][:8]}"
+        folder.mkdir(parents=True, exist_ok=True)
+        for name in names:
+            atomic_write_bytes(folder / name, (Path(result["_source"]) / "figures" / name).read_bytes())
+        result["_figures"] = folder
+
+
 def figure_links(results: list[dict[str, Any]], base: Path) -> str:
     """Markdown links to each run's figures, relative to where the table is written."""
     links = []
     for result in results:
-        source = result.get("_source")
+        folder = result.get("_figures") or (Path(result["_source"]) / "figures" if "_source" in result else None)
         for label, name in ((result.get("reid") or {}).get("figures") or {}).items():
-            if source is not None:
-                target = os.path.relpath(Path(source) / "figures" / name, base)
+            if folder is not None:
+                target = os.path.relpath(Path(folder) / name, base)
                 links.append(f"[{label.replace('_', ' ')}]({target})")
     return ("\nFigures: " + " · ".join(links) + "\n") if links else ""
 
