@@ -4,6 +4,7 @@ import signal
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -57,10 +58,15 @@ def _samples_by_row(run: dict) -> dict[str, SampleSet]:
     return {row: SampleSet.load(cache.path("samples", key)) for row, key in zip(rows, keys, strict=True)}
 
 
+def _stage_path(run: dict, stage: str) -> Path:
+    """The cached artifact of one stage of a run (other runs may share the cache)."""
+    stages = json.loads((run["out"] / "manifest.json").read_text())["stages"]
+    return ArtifactCache(run["cache"]).path(stage, next(s["key"] for s in stages if s["stage"] == stage))
+
+
 def test_control_samples_are_what_they_claim(tiny_run):
-    cache = ArtifactCache(tiny_run["cache"])
-    train = LatentSet.load(next(a.path for a in cache.entries() if a.stage == "encode-train"))
-    val = LatentSet.load(next(a.path for a in cache.entries() if a.stage == "encode-val"))
+    train = LatentSet.load(_stage_path(tiny_run, "encode-train"))
+    val = LatentSet.load(_stage_path(tiny_run, "encode-val"))
     samples = _samples_by_row(tiny_run)
     index = {v: i for i, v in enumerate(train.table["video_id"])}
     copy = samples["copy"]
