@@ -1,0 +1,316 @@
+"""Built-in `echo-lvdm` generator: EchoNet-Synthetic's latent image + latent video diffusion pipeline (diffusers).
+
+A latent image diffusion model (LIDM, `UNet2DModel`) samples a conditioning frame; a latent video diffusion model
+(LVDM, `UNetSpatioTemporalConditionModel`) samples the clip from noise concatenated channel-wise with that frame
+repeated over time, with EF/100 as its single cross-attention token. Both predict v, keep an EMA copy for sampling,
+and work on 14x14 latents replicate-padded to 16x16. Clips longer than the model's window are sampled as
+overlapping windows whose predictions are averaged at every denoising step.
+"""
+
+from __future__ import annotations
+
+import copy
+import hashlib
+import json
+from pathlib import Path
+from typing import Literal
+
+import numpy as np
+import pandas as pd
+import torch
+import torch.nn.functional as F
+from pydantic import Field, PositiveInt
+
+from harness import hookimpl
+from harness.components import ComponentConfig, Generator
+from harness.context import RunContext
+from harness.data import Condition, LatentSet, SampleSet
+from harness.errors import UserError
+from harness.hashing import stable_hash
+
+PRESETS = {
+    # seconds on a CPU: exercises every code path in the tests
+    "tiny": dict(lidm_channels=(16, 32), lvdm_channels=(32, 32), heads=(2, 2), lidm_steps=30, lvdm_steps=20,
+                 batch_size=8, window=8, sample_steps=4),
+    # minutes on a 2-core CPU for the phantom benchmark (the video UNet needs multiples of 32 channels)
+    "phantom": dict(lidm_channels=(32, 64, 64), lvdm_channels=(32, 64), heads=(2, 4), lidm_steps=1500,
+                    lvdm_steps=400, batch_size=16, window=16, sample_steps=20),
+    # the published shapes (seed-code notes §3-4); load trained weights from local folders, GPU
+    "echonet-synthetic": dict(lidm_channels=(128, 256, 256, 512), lvdm_channels=(128, 256, 256, 512),
+                              heads=(8, 16, 16, 32), lidm_steps=0, lvdm_steps=0, batch_size=16, window=64,
+                              sample_steps=64),
+}
+PAD = 1  # 14x14 -> 16x16, replicate padding as the seed code's padf
+
+
+def build_lidm(channels: tuple[int, ...], channels_in: int):
+    from diffusers import UNet2DModel
+
+    n = len(channels)
+    if n == 4:  # the published layout: attention in the first three blocks
+        down = ("AttnDownBlock2D",) * 3 + ("DownBlock2D",)
+    else:  # small presets: attention only where the maps are small
+        down = ("DownBlock2D",) + ("AttnDownBlock2D",) * (n - 1)
+    up = tuple(reversed([d.replace("Down", "Up") for d in down]))
+    return UNet2DModel(sample_size=16, in_channels=channels_in, out_channels=channels_in, block_out_channels=channels,
+                       down_block_types=down, up_block_types=up, layers_per_block=2 if n == 4 else 1,
+                       attention_head_dim=8, norm_num_groups=min(32, channels[0]), resnet_time_scale_shift="default")
+
+
+def build_lvdm(channels: tuple[int, ...], heads: tuple[int, ...], channels_in: int, window: int):
+    from diffusers import UNetSpatioTemporalConditionModel
+
+    n = len(channels)
+    down = ("CrossAttnDownBlockSpatioTemporal",) * (n - 1) + ("DownBlockSpatioTemporal",)
+    up = ("UpBlockSpatioTemporal",) + ("CrossAttnUpBlockSpatioTemporal",) * (n - 1)
+    return UNetSpatioTemporalConditionModel(
+        sample_size=16, in_channels=2 * channels_in, out_channels=channels_in, down_block_types=down,
+        up_block_types=up, block_out_channels=channels, num_attention_heads=heads,
+        layers_per_block=2 if n == 4 else 1, transformer_layers_per_block=1, cross_attention_dim=1,
+        addition_time_embed_dim=1, projection_class_embeddings_input_dim=1, num_frames=window)
+
+
+def scheduler(kind: str):
+    from diffusers import DDIMScheduler, DDPMScheduler
+
+    common = dict(num_train_timesteps=1000, beta_schedule="linear", beta_start=1e-4, beta_end=0.02,
+                  prediction_type="v_prediction", clip_sample=True, clip_sample_range=4.0)
+    return DDIMScheduler(**common) if kind == "ddim" else DDPMScheduler(**common, variance_type="fixed_small")
+
+
+def pad(x: torch.Tensor) -> torch.Tensor:
+    """[..., C, 14, 14] -> [..., C, 16, 16] by replicating the border."""
+    shape = x.shape
+    return F.pad(x.reshape(-1, *shape[-3:]), (PAD,) * 4, mode="replicate").reshape(*shape[:-2], shape[-2] + 2 * PAD,
+                                                                                 shape[-1] + 2 * PAD)
+
+
+def crop(x: torch.Tensor) -> torch.Tensor:
+    return x[..., PAD:-PAD, PAD:-PAD]
+
+
+class EchoLVDM(Generator):
+    """LIDM + LVDM with v-prediction, EMA and DDPM/DDIM sampling; presets `tiny`, `phantom`, `echonet-synthetic`."""
+
+    version = "1-" + stable_hash(PRESETS)[:8]
+
+    class Config(ComponentConfig):
+        preset: Literal["tiny", "phantom", "echonet-synthetic"] = "phantom"
+        lidm_steps: int | None = Field(None, ge=0, description="training steps of the image model")
+        lvdm_steps: int | None = Field(None, ge=0, description="training steps of the video model")
+        batch_size: PositiveInt | None = None
+        lr: float = Field(3e-4, gt=0)
+        ema_decay: float = Field(0.995, ge=0, lt=1)
+        sampler: Literal["ddpm", "ddim"] = "ddim"
+        sample_steps: PositiveInt | None = None
+        sample_batch: PositiveInt = 16
+        weights: str | None = Field(None, description="local folder with lidm/ and lvdm/ diffusers model folders")
+
+        def setting(self, name: str):
+            value = getattr(self, name, None)
+            return PRESETS[self.preset][name] if value is None else value
+
+    def __init__(self, config=None):
+        super().__init__(config)
+        self.lidm = self.lvdm = None
+
+    # ------------------------------------------------------------------------------------------ training
+
+    def fit(self, data: dict[str, LatentSet], ctx: RunContext) -> None:
+        train = data["train"]
+        cfg, preset = self.config, PRESETS[self.config.preset]
+        channels = train.clip_shape[1]
+        self.clip_frames = train.clip_shape[0]
+        self.window = min(preset["window"], self.clip_frames)
+        self.fps = float(train.table["fps"].iloc[0])
+        if cfg.weights:
+            self._load_weights(Path(cfg.weights))
+            self.window = min(self.lvdm.config.num_frames, self.clip_frames)
+            return
+        if cfg.preset == "echonet-synthetic":
+            raise UserError("echo-lvdm: the echonet-synthetic preset is not trained here; set `weights` to a local "
+                            "folder holding lidm/ and lvdm/ (diffusers save_pretrained) folders.")
+        torch.manual_seed(ctx.seed_for("echo-lvdm-init"))
+        self.lidm = build_lidm(preset["lidm_channels"], channels)
+        self.lvdm = build_lvdm(preset["lvdm_channels"], preset["heads"], channels, self.window)
+        latents = torch.from_numpy(np.asarray(train.latents, dtype=np.float32))
+        efs = torch.as_tensor(train.table["ef"].to_numpy(dtype=np.float32)) / 100.0
+        rng = ctx.torch_generator("echo-lvdm-batches")
+        self.lidm = self._train(self.lidm, cfg.setting("lidm_steps"), ctx, "LIDM training",
+                                lambda: self._image_batch(latents, rng), self._image_loss)
+        self.lvdm = self._train(self.lvdm, cfg.setting("lvdm_steps"), ctx, "LVDM training",
+                                lambda: self._video_batch(latents, efs, rng), self._video_loss)
+        self._hash = _weights_hash(self.lidm, self.lvdm)
+
+    def _image_batch(self, latents, rng):
+        idx = torch.randint(0, len(latents), (self.config.setting("batch_size"),), generator=rng)
+        frame = torch.randint(0, latents.shape[1], (len(idx),), generator=rng)
+        return (pad(latents[idx, frame]),)
+
+    def _video_batch(self, latents, efs, rng):
+        idx = torch.randint(0, len(latents), (max(1, self.config.setting("batch_size") // 4),), generator=rng)
+        start = torch.randint(0, latents.shape[1] - self.window + 1, (len(idx),), generator=rng)
+        clips = torch.stack([latents[i, s:s + self.window] for i, s in zip(idx.tolist(), start.tolist(), strict=True)])
+        cond = latents[idx, torch.randint(0, latents.shape[1], (len(idx),), generator=rng)]  # a frame of that video
+        return pad(clips), pad(cond), efs[idx]
+
+    def _train(self, model, steps, ctx, desc, batch, loss_fn):
+        model.to(ctx.device).train()
+        ema = copy.deepcopy(model).eval().requires_grad_(False)
+        opt = torch.optim.AdamW(model.parameters(), lr=self.config.lr, weight_decay=1e-2)
+        sched = scheduler("ddpm")
+        gen = ctx.torch_generator("echo-lvdm-noise", desc)
+        for _ in ctx.progress(range(steps), desc=desc):
+            inputs = [x.to(ctx.device) for x in batch()]
+            loss = loss_fn(model, sched, inputs, gen, ctx.device)
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+            opt.step()
+            with torch.no_grad():
+                for e, p in zip(ema.parameters(), model.parameters(), strict=True):
+                    e.lerp_(p, 1.0 - self.config.ema_decay)
+        return ema
+
+    @staticmethod
+    def _noised(sched, x, gen, device):
+        noise = torch.randn(x.shape, generator=gen).to(device)
+        t = torch.randint(0, sched.config.num_train_timesteps, (len(x),), generator=gen).to(device)
+        return sched.add_noise(x, noise, t), t, sched.get_velocity(x, noise, t)
+
+    def _image_loss(self, model, sched, inputs, gen, device):
+        (x,) = inputs
+        noisy, t, target = self._noised(sched, x, gen, device)
+        return F.mse_loss(model(noisy, t).sample, target)
+
+    def _video_loss(self, model, sched, inputs, gen, device):
+        clips, cond, ef = inputs
+        noisy, t, target = self._noised(sched, clips, gen, device)
+        pred = self._video_forward(model, noisy, cond, ef, t)
+        return F.mse_loss(pred, target)
+
+    @staticmethod
+    def _video_forward(model, noisy, cond, ef, t):
+        x = torch.cat([noisy, cond[:, None].expand_as(noisy)], dim=2)
+        return model(x, t, encoder_hidden_states=ef.view(-1, 1, 1).to(x.dtype),
+                     added_time_ids=torch.zeros(len(x), 1, device=x.device, dtype=x.dtype)).sample
+
+    # ------------------------------------------------------------------------------------------ sampling
+
+    @torch.no_grad()
+    def sample(self, conditions: list[Condition], ctx: RunContext) -> SampleSet:
+        for c in conditions:
+            if not 0 <= c.ef <= 100:
+                raise UserError(f"echo-lvdm: requested EF {c.ef} of sample {c.sample_id} is outside 0-100.")
+        steps, kind = self.config.setting("sample_steps"), self.config.sampler
+        self.lidm.to(ctx.device).eval()
+        self.lvdm.to(ctx.device).eval()
+        out = []
+        batches = range(0, len(conditions), self.config.sample_batch)
+        for start in ctx.progress(batches, desc="echo-lvdm sampling"):
+            out.append(self._sample_batch(conditions[start:start + self.config.sample_batch], ctx, kind, steps))
+        latents = torch.cat(out).numpy()
+        ids = [c.sample_id for c in conditions]
+        table = pd.DataFrame({"video_id": ids, "patient_id": "", "ef": [c.ef for c in conditions],
+                              "split": "synthetic", "fps": self.fps, "source_file": ""})
+        provenance = pd.DataFrame({"sample_id": ids, "seed": [c.seed for c in conditions],
+                                   "requested_ef": [c.ef for c in conditions],
+                                   "source_ids": [f"lidm:{c.sample_id}" for c in conditions],
+                                   "sampler": kind, "steps": steps, "model_hash": self.model_hash()})
+        return SampleSet(latents.astype(np.float16), table, provenance)
+
+    def _initial_noise(self, conditions, shape, what):
+        """Noise from each sample's own seed, so a sample does not depend on its batch."""
+        return torch.stack([torch.randn(shape, generator=torch.Generator().manual_seed(c.seed + what))
+                            for c in conditions])
+
+    def _sample_batch(self, conditions, ctx, kind, steps) -> torch.Tensor:
+        device = ctx.device
+        frames, channels = self.clip_frames, self.channels
+        sched = scheduler(kind)
+        sched.set_timesteps(steps)
+        gens = [torch.Generator().manual_seed(c.seed + 2) for c in conditions]
+
+        def step(model_out, t, x):
+            if kind == "ddpm":  # the per-step noise comes from each sample's own generator
+                return torch.cat([sched.step(model_out[i:i + 1], t, x[i:i + 1], generator=g).prev_sample
+                                  for i, g in enumerate(gens)])
+            return sched.step(model_out, t, x).prev_sample
+
+        x = self._initial_noise(conditions, (channels, 16, 16), 0).to(device) * sched.init_noise_sigma
+        for t in sched.timesteps:
+            tt = torch.full((len(x),), int(t), device=device)
+            x = step(self.lidm(x, tt).sample.float(), t, x)
+        cond = x
+        sched = scheduler(kind)
+        sched.set_timesteps(steps)
+        ef = torch.tensor([c.ef / 100.0 for c in conditions], device=device)
+        video = self._initial_noise(conditions, (frames, channels, 16, 16), 1).to(device) * sched.init_noise_sigma
+        for t in sched.timesteps:
+            video = step(self._windowed(video, cond, ef, int(t)), t, video)
+        return crop(video).float().cpu()
+
+    def _windowed(self, video, cond, ef, t) -> torch.Tensor:
+        """The LVDM's prediction for the whole clip: overlapping windows (half a window apart), averaged."""
+        frames, window = video.shape[1], self.window
+        starts = list(range(0, max(frames - window, 0) + 1, max(window // 2, 1)))
+        if starts[-1] + window < frames:
+            starts.append(frames - window)
+        total = torch.zeros_like(video)
+        count = torch.zeros(frames, device=video.device)
+        tt = torch.full((len(video),), t, device=video.device)
+        for s in starts:
+            total[:, s:s + window] += self._video_forward(self.lvdm, video[:, s:s + window], cond, ef, tt).float()
+            count[s:s + window] += 1
+        return total / count.view(1, -1, 1, 1, 1)
+
+    # ------------------------------------------------------------------------------------------ state
+
+    @property
+    def channels(self) -> int:
+        return self.lidm.config.in_channels
+
+    def model_hash(self) -> str:
+        return self._hash
+
+    def save_state(self, folder: Path) -> bool:
+        self.lidm.save_pretrained(folder / "lidm", safe_serialization=True)
+        self.lvdm.save_pretrained(folder / "lvdm", safe_serialization=True)
+        (folder / "echo-lvdm.json").write_text(json.dumps({"window": self.window, "fps": self.fps,
+                                                           "clip_frames": self.clip_frames}))
+        return True
+
+    def load_state(self, folder: Path) -> None:
+        meta = json.loads((folder / "echo-lvdm.json").read_text())
+        self.window, self.fps, self.clip_frames = meta["window"], meta["fps"], meta["clip_frames"]
+        self._load_weights(folder)
+
+    def _load_weights(self, folder: Path) -> None:
+        from diffusers import UNet2DModel, UNetSpatioTemporalConditionModel
+
+        for part in ("lidm", "lvdm"):
+            if not (folder / part / "config.json").is_file():
+                raise UserError(f"echo-lvdm: {folder / part} is not a diffusers model folder (no config.json); "
+                                "`weights` must hold lidm/ and lvdm/ saved with save_pretrained.")
+        try:
+            self.lidm = UNet2DModel.from_pretrained(folder / "lidm", use_safetensors=True).eval()
+            self.lvdm = UNetSpatioTemporalConditionModel.from_pretrained(folder / "lvdm", use_safetensors=True).eval()
+        except (OSError, ValueError, RuntimeError) as exc:
+            raise UserError(f"echo-lvdm: the weights in {folder} cannot be loaded ({type(exc).__name__}: "
+                            f"{str(exc).splitlines()[0][:200]}); check that they match the preset.") from None
+        self._hash = _weights_hash(self.lidm, self.lvdm)
+
+
+def _weights_hash(*models) -> str:
+    """A digest of every weight, recorded with each sample so it can be traced to the exact models."""
+    digest = hashlib.sha256()
+    for model in models:
+        for name, tensor in sorted(model.state_dict().items()):
+            digest.update(name.encode())
+            digest.update(tensor.detach().float().cpu().contiguous().numpy().tobytes())
+    return digest.hexdigest()[:16]
+
+
+@hookimpl
+def register_generators(register):
+    register("echo-lvdm", EchoLVDM)
