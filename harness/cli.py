@@ -50,6 +50,11 @@ def _parser() -> argparse.ArgumentParser:
     gc.add_argument("--leftovers-only", action="store_true", help="only remove partial writes of killed runs")
     gc.add_argument("--dry-run", action="store_true")
 
+    regen = sub.add_parser("regenerate", help="redraw one sample from its provenance and compare it bit for bit")
+    regen.add_argument("run_dir", type=Path)
+    regen.add_argument("sample_id")
+    regen.add_argument("--row", help="the row (generator name) when several rows have this sample id")
+
     bench = sub.add_parser("bench", help="measure throughput figures on this machine")
     bench_sub = bench.add_subparsers(dest="bench_command", required=True)
     pairs = bench_sub.add_parser("pairs", help="all-pairs pred-head scoring vs a per-query loop")
@@ -154,6 +159,15 @@ def cmd_run(args) -> int:
           f"{len(runner.executed)} stages computed; outputs in {run_dir}/ (results.json, leaderboard.md, "
           "manifest.json, run.log).")
     return 2 if errors else 0
+
+
+def cmd_regenerate(args) -> int:
+    from harness.regenerate import regenerate
+
+    out = regenerate(args.run_dir, args.sample_id, get_registry(), _cache(args), args.row)
+    verdict = "bit-for-bit identical" if out["identical"] else f"DIFFERENT (max |diff| {out['max_abs_diff']:.3g})"
+    print(f"{out['sample_id']} of row '{out['row']}' (redrawn with its batch of {out['redrawn_with']}): {verdict}")
+    return 0 if out["identical"] else 1
 
 
 def cmd_bench(args) -> int:
@@ -264,7 +278,7 @@ def cmd_data(args) -> int:
 
 
 COMMANDS = {"run": cmd_run, "validate": cmd_validate, "plugins": cmd_plugins, "bench": cmd_bench,
-            "leaderboard": cmd_leaderboard, "cache": cmd_cache, "data": cmd_data}
+            "regenerate": cmd_regenerate, "leaderboard": cmd_leaderboard, "cache": cmd_cache, "data": cmd_data}
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -301,6 +301,7 @@ class Runner:
         fit_key = self.cache.key("generator-fit", **ident, data=[enc_keys["train"], enc_keys["val"]],
                                  seed=self.spec.seed)
         sample_key = self.cache.key("samples", fit=fit_key, conditions=[asdict(c) for c in conditions])
+        base["artifacts"] = {"generator-fit": fit_key, "samples": sample_key}
         fit_data = {"train": latents["train"], "val": latents["val"]}
         try:
             # the fit (or its cached state) is only needed when the samples themselves are not cached

@@ -92,7 +92,7 @@ def crop(x: torch.Tensor) -> torch.Tensor:
 class EchoLVDM(Generator):
     """LIDM + LVDM with v-prediction, EMA and DDPM/DDIM sampling; presets `tiny`, `phantom`, `echonet-synthetic`."""
 
-    version = "1-" + stable_hash(PRESETS)[:8]
+    version = "2-" + stable_hash(PRESETS)[:8]  # 2: provenance records the sampling batch
 
     class Config(ComponentConfig):
         preset: Literal["tiny", "phantom", "echonet-synthetic"] = "phantom"
@@ -216,7 +216,9 @@ class EchoLVDM(Generator):
         provenance = pd.DataFrame({"sample_id": ids, "seed": [c.seed for c in conditions],
                                    "requested_ef": [c.ef for c in conditions],
                                    "source_ids": [f"lidm:{c.sample_id}" for c in conditions],
-                                   "sampler": kind, "steps": steps, "model_hash": self.model_hash()})
+                                   "sampler": kind, "steps": steps, "model_hash": self.model_hash(),
+                                   # samples drawn in one batch; regenerating one redraws its batch (bit-exact)
+                                   "batch": [i // self.config.sample_batch for i in range(len(conditions))]})
         return SampleSet(latents.astype(np.float16), table, provenance)
 
     def _initial_noise(self, conditions, shape, what):
@@ -293,8 +295,9 @@ class EchoLVDM(Generator):
                 raise UserError(f"echo-lvdm: {folder / part} is not a diffusers model folder (no config.json); "
                                 "`weights` must hold lidm/ and lvdm/ saved with save_pretrained.")
         try:
-            self.lidm = UNet2DModel.from_pretrained(folder / "lidm", use_safetensors=True).eval()
-            self.lvdm = UNetSpatioTemporalConditionModel.from_pretrained(folder / "lvdm", use_safetensors=True).eval()
+            load = dict(use_safetensors=True, low_cpu_mem_usage=False)
+            self.lidm = UNet2DModel.from_pretrained(folder / "lidm", **load).eval()
+            self.lvdm = UNetSpatioTemporalConditionModel.from_pretrained(folder / "lvdm", **load).eval()
         except (OSError, ValueError, RuntimeError) as exc:
             raise UserError(f"echo-lvdm: the weights in {folder} cannot be loaded ({type(exc).__name__}: "
                             f"{str(exc).splitlines()[0][:200]}); check that they match the preset.") from None

@@ -1,0 +1,63 @@
+"""The echo-lvdm generator: trains and samples for real (tiny preset), carries provenance, regenerates exactly."""
+
+import json
+
+import numpy as np
+import pytest
+
+from harness.errors import UserError
+from harness_plugins.lvdm import EchoLVDM
+from tests.conftest import TINY, run_cli
+
+
+@pytest.fixture(scope="module")
+def lvdm_run(tiny_run, tmp_path_factory):
+    out = tmp_path_factory.mktemp("lvdm") / "run"
+    done = run_cli("--cache", str(tiny_run["cache"]), "run", str(TINY), "--generator", "echo-lvdm",
+                   "--generator-args", '{"preset": "tiny"}', "--out", str(out), "--no-progress")
+    assert done.returncode == 0, done.stderr
+    return {"cache": tiny_run["cache"], "out": out, "results": json.loads((out / "results.json").read_text())}
+
+
+def test_echo_lvdm_row_joins_the_benchmark_with_provenance(lvdm_run, tiny_run):
+    import pandas as pd
+
+    (row,) = lvdm_run["results"]["rows"]
+    assert row["error"] is None and row["n_returned"] == 30 and "memorised_pct" in row
+    assert lvdm_run["results"]["benchmark"]["benchmark_hash"] == tiny_run["results"]["benchmark"]["benchmark_hash"]
+    table = pd.read_csv(lvdm_run["out"] / "samples" / "echo-lvdm.csv")
+    assert {"seed", "requested_ef", "sampler", "steps", "model_hash", "batch"} <= set(table.columns)
+    assert table["model_hash"].nunique() == 1 and (table["sampler"] == "ddim").all()
+    copy = pd.read_csv(tiny_run["out"] / "samples" / "copy.csv")
+    np.testing.assert_allclose(table["requested_ef"], copy["requested_ef"])  # the benchmark's shared conditions
+
+
+def test_regenerate_reproduces_a_sample_bit_for_bit(lvdm_run):
+    done = run_cli("--cache", str(lvdm_run["cache"]), "regenerate", str(lvdm_run["out"]), "s000007")
+    assert done.returncode == 0 and "bit-for-bit identical" in done.stdout, done.stdout + done.stderr
+    done = run_cli("--cache", str(lvdm_run["cache"]), "regenerate", str(lvdm_run["out"]), "s999999")
+    assert done.returncode == 2 and "no row has a sample 's999999'" in done.stderr
+
+
+def test_bad_weights_and_conditions_are_one_sentence(tmp_path):
+    from harness.data import Condition
+
+    (tmp_path / "lidm").mkdir()
+    with pytest.raises(UserError, match="is not a diffusers model folder"):
+        EchoLVDM()._load_weights(tmp_path)
+    model = EchoLVDM(EchoLVDM.Config(preset="tiny"))
+    model.lidm = model.lvdm = object()
+    with pytest.raises(UserError, match="requested EF 120.0 of sample a is outside 0-100"):
+        model.sample([Condition("a", 1, 120.0)], ctx=None)
+
+
+def test_published_preset_needs_local_weights():
+    import pandas as pd
+
+    from harness.data import LatentSet
+
+    table = pd.DataFrame({"video_id": ["a", "b"], "patient_id": "", "ef": [50.0, 60.0], "split": "train",
+                          "fps": 25.0, "source_file": ""})
+    train = LatentSet(np.zeros((2, 4, 4, 14, 14), np.float16), table)
+    with pytest.raises(UserError, match="set `weights` to a local folder"):
+        EchoLVDM(EchoLVDM.Config(preset="echonet-synthetic")).fit({"train": train, "val": train}, ctx=None)
