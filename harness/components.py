@@ -110,7 +110,8 @@ class ReIdFilter(Component):
 class Task(Component):
     """A downstream task trained on (synthetic) videos and evaluated on the real test split."""
 
-    def fit(self, train: LatentSet, ctx: RunContext) -> None:
+    def fit(self, train: LatentSet, val: LatentSet, ctx: RunContext) -> None:
+        """Train on `train` (labels in its table), choosing the best epoch on `val`."""
         raise NotImplementedError
 
     def evaluate(self, test: LatentSet, ctx: RunContext) -> dict[str, Any]:

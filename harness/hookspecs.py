@@ -39,14 +39,14 @@ def register_generators(register):
 def register_reid_filters(register):
     """Register re-identification models: `register("name", ReIdFilterSubclass)`.
 
-    The class implements `fit(train, val, ctx)`, `embed(frames, ctx) -> [N, D]` and chunked all-pairs
-    `scores(fa, fb, head) -> [Na, Nb]` for its `heads`.
+    The class implements `fit(train, val, ctx)`, `embed(videos, ctx, frames) -> [N, F, D]` and
+    `head_parameters() -> (w, b)` of its `pred` head; the core scores all pairs with its `heads`, in chunks.
     """
 
 
 @hookspec
 def register_tasks(register):
-    """Register downstream tasks: `register("name", TaskSubclass)` with `fit(train, ctx)` and
+    """Register downstream tasks: `register("name", TaskSubclass)` with `fit(train, val, ctx)` and
     `evaluate(test, ctx) -> metrics` (values with bootstrap intervals), evaluated on real test data.
     """
 

@@ -190,3 +190,20 @@ def test_compiled_pred_kernel_equals_a_per_query_loop():
     r[5] = q[3]  # an exact copy is found, at the head's bias when every weight is negative
     best, arg = pred_max_cpu(q, r, -w.abs(), bias=0.25)
     assert arg[3] == 5 and best[3].item() == pytest.approx(0.25, abs=1e-5)
+
+
+def test_regression_metrics_equal_scikit_learn_and_bracket_the_value():
+    from sklearn.metrics import mean_absolute_error, mean_squared_error, r2_score
+
+    from harness.metrics.regression import regression_metrics
+
+    rng = np.random.default_rng(3)
+    y = rng.uniform(20, 80, 150)
+    p = y + rng.normal(0, 6, 150)
+    out = regression_metrics(y, p, resamples=2000)
+    assert out["r2"] == pytest.approx(r2_score(y, p))
+    assert out["mae"] == pytest.approx(mean_absolute_error(y, p))
+    assert out["rmse"] == pytest.approx(mean_squared_error(y, p) ** 0.5)
+    for k in ("r2", "mae", "rmse"):
+        assert out[f"{k}_low"] < out[k] < out[f"{k}_high"]
+    assert out["interval"] == "5th-95th percentile of 2000 bootstrap resamples"

@@ -1,0 +1,210 @@
+"""Built-in `ef-regression` task: predict ejection fraction from a clip, evaluated on the REAL test split.
+
+`r2plus1d` follows EchoNet-Dynamic's protocol on decoded pixels: torchvision `r2plus1d_18` (random init; local
+weights to fine-tune from), 32-frame clips taking every 2nd frame, SGD with momentum, the output bias set to the
+mean training EF, the best epoch by validation loss, and test-time averaging over every clip start. `latent-cnn` is
+a small 3-D CNN on the latents themselves, for CPU runs.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+from pathlib import Path
+from typing import Any, Literal
+
+import numpy as np
+import torch
+from pydantic import Field, PositiveInt
+from safetensors.torch import load_file, save_file
+from torch import nn
+
+from harness import hookimpl
+from harness.components import ComponentConfig, Task
+from harness.context import RunContext
+from harness.data import LatentSet
+from harness.errors import UserError
+from harness.metrics.regression import regression_metrics
+
+
+class LatentCNN(nn.Module):
+    """Three strided 3-D convolutions and a global average: enough for EF from 4x14x14 latent clips."""
+
+    def __init__(self, channels: int, width: int = 32):
+        super().__init__()
+        layers, c = [], channels
+        for out in (width, 2 * width, 4 * width):
+            layers += [nn.Conv3d(c, out, 3, stride=(1, 2, 2) if c == channels else 2, padding=1),
+                       nn.GroupNorm(8, out), nn.SiLU()]
+            c = out
+        self.features = nn.Sequential(*layers, nn.AdaptiveAvgPool3d(1), nn.Flatten())
+        self.fc = nn.Linear(c, 1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:  # x: [B, C, T, h, w]
+        return self.fc(self.features(x))[:, 0]
+
+
+def r2plus1d() -> nn.Module:
+    from torchvision.models.video import r2plus1d_18
+
+    net = r2plus1d_18(weights=None)
+    net.fc = nn.Linear(net.fc.in_features, 1)
+    return net
+
+
+class EFRegression(Task):
+    """EF regressor trained on (synthetic or real) clips; R², MAE, RMSE with bootstrap intervals on real test."""
+
+    version = "1"
+
+    class Config(ComponentConfig):
+        model: Literal["latent-cnn", "r2plus1d"] = "latent-cnn"
+        epochs: PositiveInt = 30
+        batch_size: PositiveInt = 16
+        lr: float | None = Field(None, gt=0, description="default: 1e-4 SGD (r2plus1d), 1e-3 Adam (latent-cnn)")
+        frames: PositiveInt = Field(32, description="frames per pixel clip")
+        period: PositiveInt = Field(2, description="take every period-th frame (pixel clips)")
+        bootstrap_resamples: PositiveInt = 10_000
+        weights: str | None = Field(None, description="local state dict to start from (e.g. a Dynamic model)")
+
+    def __init__(self, config=None):
+        super().__init__(config)
+        self.net: nn.Module | None = None
+        self.report: dict[str, Any] = {}
+
+    # ------------------------------------------------------------------------------------------ inputs
+
+    def _inputs(self, data: LatentSet, ctx: RunContext) -> torch.Tensor:
+        """Model inputs `[N, C, T, H, W]`: latents as they are, or decoded pixels standardised per dataset."""
+        if self.config.model == "latent-cnn":
+            return torch.from_numpy(np.asarray(data.latents, dtype=np.float32)).permute(0, 2, 1, 3, 4)
+        encoder = ctx.components.get("encoder")
+        if encoder is None:
+            raise UserError("ef-regression: the r2plus1d model needs the run's encoder to decode clips to pixels.")
+        frames = torch.from_numpy(np.asarray(encoder.decode(data, ctx).frames, dtype=np.float32))
+        frames = (frames - self.pixel_mean) / self.pixel_std
+        return frames[:, None].expand(-1, 3, -1, -1, -1)  # grey -> the 3 channels the video network expects
+
+    def _clip_starts(self, length: int) -> list[int]:
+        span = (self.config.frames - 1) * self.config.period + 1
+        return list(range(0, max(length - span, 0) + 1))
+
+    def _clip(self, x: torch.Tensor, start: int) -> torch.Tensor:
+        if self.config.model == "latent-cnn":
+            return x
+        idx = start + self.config.period * torch.arange(self.config.frames)
+        clip = x[:, :, idx.clamp(max=x.shape[2] - 1)]
+        clip[:, :, idx >= x.shape[2]] = 0  # zero-pad clips shorter than frames x period, as EchoNet does
+        return clip
+
+    # ------------------------------------------------------------------------------------------ training
+
+    def fit(self, train: LatentSet, val: LatentSet, ctx: RunContext) -> None:
+        cfg = self.config
+        y_train = torch.as_tensor(train.table["ef"].to_numpy(dtype=np.float32))
+        y_val = torch.as_tensor(val.table["ef"].to_numpy(dtype=np.float32))
+        if len(train) < 2 or len(val) < 1:
+            raise UserError("ef-regression: needs at least 2 training and 1 validation videos.")
+        if cfg.model == "r2plus1d":
+            sample = np.asarray(train.latents[:128], dtype=np.float32)
+            pixels = ctx.components["encoder"].decode(LatentSet(sample, train.table.iloc[:len(sample)]), ctx)
+            self.pixel_mean = float(np.mean(pixels.frames))
+            self.pixel_std = float(np.std(pixels.frames)) or 1.0
+        torch.manual_seed(ctx.seed_for("ef-regression-init"))
+        x_train, x_val = self._inputs(train, ctx), self._inputs(val, ctx)
+        net = LatentCNN(x_train.shape[1]) if cfg.model == "latent-cnn" else r2plus1d()
+        with torch.no_grad():
+            net.fc.bias.fill_(float(y_train.mean()))  # start at the mean EF, as EchoNet-Dynamic does
+        if cfg.weights:
+            net.load_state_dict(_load_state(Path(cfg.weights), net))
+        net.to(ctx.device)
+        if cfg.model == "r2plus1d":
+            opt = torch.optim.SGD(net.parameters(), lr=cfg.lr or 1e-4, momentum=0.9, weight_decay=1e-4)
+            sched = torch.optim.lr_scheduler.StepLR(opt, step_size=15, gamma=0.1)
+        else:
+            opt, sched = torch.optim.Adam(net.parameters(), lr=cfg.lr or 1e-3), None
+        rng = ctx.rng("ef-regression-batches")
+        best = (float("inf"), -1, None)
+        for epoch in ctx.progress(range(cfg.epochs), desc="EF regression"):
+            net.train()
+            for batch in np.array_split(rng.permutation(len(x_train)), max(1, len(x_train) // cfg.batch_size)):
+                start = int(rng.choice(self._clip_starts(x_train.shape[2])))
+                pred = net(self._clip(x_train[batch], start).to(ctx.device))
+                loss = nn.functional.mse_loss(pred, y_train[batch].to(ctx.device))
+                opt.zero_grad(set_to_none=True)
+                loss.backward()
+                opt.step()
+            if sched is not None:
+                sched.step()
+            val_loss = float(nn.functional.mse_loss(self._predict(net, x_val, ctx), y_val))
+            if val_loss < best[0]:
+                best = (val_loss, epoch, copy.deepcopy(net.state_dict()))
+        net.load_state_dict(best[2])
+        self.net = net.eval()
+        self.report = {"best_epoch": best[1] + 1, "val_mse": round(best[0], 4), "model": cfg.model}
+
+    @torch.no_grad()
+    def _predict(self, net: nn.Module, x: torch.Tensor, ctx: RunContext) -> torch.Tensor:
+        """Mean prediction over every clip start (test-time averaging); one pass for the latent model."""
+        net.eval()
+        starts = self._clip_starts(x.shape[2]) if self.config.model == "r2plus1d" else [0]
+        out = torch.zeros(len(x))
+        for start in starts:
+            for chunk in torch.split(torch.arange(len(x)), self.config.batch_size):
+                out[chunk] += net(self._clip(x[chunk], start).to(ctx.device)).float().cpu()
+        return out / len(starts)
+
+    def predict(self, data: LatentSet, ctx: RunContext) -> np.ndarray:
+        return self._predict(self.net.to(ctx.device), self._inputs(data, ctx), ctx).numpy()
+
+    def evaluate(self, test: LatentSet, ctx: RunContext) -> dict[str, Any]:
+        truth = test.table["ef"].to_numpy(dtype=np.float64)
+        return regression_metrics(truth, self.predict(test, ctx), resamples=self.config.bootstrap_resamples,
+                                  seed=ctx.seed_for("ef-bootstrap"))
+
+    # ------------------------------------------------------------------------------------------ state
+
+    def fit_report(self) -> dict[str, Any]:
+        return self.report
+
+    def save_state(self, folder: Path) -> bool:
+        save_file({k: v.contiguous().cpu() for k, v in self.net.state_dict().items()}, folder / "ef.safetensors")
+        extra = {"pixel_mean": getattr(self, "pixel_mean", 0.0), "pixel_std": getattr(self, "pixel_std", 1.0),
+                 "channels": self.channels(), "report": self.report}
+        (folder / "ef.json").write_text(json.dumps(extra))
+        return True
+
+    def load_state(self, folder: Path) -> None:
+        extra = json.loads((folder / "ef.json").read_text())
+        self.pixel_mean, self.pixel_std, self.report = extra["pixel_mean"], extra["pixel_std"], extra["report"]
+        net = LatentCNN(extra["channels"]) if self.config.model == "latent-cnn" else r2plus1d()
+        net.load_state_dict(load_file(folder / "ef.safetensors"))
+        self.net = net.eval()
+
+    def channels(self) -> int:
+        return self.net.features[0].in_channels if self.config.model == "latent-cnn" else 3
+
+
+def _load_state(path: Path, net: nn.Module) -> dict[str, torch.Tensor]:
+    """A local state dict (safetensors, or torch with `weights_only=True`) whose shapes match `net`."""
+    if not path.is_file():
+        raise UserError(f"ef-regression weights file {path} does not exist; set `weights` to a local file.")
+    try:
+        state = load_file(path) if path.suffix == ".safetensors" else torch.load(path, map_location="cpu",
+                                                                                  weights_only=True)
+    except Exception as exc:
+        raise UserError(f"ef-regression weights file {path} cannot be read as a state dict "
+                        f"({type(exc).__name__}).") from None
+    state = state.get("state_dict", state)
+    state = {k.removeprefix("module."): v for k, v in state.items()}  # EchoNet saves DataParallel models
+    expected = net.state_dict()
+    wrong = [k for k, v in expected.items() if k not in state or tuple(state[k].shape) != tuple(v.shape)]
+    if wrong:
+        raise UserError(f"ef-regression weights file {path} does not match the '{net.__class__.__name__}' model "
+                        f"({len(wrong)} tensors missing or of another shape, e.g. '{wrong[0]}').")
+    return state
+
+
+@hookimpl
+def register_tasks(register):
+    register("ef-regression", EFRegression)

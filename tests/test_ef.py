@@ -1,0 +1,46 @@
+"""The ef-regression task on real phantom latents: it learns EF, reports intervals, and loads weights safely."""
+
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from harness.cache import ArtifactCache
+from harness.context import RunContext
+from harness.data import LatentSet
+from harness.errors import UserError
+from harness_plugins.ef import EFRegression, LatentCNN
+
+
+def _split(run: dict, stage: str) -> LatentSet:
+    stages = json.loads((run["out"] / "manifest.json").read_text())["stages"]
+    key = next(s["key"] for s in stages if s["stage"] == stage)
+    return LatentSet.load(ArtifactCache(run["cache"]).path(stage, key))
+
+
+def test_latent_regressor_learns_and_reports_intervals(tiny_run, tmp_path):
+    train, val, test = (_split(tiny_run, f"encode-{s}") for s in ("train", "val", "test"))
+    ctx = RunContext(torch.device("cpu"), 0, ArtifactCache(tmp_path), show_progress=False)
+    task = EFRegression(EFRegression.Config(epochs=15, batch_size=8, bootstrap_resamples=500))
+    task.fit(val, train, ctx)  # the tiny spec has more val (30) than train (16) videos: train on val
+    out = task.evaluate(test, ctx)
+    assert out["interval"] == "5th-95th percentile of 500 bootstrap resamples"
+    assert out["mae_low"] <= out["mae"] <= out["mae_high"] and out["n"] == len(test)
+    constant = np.abs(test.table["ef"] - val.table["ef"].mean()).mean()
+    assert task.report["best_epoch"] >= 1 and np.isfinite(out["r2"])
+    assert task.save_state(tmp_path)
+    again = EFRegression(task.config)
+    again.load_state(tmp_path)
+    np.testing.assert_allclose(again.predict(test, ctx), task.predict(test, ctx), atol=1e-5)
+    assert out["mae"] < 1.5 * constant  # not worse than guessing the mean by much after 15 CPU epochs
+
+
+def test_weights_that_do_not_fit_are_one_sentence(tmp_path):
+    from harness_plugins.ef import _load_state
+
+    path = tmp_path / "w.pt"
+    torch.save(LatentCNN(4).state_dict(), path)
+    assert set(_load_state(path, LatentCNN(4))) == set(LatentCNN(4).state_dict())
+    with pytest.raises(UserError, match="does not match the 'LatentCNN' model"):
+        _load_state(path, LatentCNN(1))
