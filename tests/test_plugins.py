@@ -5,10 +5,12 @@ from tests.conftest import TINY, run_cli
 
 def test_builtins_load_through_entry_points(registry):
     names = {p.name: p for p in registry.plugins}
-    assert {"echo-datasets", "encoders", "controls"} <= set(names)
+    assert {"echo-datasets", "encoders", "controls", "reid", "lvdm", "ef"} <= set(names)
     assert all(p.distribution == "reid-harness" and p.error is None for p in registry.plugins)
-    assert registry.names("generators") == ["collapse", "copy", "holdout", "noise", "phantom-fresh"]
+    assert registry.names("generators") == ["collapse", "copy", "echo-lvdm", "holdout", "noise", "phantom-fresh"]
     assert registry.names("encoders") == ["identity", "vae"]
+    assert registry.names("reid_filters") == ["siamese"]
+    assert registry.names("tasks") == ["ef-regression"]
 
 
 def test_broken_plugin_is_listed_and_others_still_work(third_party):
