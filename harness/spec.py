@@ -125,6 +125,8 @@ class Spec(_Strict):
     def _something_to_run(self) -> Spec:
         if not self.generators and self.reid_study is None:
             raise ValueError("the spec has no `generators` (and no `reid_study`); list at least one generator")
+        if self.generators and self.reid_study is not None:
+            raise ValueError("a spec runs either `generators` or a `reid_study`, not both; split it into two specs")
         if self.reid_study is not None and self.reid is None and any(v.reid is None for v in self.reid_study.variants):
             raise ValueError("every reid_study variant needs a `reid` (or set a top-level `reid`)")
         return self

@@ -84,3 +84,10 @@ def test_cli_validate_prints_every_error_and_exits_2(tmp_path):
 @pytest.mark.parametrize("spec", ["tiny.yaml", "phantom.yaml"])
 def test_shipped_specs_are_valid(spec, registry):
     validate_spec(TINY.parent / spec, registry)
+
+
+def test_generators_and_a_reid_study_do_not_mix(tmp_path, registry):
+    spec = tmp_path / "both.yaml"
+    spec.write_text(TINY.read_text() + "reid_study:\n  variants:\n    - name: a\n")
+    with pytest.raises(SpecErrors, match="either `generators` or a `reid_study`"):
+        validate_spec(spec, registry)
