@@ -84,6 +84,11 @@ class Generator(Component):
     def sample(self, conditions: list[Condition], ctx: RunContext) -> SampleSet:
         raise NotImplementedError
 
+    @property
+    def uses_privacy_filter(self) -> bool:
+        """True when samples depend on the run's re-ID model (`ctx.components["privacy_filter"]`)."""
+        return False
+
 
 class ReIdFilter(Component):
     """A re-identification model: embeds frames; the core scores pairs of embeddings with its heads.

@@ -7,6 +7,7 @@ on whatever device those tensors are on.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -44,6 +45,20 @@ class Reference:
     def pmax(self, query: torch.Tensor, head: str, ref: torch.Tensor | None = None):
         ref = self.train_first if ref is None else ref
         return max_scores(query, ref, head, self.weight, self.bias)
+
+
+@dataclass
+class PrivacyFilter:
+    """The paper's filter, offered to generators: which frames does the re-ID model match above tau?"""
+
+    embed: Callable[[np.ndarray], torch.Tensor]  # frames [N, C, h, w] -> features [N, D]
+    reference: Reference
+    tau: float
+
+    def memorised(self, frames: np.ndarray) -> np.ndarray:
+        features = self.embed(frames).to(self.reference.train_first.device)
+        pmax, _ = self.reference.pmax(features, self.reference.head)
+        return (pmax > self.tau).cpu().numpy()
 
 
 def _check_features(features: torch.Tensor, what: str) -> None:

@@ -60,6 +60,9 @@ def regenerate(run_dir: Path, sample_id: str, registry: Registry, cache: Artifac
     entry = next(g for g in manifest["resolved_spec"]["generators"] if g["name"] == row["generator"])
     factory = registry.get("generators", entry["plugin"]).factory
     generator = factory(factory.Config(**entry["args"]))
+    if generator.uses_privacy_filter:
+        raise UserError(f"row '{row['generator']}' was sampled through the run's privacy filter, which regenerate "
+                        "cannot rebuild yet; re-run the spec to reproduce it.")
     generator.load_state(fit.path / "state")
     samples = SampleSet.load(stored.path)
     provenance = samples.provenance.astype({"sample_id": str})

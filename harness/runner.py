@@ -29,7 +29,7 @@ from harness.components import Component
 from harness.context import RunContext, resolve_device
 from harness.data import Condition, LatentSet, SampleSet, VideoSet
 from harness.errors import GeneratorOutputError, UserError
-from harness.evaluation import Reference, reference_stats, row_metrics
+from harness.evaluation import PrivacyFilter, Reference, reference_stats, row_metrics
 from harness.figures import render_figures, tsne_coordinates
 from harness.metrics.reid import reid_quality
 from harness.monitor import StageMonitor
@@ -243,6 +243,13 @@ class Runner:
             test_first=feats["test"][0], test_frames=feats["test"][1], weight=weight, bias=head_meta["bias"],
             head=privacy.head, percentile=privacy.percentile, calibration=privacy.calibration, knn=privacy.knn)
         self.reference_stats = reference_stats(self.reference)
+
+        def embed_frames(frames: np.ndarray) -> torch.Tensor:
+            self.reid_ready()
+            return reid.embed(frames[:, None], self.ctx, frames=[0])[:, 0]
+
+        self.ctx.components["privacy_filter"] = PrivacyFilter(embed_frames, self.reference,
+                                                              self.reference_stats["tau"])
         report = self.reid_ready.meta.get("report", {})
         val_auc = report.get("val_auc")
         reliable = val_auc is None or val_auc >= privacy.min_val_auc
@@ -300,7 +307,9 @@ class Runner:
         conditions = self.conditions(n, latents["train"])
         fit_key = self.cache.key("generator-fit", **ident, data=[enc_keys["train"], enc_keys["val"]],
                                  seed=self.spec.seed)
-        sample_key = self.cache.key("samples", fit=fit_key, conditions=[asdict(c) for c in conditions])
+        # samples drawn through the privacy filter also depend on the re-ID model
+        filtered_by = {"reid": getattr(self, "reid_key", None)} if generator.uses_privacy_filter else {}
+        sample_key = self.cache.key("samples", fit=fit_key, conditions=[asdict(c) for c in conditions], **filtered_by)
         base["artifacts"] = {"generator-fit": fit_key, "samples": sample_key}
         fit_data = {"train": latents["train"], "val": latents["val"]}
         try:

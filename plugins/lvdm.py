@@ -92,7 +92,7 @@ def crop(x: torch.Tensor) -> torch.Tensor:
 class EchoLVDM(Generator):
     """LIDM + LVDM with v-prediction, EMA and DDPM/DDIM sampling; presets `tiny`, `phantom`, `echonet-synthetic`."""
 
-    version = "2-" + stable_hash(PRESETS)[:8]  # 2: provenance records the sampling batch
+    version = "3-" + stable_hash(PRESETS)[:8]  # 3: optional privacy filter; separate LIDM/LVDM noise streams
 
     class Config(ComponentConfig):
         preset: Literal["tiny", "phantom", "echonet-synthetic"] = "phantom"
@@ -104,6 +104,8 @@ class EchoLVDM(Generator):
         sampler: Literal["ddpm", "ddim"] = "ddim"
         sample_steps: PositiveInt | None = None
         sample_batch: PositiveInt = 16
+        privacy_filter: bool = Field(False, description="redraw conditioning frames the run's re-ID flags (paper)")
+        filter_tries: PositiveInt = Field(5, description="redraws per flagged frame before it is kept, marked")
         weights: str | None = Field(None, description="local folder with lidm/ and lvdm/ diffusers model folders")
 
         def setting(self, name: str):
@@ -197,6 +199,10 @@ class EchoLVDM(Generator):
 
     # ------------------------------------------------------------------------------------------ sampling
 
+    @property
+    def uses_privacy_filter(self) -> bool:
+        return self.config.privacy_filter
+
     @torch.no_grad()
     def sample(self, conditions: list[Condition], ctx: RunContext) -> SampleSet:
         for c in conditions:
@@ -209,7 +215,7 @@ class EchoLVDM(Generator):
         batches = range(0, len(conditions), self.config.sample_batch)
         for start in ctx.progress(batches, desc="echo-lvdm sampling"):
             out.append(self._sample_batch(conditions[start:start + self.config.sample_batch], ctx, kind, steps))
-        latents = torch.cat(out).numpy()
+        latents = torch.cat([o[0] for o in out]).numpy()
         ids = [c.sample_id for c in conditions]
         table = pd.DataFrame({"video_id": ids, "patient_id": "", "ef": [c.ef for c in conditions],
                               "split": "synthetic", "fps": self.fps, "source_file": ""})
@@ -218,7 +224,9 @@ class EchoLVDM(Generator):
                                    "source_ids": [f"lidm:{c.sample_id}" for c in conditions],
                                    "sampler": kind, "steps": steps, "model_hash": self.model_hash(),
                                    # samples drawn in one batch; regenerating one redraws its batch (bit-exact)
-                                   "batch": [i // self.config.sample_batch for i in range(len(conditions))]})
+                                   "batch": [i // self.config.sample_batch for i in range(len(conditions))],
+                                   "filter_redraws": np.concatenate([o[1] for o in out]),
+                                   "conditioning_memorised": np.concatenate([o[2] for o in out])})
         return SampleSet(latents.astype(np.float16), table, provenance)
 
     def _initial_noise(self, conditions, shape, what):
@@ -226,31 +234,52 @@ class EchoLVDM(Generator):
         return torch.stack([torch.randn(shape, generator=torch.Generator().manual_seed(c.seed + what))
                             for c in conditions])
 
-    def _sample_batch(self, conditions, ctx, kind, steps) -> torch.Tensor:
-        device = ctx.device
-        frames, channels = self.clip_frames, self.channels
+    @staticmethod
+    def _denoise(x, kind, steps, seeds, predict):
+        """Run the sampler from noise `x`; DDPM's per-step noise comes from each sample's own seed."""
         sched = scheduler(kind)
         sched.set_timesteps(steps)
-        gens = [torch.Generator().manual_seed(c.seed + 2) for c in conditions]
-
-        def step(model_out, t, x):
-            if kind == "ddpm":  # the per-step noise comes from each sample's own generator
-                return torch.cat([sched.step(model_out[i:i + 1], t, x[i:i + 1], generator=g).prev_sample
-                                  for i, g in enumerate(gens)])
-            return sched.step(model_out, t, x).prev_sample
-
-        x = self._initial_noise(conditions, (channels, 16, 16), 0).to(device) * sched.init_noise_sigma
+        gens = [torch.Generator().manual_seed(seed) for seed in seeds]
+        x = x * sched.init_noise_sigma
         for t in sched.timesteps:
-            tt = torch.full((len(x),), int(t), device=device)
-            x = step(self.lidm(x, tt).sample.float(), t, x)
-        cond = x
-        sched = scheduler(kind)
-        sched.set_timesteps(steps)
-        ef = torch.tensor([c.ef / 100.0 for c in conditions], device=device)
-        video = self._initial_noise(conditions, (frames, channels, 16, 16), 1).to(device) * sched.init_noise_sigma
-        for t in sched.timesteps:
-            video = step(self._windowed(video, cond, ef, int(t)), t, video)
-        return crop(video).float().cpu()
+            out = predict(x, int(t))
+            if kind == "ddpm":
+                x = torch.cat([sched.step(out[i:i + 1], t, x[i:i + 1], generator=g).prev_sample
+                               for i, g in enumerate(gens)])
+            else:
+                x = sched.step(out, t, x).prev_sample
+        return x
+
+    def _frames(self, conditions, ctx, kind, steps, draw: int) -> torch.Tensor:
+        """Conditioning frames from the LIDM; draw k > 0 uses fresh seeds (a redraw after the privacy filter)."""
+        noise = self._initial_noise(conditions, (self.channels, 16, 16), 10 * draw).to(ctx.device)
+
+        def predict(x, t):
+            return self.lidm(x, torch.full((len(x),), t, device=x.device)).sample.float()
+
+        return self._denoise(noise, kind, steps, [c.seed + 2 + 10 * draw for c in conditions], predict)
+
+    def _sample_batch(self, conditions, ctx, kind, steps):
+        cond = self._frames(conditions, ctx, kind, steps, draw=0)
+        redraws = np.zeros(len(conditions), dtype=np.int64)
+        flagged = np.zeros(len(conditions), dtype=bool)
+        if self.config.privacy_filter:
+            check = ctx.components.get("privacy_filter")
+            if check is None:
+                raise UserError("echo-lvdm: privacy_filter needs a re-ID model; add a `reid` section to the spec.")
+            flagged = check.memorised(crop(cond).float().cpu().numpy())
+            for draw in range(1, self.config.filter_tries + 1):
+                if not flagged.any():
+                    break
+                idx = np.flatnonzero(flagged)
+                cond[idx] = self._frames([conditions[i] for i in idx], ctx, kind, steps, draw)
+                redraws[idx] += 1
+                flagged[idx] = check.memorised(crop(cond[idx]).float().cpu().numpy())
+        ef = torch.tensor([c.ef / 100.0 for c in conditions], device=ctx.device)
+        noise = self._initial_noise(conditions, (self.clip_frames, self.channels, 16, 16), 1).to(ctx.device)
+        video = self._denoise(noise, kind, steps, [c.seed + 3 for c in conditions],
+                              lambda x, t: self._windowed(x, cond, ef, t))
+        return crop(video).float().cpu(), redraws, flagged
 
     def _windowed(self, video, cond, ef, t) -> torch.Tensor:
         """The LVDM's prediction for the whole clip: overlapping windows (half a window apart), averaged."""

@@ -61,3 +61,51 @@ def test_published_preset_needs_local_weights():
     train = LatentSet(np.zeros((2, 4, 4, 14, 14), np.float16), table)
     with pytest.raises(UserError, match="set `weights` to a local folder"):
         EchoLVDM(EchoLVDM.Config(preset="echonet-synthetic")).fit({"train": train, "val": train}, ctx=None)
+
+
+def test_privacy_filter_redraws_flagged_conditioning_frames(lvdm_run, tiny_run):
+    """A filter that flags every first draw makes each sample redraw its frame once, with other output."""
+    from pathlib import Path
+
+    import torch
+
+    from harness.cache import ArtifactCache
+    from harness.context import RunContext
+    from harness.data import Condition
+
+    (row,) = lvdm_run["results"]["rows"]
+    state = Path(ArtifactCache(lvdm_run["cache"]).path("generator-fit", row["artifacts"]["generator-fit"])) / "state"
+    conditions = [Condition(f"s{i}", 10 + i, 50.0) for i in range(3)]
+    ctx = RunContext(torch.device("cpu"), 0, ArtifactCache(lvdm_run["cache"]), show_progress=False)
+    plain = EchoLVDM(EchoLVDM.Config(preset="tiny"))
+    plain.load_state(state)
+    filtered = EchoLVDM(EchoLVDM.Config(preset="tiny", privacy_filter=True))
+    filtered.load_state(state)
+    with pytest.raises(UserError, match="privacy_filter needs a re-ID model"):
+        filtered.sample(conditions, ctx)
+
+    class FirstDrawFlagged:
+        def __init__(self):
+            self.calls = 0
+
+        def memorised(self, frames):
+            self.calls += 1
+            return np.full(len(frames), self.calls == 1)
+
+    ctx.components["privacy_filter"] = FirstDrawFlagged()
+    out = filtered.sample(conditions, ctx)
+    assert out.provenance["filter_redraws"].tolist() == [1, 1, 1]
+    assert not out.provenance["conditioning_memorised"].any()
+    assert not np.array_equal(out.latents, plain.sample(conditions, ctx).latents)
+
+
+def test_filtered_row_runs_with_the_spec_re_id(tiny_run, tmp_path):
+    import pandas as pd
+
+    out = tmp_path / "run"
+    done = run_cli("--cache", str(tiny_run["cache"]), "run", str(TINY), "--generator", "echo-lvdm",
+                   "--generator-args", '{"preset": "tiny", "privacy_filter": true}', "--out", str(out),
+                   "--no-progress")
+    assert done.returncode == 0, done.stderr
+    table = pd.read_csv(out / "samples" / "echo-lvdm.csv")
+    assert {"filter_redraws", "conditioning_memorised"} <= set(table.columns)
