@@ -25,6 +25,7 @@ from harness.context import RunContext
 from harness.data import LatentSet
 from harness.errors import UserError
 from harness.metrics.regression import regression_metrics
+from harness.weights import load_state_dict
 
 
 class LatentCNN(nn.Module):
@@ -116,7 +117,7 @@ class EFRegression(Task):
         with torch.no_grad():
             net.fc.bias.fill_(float(y_train.mean()))  # start at the mean EF, as EchoNet-Dynamic does
         if cfg.weights:
-            net.load_state_dict(_load_state(Path(cfg.weights), net))
+            net.load_state_dict(load_state_dict(Path(cfg.weights), net, "ef-regression", "; check `model`"))
         net.to(ctx.device)
         if cfg.model == "r2plus1d":
             opt = torch.optim.SGD(net.parameters(), lr=cfg.lr or 1e-4, momentum=0.9, weight_decay=1e-4)
@@ -183,26 +184,6 @@ class EFRegression(Task):
 
     def channels(self) -> int:
         return self.net.features[0].in_channels if self.config.model == "latent-cnn" else 3
-
-
-def _load_state(path: Path, net: nn.Module) -> dict[str, torch.Tensor]:
-    """A local state dict (safetensors, or torch with `weights_only=True`) whose shapes match `net`."""
-    if not path.is_file():
-        raise UserError(f"ef-regression weights file {path} does not exist; set `weights` to a local file.")
-    try:
-        state = load_file(path) if path.suffix == ".safetensors" else torch.load(path, map_location="cpu",
-                                                                                  weights_only=True)
-    except Exception as exc:
-        raise UserError(f"ef-regression weights file {path} cannot be read as a state dict "
-                        f"({type(exc).__name__}).") from None
-    state = state.get("state_dict", state)
-    state = {k.removeprefix("module."): v for k, v in state.items()}  # EchoNet saves DataParallel models
-    expected = net.state_dict()
-    wrong = [k for k, v in expected.items() if k not in state or tuple(state[k].shape) != tuple(v.shape)]
-    if wrong:
-        raise UserError(f"ef-regression weights file {path} does not match the '{net.__class__.__name__}' model "
-                        f"({len(wrong)} tensors missing or of another shape, e.g. '{wrong[0]}').")
-    return state
 
 
 @hookimpl

@@ -27,6 +27,7 @@ from harness.errors import UserError
 from harness.hashing import stable_hash
 from harness.metrics.classification import roc_auc
 from harness.metrics.reid import sample_pairs
+from harness.weights import load_state_dict
 
 PRESETS = {
     # the seed paper's latent-space model (UltrasoundPrivacy config_*.json, "Final")
@@ -99,7 +100,8 @@ class Siamese(ReIdFilter):
     def _build(self, in_channels: int) -> SiameseNetwork:
         net = SiameseNetwork(self.config.setting("backbone"), in_channels, self.config.features)
         if self.config.weights:
-            net.load_state_dict(_load_weights(Path(self.config.weights), net), strict=True)
+            state = load_state_dict(Path(self.config.weights), net, "re-ID", "; check `backbone` and `features`")
+            net.load_state_dict(state, strict=True)
         return net
 
     def head_parameters(self) -> tuple[torch.Tensor, float]:
@@ -196,25 +198,6 @@ def _pair_logits(net: SiameseNetwork, x: torch.Tensor, pairs: np.ndarray, device
     b = x[pairs[:, 2], pairs[:, 3]].to(device, non_blocking=True)
     with torch.autocast(device_type=device.type, dtype=torch.bfloat16, enabled=device.type == "cuda"):
         return net(a, b).float()
-
-
-def _load_weights(path: Path, net: nn.Module) -> dict[str, torch.Tensor]:
-    """A local state dict: safetensors, or a torch file read with `weights_only=True` (never arbitrary pickle)."""
-    if not path.is_file():
-        raise UserError(f"re-ID weights file {path} does not exist; set `weights` to a local .safetensors or .pt file.")
-    try:
-        state = load_file(path) if path.suffix == ".safetensors" else torch.load(path, map_location="cpu",
-                                                                                  weights_only=True)
-    except Exception as exc:  # unreadable or unsafe content: one sentence, no traceback
-        raise UserError(f"re-ID weights file {path} cannot be read as a state dict ({type(exc).__name__}); "
-                        "export it with safetensors or torch.save(model.state_dict()).") from None
-    state = state.get("state_dict", state) if isinstance(state, dict) else state
-    expected = net.state_dict()
-    wrong = [k for k, v in expected.items() if k not in state or tuple(state[k].shape) != tuple(v.shape)]
-    if wrong:
-        raise UserError(f"re-ID weights file {path} does not match the configured model ({len(wrong)} tensors "
-                        f"missing or of another shape, e.g. '{wrong[0]}'); check `backbone` and `features`.")
-    return state
 
 
 @hookimpl

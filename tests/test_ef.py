@@ -37,10 +37,10 @@ def test_latent_regressor_learns_and_reports_intervals(tiny_run, tmp_path):
 
 
 def test_weights_that_do_not_fit_are_one_sentence(tmp_path):
-    from harness_plugins.ef import _load_state
+    from harness.weights import load_state_dict
 
     path = tmp_path / "w.pt"
-    torch.save(LatentCNN(4).state_dict(), path)
-    assert set(_load_state(path, LatentCNN(4))) == set(LatentCNN(4).state_dict())
-    with pytest.raises(UserError, match="does not match the 'LatentCNN' model"):
-        _load_state(path, LatentCNN(1))
+    torch.save({"state_dict": {f"module.{k}": v for k, v in LatentCNN(4).state_dict().items()}}, path)
+    assert set(load_state_dict(path, LatentCNN(4), "ef")) == set(LatentCNN(4).state_dict())  # EchoNet's layout
+    with pytest.raises(UserError, match="does not match the configured model .*; check `model`"):
+        load_state_dict(path, LatentCNN(1), "ef", "; check `model`")
