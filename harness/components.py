@@ -81,6 +81,10 @@ class Generator(Component):
     def fit(self, data: dict[str, LatentSet], ctx: RunContext) -> None:
         """Train or index the training data (optional)."""
 
+    #: True when samples are (variations of) real videos, e.g. a copying control: their frames never go into
+    #: figures, which may be published.
+    shows_real_frames: ClassVar[bool] = False
+
     def sample(self, conditions: list[Condition], ctx: RunContext) -> SampleSet:
         raise NotImplementedError
 
@@ -113,13 +117,22 @@ class ReIdFilter(Component):
 
 
 class Task(Component):
-    """A downstream task trained on (synthetic) videos and evaluated on the real test split."""
+    """A downstream task trained on (synthetic) videos and evaluated on the real test split.
+
+    The label is the table's `ef` column, the quantity generators are conditioned on; `predict` measures it, so
+    the core can also check how well samples honour their requested value and re-label samples.
+    """
 
     def fit(self, train: LatentSet, val: LatentSet, ctx: RunContext) -> None:
         """Train on `train` (labels in its table), choosing the best epoch on `val`."""
         raise NotImplementedError
 
-    def evaluate(self, test: LatentSet, ctx: RunContext) -> dict[str, Any]:
+    def predict(self, data: LatentSet, ctx: RunContext) -> np.ndarray:
+        """The label predicted for every video of `data`."""
+        raise NotImplementedError
+
+    def evaluate(self, test: LatentSet, ctx: RunContext, predictions: np.ndarray | None = None) -> dict[str, Any]:
+        """Metrics (with intervals) of `predictions` (computed when not given) against `test`'s labels."""
         raise NotImplementedError
 
 

@@ -77,6 +77,13 @@ class LatentSet:
     def clip_shape(self) -> tuple[int, ...]:
         return tuple(self.latents.shape[1:])
 
+    def subset(self, indices: np.ndarray, ef: np.ndarray | None = None) -> LatentSet:
+        """The chosen videos (in memory), optionally with other EF labels (e.g. a regressor's)."""
+        table = self.table.iloc[indices].copy()
+        if ef is not None:
+            table["ef"] = np.asarray(ef, dtype=float)
+        return LatentSet(np.asarray(self.latents[indices]), table)
+
     def save(self, folder: Path) -> None:
         np.save(folder / "latents.npy", np.ascontiguousarray(self.latents, dtype=np.float16))
         _save_table(self.table, folder / "table.json")

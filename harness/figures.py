@@ -1,6 +1,7 @@
 """The seed paper's figures for a run: P_max histograms with tau (Fig. 4), t-SNE of re-ID features with learned
 training videos marked (Fig. 5), temporal-consistency curves with the swap control (Fig. 6), appearances per
-training video. Drawn from cached arrays, so a warm run redraws them without recomputing anything.
+training video; and EF predicted vs true on the real test split, and filmstrips of generated videos.
+Drawn from cached arrays named by their keys, so a warm run does not redraw them.
 """
 
 from __future__ import annotations
@@ -56,21 +57,28 @@ def _save(fig, path: Path) -> str:
     return path.name
 
 
+def _unchanged(done: Path, stamp: str) -> dict[str, str] | None:
+    """The figures recorded in `done` when they were drawn from the same inputs and still exist."""
+    if not done.is_file():
+        return None
+    previous = json.loads(done.read_text())
+    if previous.get("stamp") == stamp and all((done.parent / name).is_file() for name in previous["figures"].values()):
+        return previous["figures"]
+    return None
+
+
 def render_figures(folder: Path, stats: dict[str, Any], row_arrays: dict[str, Path], head: str,
                    n_train_limit: int = 1500) -> dict[str, str]:
-    """Write the four figures into `folder`; returns {figure: file name} for the results and leaderboard."""
+    """Write the four privacy figures into `folder`; returns {figure: file name} for the results and leaderboard."""
     if not row_arrays:
         return {}
     folder.mkdir(parents=True, exist_ok=True)
-    # The inputs are cached artifacts named by their keys, so the same keys mean the same figures: a warm run
-    # does not redraw them.
     stamp = stable_hash({"rows": {row: str(path) for row, path in row_arrays.items()}, "head": head,
                          "tau": stats["tau"], "version": FIGURES_VERSION})
     done = folder / "figures.json"
-    if done.is_file():
-        previous = json.loads(done.read_text())
-        if previous.get("stamp") == stamp and all((folder / name).is_file() for name in previous["figures"].values()):
-            return previous["figures"]
+    previous = _unchanged(done, stamp)
+    if previous is not None:
+        return previous
     arrays = {row: dict(np.load(path)) for row, path in row_arrays.items()}
     out = {}
 
@@ -127,5 +135,54 @@ def render_figures(folder: Path, stats: dict[str, Any], row_arrays: dict[str, Pa
         ax.set_xlabel("training video (sorted)")
         ax.set_ylabel("appearances")
     out["appearances"] = _save(fig, folder / "appearances.png")
+    atomic_write_text(done, json.dumps({"stamp": stamp, "figures": out}))
+    return out
+
+
+def render_downstream_figures(folder: Path, truth: np.ndarray, predictions: dict[str, Path],
+                              filmstrips: dict[str, Path], frames_shown: int = 8) -> dict[str, str]:
+    """EF predicted vs true on the real test split (one panel per training set), and a filmstrip grid of the
+    generated videos. `filmstrips` must only hold generated rows: these frames may be published."""
+    if not predictions and not filmstrips:
+        return {}
+    folder.mkdir(parents=True, exist_ok=True)
+    stamp = stable_hash({"predictions": {k: str(v) for k, v in predictions.items()},
+                         "filmstrips": {k: str(v) for k, v in filmstrips.items()}, "version": FIGURES_VERSION})
+    done = folder / "downstream-figures.json"
+    previous = _unchanged(done, stamp)
+    if previous is not None:
+        return previous
+    out = {}
+    if predictions:
+        fig, axes = _grid(len(predictions))
+        low, high = float(truth.min()) - 5, float(truth.max()) + 5
+        for ax, (name, path) in zip(axes, predictions.items(), strict=True):
+            predicted = np.load(path)
+            ax.scatter(truth, predicted, s=8, alpha=0.7)
+            ax.plot([low, high], [low, high], color="k", linewidth=1)
+            r2 = 1 - np.sum((truth - predicted) ** 2) / np.sum((truth - truth.mean()) ** 2)
+            ax.set_title(f"{name}: R² {r2:.2f}")
+            ax.set_xlim(low, high)
+            ax.set_ylim(low, high)
+            ax.set_xlabel("true EF (real test)")
+            ax.set_ylabel("predicted EF")
+        out["ef_scatter"] = _save(fig, folder / "ef_scatter.png")
+    if filmstrips:
+        import matplotlib.pyplot as plt
+
+        strips = {row: np.load(path) for row, path in filmstrips.items()}
+        n_rows = sum(len(v) for v in strips.values())
+        fig, axes = plt.subplots(n_rows, 1, figsize=(1.2 * frames_shown, 1.3 * n_rows), squeeze=False)
+        axes = iter(axes[:, 0])
+        for row, videos in strips.items():
+            for i, video in enumerate(videos):
+                shown = video[np.linspace(0, len(video) - 1, min(frames_shown, len(video))).astype(int)]
+                ax = next(axes)
+                ax.imshow(np.concatenate(list(shown), axis=1), cmap="gray", vmin=0, vmax=255)
+                ax.set_xticks([])
+                ax.set_yticks([])
+                if i == 0:
+                    ax.set_title(row, loc="left", fontsize=8)
+        out["filmstrip"] = _save(fig, folder / "filmstrip.png")
     atomic_write_text(done, json.dumps({"stamp": stamp, "figures": out}))
     return out

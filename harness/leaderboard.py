@@ -47,6 +47,10 @@ COLUMNS = [
     Column("knn_recall", "k-NN recall", "↑"),
     Column("density", "density", "↑"),
     Column("coverage", "coverage", "↑"),
+    Column("ef_r2", "EF R²", "↑"),
+    Column("ef_mae", "EF MAE", "↓", 2),
+    Column("adherence_mae", "EF adherence MAE", "↓", 2),
+    Column("adherence_corr", "EF adherence r", "↑"),
     Column("recon_psnr_db", "recon PSNR dB", "↑", 2),
     Column("sample_seconds_per_video", "s/video", "↓", 4),
     Column("generator_hash", "config hash"),
@@ -111,6 +115,37 @@ def table(frame: pd.DataFrame, mixed: bool) -> pd.DataFrame:
 
 def _interval(value: float, low: float, high: float) -> str:
     return f"{value:.3f} [{low:.3f}, {high:.3f}]"
+
+
+def utility_tables(results: list[dict[str, Any]]) -> str:
+    """Paper Table 5: the task trained on each training set, tested on the real test split."""
+    lines, seen, note = [], set(), ""
+    for result in results:
+        downstream = result.get("downstream")
+        if not downstream or result["benchmark"]["benchmark_hash"] in seen:
+            continue
+        seen.add(result["benchmark"]["benchmark_hash"])
+        real = downstream["real_full"]
+        note = (f"task `{downstream['task']}`, tested on the real test split ({real['n']} videos); intervals: "
+                f"{real['interval']}; synthetic labels: "
+                f"{'re-labelled by the real-full regressor' if downstream['relabel'] else 'as generated'}.")
+        lines.append(_utility_line("real", "real-full", real))
+    for row in collect_rows(results, allow_mixed=True)[0].to_dict("records"):
+        for strategy, value in (row.get("utility") or {}).items():
+            lines.append(_utility_line(row["generator"], strategy, value))
+    if not lines:
+        return ""
+    return ("\n### Downstream utility (train on the set, test on real)\n\n" + note + "\n\n"
+            + tabulate(pd.DataFrame(lines), headers="keys", tablefmt="github", showindex=False) + "\n")
+
+
+def _utility_line(generator: str, training_set: str, value: dict[str, Any]) -> dict[str, Any]:
+    ok = value.get("error") is None
+    return {"generator": generator, "training set": training_set, "N train": value.get("n_train", ""),
+            "R² ↑": _interval(value["r2"], value["r2_low"], value["r2_high"]) if ok else "",
+            "MAE ↓": _interval(value["mae"], value["mae_low"], value["mae_high"]) if ok else "",
+            "RMSE ↓": _interval(value["rmse"], value["rmse_low"], value["rmse_high"]) if ok else "",
+            "error": value.get("error") or ""}
 
 
 def reid_tables(results: list[dict[str, Any]]) -> str:
@@ -203,9 +238,9 @@ def epoch_time_ratios(variants: list[dict[str, Any]]) -> str:
 
 
 def publish_figures(results: list[dict[str, Any]], out: Path) -> None:
-    """Copy each run's figures next to a published table (aggregate plots only, never frames)."""
+    """Copy each run's figures next to a published table (aggregates and generated frames, never real frames)."""
     for result in results:
-        names = ((result.get("reid") or {}).get("figures") or {}).values()
+        names = (result.get("figures") or {}).values()
         if not names or "_source" not in result:
             continue
         bench = result["benchmark"]
@@ -221,7 +256,7 @@ def figure_links(results: list[dict[str, Any]], base: Path) -> str:
     links = []
     for result in results:
         folder = result.get("_figures") or (Path(result["_source"]) / "figures" if "_source" in result else None)
-        for label, name in ((result.get("reid") or {}).get("figures") or {}).items():
+        for label, name in (result.get("figures") or {}).items():
             if folder is not None:
                 target = os.path.relpath(Path(folder) / name, base)
                 links.append(f"[{label.replace('_', ' ')}]({target})")
@@ -248,8 +283,15 @@ def render(results: list[dict[str, Any]], fmt: str, allow_mixed: bool = False, b
             if not all(r["reid"].get("reliable", True) for r in results if r.get("reid")):
                 note += "**The re-ID model did not learn (validation AUC below the spec's minimum): privacy " \
                         "columns are unreliable.**\n\n"
+        downstream = results[0].get("downstream")
+        if downstream:
+            first = next((s for s in downstream["strategies"] if s != "real-learned-subset"), None)
+            if first:
+                note += f"EF R², EF MAE: `{downstream['task']}` trained on each row's `{first}` samples, tested on " \
+                        "the real test split. "
+            note += "EF adherence: requested EF vs the EF a regressor trained on real data measures in the sample.\n\n"
         return (title + note + tabulate(shown, headers="keys", tablefmt="github", showindex=False) + "\n"
-                + reid_tables(results) + figure_links(results, base or Path.cwd()))
+                + reid_tables(results) + utility_tables(results) + figure_links(results, base or Path.cwd()))
     if fmt == "csv":
         return shown.to_csv(index=False)
     if fmt == "json":

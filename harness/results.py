@@ -19,7 +19,8 @@ PACKAGES = ("reid-harness", "torch", "torchvision", "diffusers", "numpy", "panda
 
 
 def build_results(resolved: ResolvedSpec, dataset_reports: dict[str, Any], encoder: dict[str, Any],
-                  rows: list[dict[str, Any]], reid: dict[str, Any] | None = None) -> dict[str, Any]:
+                  rows: list[dict[str, Any]], reid: dict[str, Any] | None, downstream: dict[str, Any] | None,
+                  figures: dict[str, str]) -> dict[str, Any]:
     spec = resolved.spec
     return {
         "schema_version": RESULTS_SCHEMA_VERSION,
@@ -37,6 +38,8 @@ def build_results(resolved: ResolvedSpec, dataset_reports: dict[str, Any], encod
                     "skipped_videos": sum(r.get("skipped", 0) for r in dataset_reports.values())},
         "encoder": encoder,
         "reid": reid,
+        "downstream": downstream,
+        "figures": figures,  # {figure: file name under the run's figures/}: aggregates and generated frames only
         "rows": [{**row, "recon_psnr_db": encoder.get("recon_psnr_db")} for row in rows],
     }
 

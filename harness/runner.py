@@ -28,9 +28,11 @@ from harness.cache import ArtifactCache, atomic_write_text
 from harness.components import Component
 from harness.context import RunContext, resolve_device
 from harness.data import Condition, LatentSet, SampleSet, VideoSet
+from harness.downstream import NoEligibleVideos, adherence, learned_real_videos, select
 from harness.errors import GeneratorOutputError, UserError
 from harness.evaluation import PrivacyFilter, Reference, reference_stats, row_metrics
-from harness.figures import render_figures, tsne_coordinates
+from harness.figures import render_downstream_figures, render_figures, tsne_coordinates
+from harness.hashing import stable_hash
 from harness.metrics.reid import reid_quality
 from harness.monitor import StageMonitor
 from harness.plugins import Registry
@@ -264,7 +266,7 @@ class Runner:
                 "consistency_real": float(np.mean(stats["consistency_real"]["corr"])),
                 "consistency_real_head": float(np.mean(stats["consistency_real"]["pred"]))}
 
-    def _row_metrics(self, row: str, sample_key: str, samples: SampleSet) -> dict[str, Any]:
+    def _row_metrics(self, row: str, sample_key: str, samples: SampleSet) -> tuple[dict[str, Any], pd.DataFrame]:
         n_frames = min(len(samples), self.spec.privacy.consistency_videos)
         first, frames = self._embed("embed-samples", self.cache.key("embed", reid=self.reid_key, latents=sample_key,
                                                                      frames=n_frames), samples.latents, n_frames)
@@ -281,11 +283,115 @@ class Runner:
             return {"metrics": metrics}
 
         path, meta = self._stage("row-metrics", key, build)
-        per_sample = pd.read_csv(path / "per_sample.csv")
-        table = samples.provenance.merge(per_sample, on="sample_id", how="left")
-        atomic_write_text(self.run_dir / "samples" / f"{row}.csv", table.to_csv(index=False))
         self.row_arrays[row] = path / "arrays.npz"
-        return meta["metrics"]
+        return meta["metrics"], pd.read_csv(path / "per_sample.csv", dtype={"sample_id": str})
+
+    # ------------------------------------------------------------------------------------------ downstream
+
+    def _downstream_real(self, enc_keys, latents) -> dict[str, Any]:
+        """Fit the task on the real training split: the ceiling row, and the meter for adherence and relabelling."""
+        downstream = self.spec.downstream
+        task, ident = self._component("tasks", downstream.task.plugin, "task")
+        self.task_ident, self.task_data = ident, {"keys": enc_keys, "latents": latents}
+        key = self.cache.key("downstream-fit", **ident, train=enc_keys["train"], val=enc_keys["val"],
+                             seed=self.spec.seed)
+
+        def fit() -> None:
+            self.encoder_ready()  # a pixel-space task decodes its inputs with the run's encoder
+            task.fit(latents["train"], latents["val"], self.ctx)
+
+        fitted = self._fit_component("downstream-fit", task, key, fit)
+
+        def ready() -> None:
+            self.encoder_ready()
+            fitted()
+
+        self.real_task, self.real_task_ready, self.real_task_key = task, ready, key
+
+        def test(tmp: Path) -> dict:
+            ready()
+            predictions = task.predict(latents["test"], self.ctx)
+            np.save(tmp / "predictions.npy", predictions)
+            return {"metrics": task.evaluate(latents["test"], self.ctx, predictions)}
+
+        path, meta = self._stage("downstream-test", self.cache.key("downstream-test", fit=key, test=enc_keys["test"]),
+                                 test)
+        self.ef_predictions = {"real-full": path / "predictions.npy"}
+        return {"task": downstream.task.plugin, "relabel": downstream.relabel, "strategies": downstream.strategies,
+                "real_full": {**meta["metrics"], "n_train": len(latents["train"]),
+                              "training": fitted.meta.get("report", {})}}
+
+    def _train_and_test(self, train_identity: dict[str, Any], train: Callable[[], LatentSet]
+                        ) -> tuple[dict[str, Any], Path]:
+        """A fresh task trained on one selection (cached by what was selected), tested on the real test split."""
+        keys, latents = self.task_data["keys"], self.task_data["latents"]
+        key = self.cache.key("downstream", **self.task_ident, train=train_identity, val=keys["val"],
+                             test=keys["test"], seed=self.spec.seed)
+
+        def build(tmp: Path) -> dict:
+            task, _ = self._component("tasks", self.spec.downstream.task.plugin, "task")
+            self.encoder_ready()
+            data = train()
+            task.fit(data, latents["val"], self.ctx)
+            predictions = task.predict(latents["test"], self.ctx)
+            np.save(tmp / "predictions.npy", predictions)
+            return {"metrics": {**task.evaluate(latents["test"], self.ctx, predictions), "n_train": len(data)},
+                    "training": task.fit_report()}
+
+        path, meta = self._stage("downstream", key, build)
+        return meta["metrics"], path / "predictions.npy"
+
+    def _utility(self, row: str, sample_key: str, samples: SampleSet, per_sample: pd.DataFrame | None
+                 ) -> tuple[dict[str, Any], np.ndarray]:
+        """Adherence to the requested EF, and the task trained on this row's samples under every strategy."""
+        downstream, head = self.spec.downstream, self.spec.privacy.head
+
+        def measure(tmp: Path) -> None:
+            self.real_task_ready()
+            np.save(tmp / "measured.npy", self.real_task.predict(samples, self.ctx))
+
+        path, _ = self._stage("downstream-measure", self.cache.key("downstream-measure", fit=self.real_task_key,
+                                                                    samples=sample_key), measure)
+        measured = np.load(path / "measured.npy")
+        labels = measured if downstream.relabel else None
+        real_train = self.task_data["latents"]["train"]
+        utility: dict[str, Any] = {}
+        for strategy in downstream.strategies:
+            try:
+                if strategy == "real-learned-subset":
+                    idx = learned_real_videos(per_sample, self.reference.train_ids, head)
+                    identity = {"real": self.task_data["keys"]["train"], "indices": stable_hash(idx.tolist())}
+                    metrics, predictions = self._train_and_test(identity, lambda idx=idx: real_train.subset(idx))
+                else:
+                    idx = select(strategy, per_sample, len(samples), len(real_train), head,
+                                 downstream.per_learned_video, self.ctx.rng("downstream", strategy))
+                    identity = {"samples": sample_key, "indices": stable_hash(idx.tolist()),
+                                "labels": self.real_task_key if downstream.relabel else "generator"}
+                    metrics, predictions = self._train_and_test(identity, lambda idx=idx: samples.subset(
+                        idx, None if labels is None else labels[idx]))
+                    self.ef_predictions.setdefault(row, predictions)
+                utility[strategy] = {**metrics, "error": None}
+            except (NoEligibleVideos, UserError) as exc:
+                log.info("downstream %s of %s: %s", strategy, row, exc)
+                utility[strategy] = {"n_train": 0, "error": str(exc)}
+        requested = samples.provenance["requested_ef"].to_numpy(dtype=float)
+        out = {"utility": utility, "adherence": adherence(requested, measured)}
+        first = next((utility[s] for s in downstream.strategies if s != "real-learned-subset"), None)
+        if first is not None and first["error"] is None:
+            out.update(ef_r2=first["r2"], ef_mae=first["mae"])
+        out.update(adherence_mae=out["adherence"]["mae"], adherence_corr=out["adherence"]["corr"])
+        return out, measured
+
+    def _filmstrip(self, row: str, sample_key: str, samples: SampleSet, n: int = 4) -> None:
+        """Decoded frames of a row's first samples, for the filmstrip figure (generated rows only)."""
+        def build(tmp: Path) -> None:
+            self.encoder_ready()
+            subset = samples.subset(np.arange(min(n, len(samples))))
+            np.save(tmp / "frames.npy", self.ctx.components["encoder"].decode(subset, self.ctx).frames)
+
+        path, _ = self._stage("filmstrip", self.cache.key("filmstrip", encoder=self.encoder_fit_key,
+                                                           samples=sample_key, n=n), build)
+        self.filmstrips[row] = path / "frames.npy"
 
     def conditions(self, n: int, train: LatentSet) -> list[Condition]:
         """The requested videos, identical for every generator of a benchmark (same seeds, same EFs)."""
@@ -336,15 +442,24 @@ class Runner:
             log.info("generator %s raised:\n%s", row, traceback.format_exc())
             return {**base, "error": f"{type(exc).__name__}: {exc} (traceback in run.log)"}
         samples = SampleSet.load(path)
-        atomic_write_text(self.run_dir / "samples" / f"{row}.csv", samples.provenance.to_csv(index=False))
         out = {**base, "n_returned": len(samples), "sample_seconds_per_video": round(
             meta["sample_seconds_per_video"], 5), "error": None}
-        if self.spec.reid is not None:
-            try:
-                out.update(self._row_metrics(row, sample_key, samples))
-            except (ValueError, GeneratorOutputError) as exc:
-                log.info("metrics of %s failed: %s", row, exc)
-                return {**out, "error": f"metrics failed: {exc}"}
+        table, per_sample = samples.provenance, None  # the per-sample table: provenance, P_max, measured EF
+        try:
+            if self.spec.reid is not None:
+                metrics, per_sample = self._row_metrics(row, sample_key, samples)
+                out.update(metrics)
+                table = table.merge(per_sample, on="sample_id", how="left")
+            if self.spec.downstream is not None:
+                utility, measured = self._utility(row, sample_key, samples, per_sample)
+                out.update(utility)
+                table["measured_ef"] = measured
+            if not generator.shows_real_frames:
+                self._filmstrip(row, sample_key, samples)
+        except (ValueError, GeneratorOutputError) as exc:
+            log.info("metrics of %s failed: %s", row, exc)
+            out["error"] = f"metrics failed: {exc}"
+        atomic_write_text(self.run_dir / "samples" / f"{row}.csv", table.to_csv(index=False))
         return out
 
     # ------------------------------------------------------------------------------------------ run
@@ -358,14 +473,20 @@ class Runner:
         enc_keys, latents, encoder_summary = self._encode(data_keys, videos, self.spec.encoder.plugin)
         reid_summary = self._reid(enc_keys, latents, self.spec.reid.plugin) if self.spec.reid is not None else None
         self.row_arrays: dict[str, Path] = {}
+        self.ef_predictions: dict[str, Path] = {}
+        self.filmstrips: dict[str, Path] = {}
+        downstream = self._downstream_real(enc_keys, latents) if self.spec.downstream is not None else None
         rows = [self._generate(entry, enc_keys, latents) for entry in self.spec.generators]
+        folder = self.run_dir / "figures"
+        figures = {}
         if reid_summary is not None:
-            reid_summary["figures"] = render_figures(self.run_dir / "figures", self.reference_stats, self.row_arrays,
-                                                     self.reference.head)
+            figures.update(render_figures(folder, self.reference_stats, self.row_arrays, self.reference.head))
             if not reid_summary["reliable"]:
                 for row in rows:
                     row["privacy_reliable"] = False
-        results = build_results(self.resolved, reports, encoder_summary, rows, reid_summary)
+        figures.update(render_downstream_figures(folder, latents["test"].table["ef"].to_numpy(dtype=float),
+                                                 self.ef_predictions, self.filmstrips))
+        results = build_results(self.resolved, reports, encoder_summary, rows, reid_summary, downstream, figures)
         manifest = build_manifest(self.resolved, self.ctx, self.stages, started)
         atomic_write_text(self.run_dir / "results.json", json.dumps(results, indent=2))
         atomic_write_text(self.run_dir / "manifest.json", json.dumps(manifest, indent=2))
@@ -406,7 +527,7 @@ class Runner:
                     quality = self._cross_test(models[v["name"]], models[u["name"]])
                     tests.append({"model": v["name"], "tested_on": u["name"], "space": v["encoder"]["space"],
                                   **quality})
-        results = build_results(self.resolved, {}, {}, [], None)
+        results = build_results(self.resolved, {}, {}, [], None, None, {})
         results["study"] = {"variants": variants, "tests": tests}
         manifest = build_manifest(self.resolved, self.ctx, self.stages, started)
         atomic_write_text(self.run_dir / "results.json", json.dumps(results, indent=2))

@@ -70,9 +70,28 @@ class ConditionSpec(_Strict):
         return value
 
 
+STRATEGIES = ("random", "recall-small", "recall-large", "full", "real-learned-subset")
+NEEDS_REID = ("recall-small", "recall-large", "real-learned-subset")
+
+
 class DownstreamSpec(_Strict):
+    """Train the task on each row's samples (per strategy), test on the REAL test split (paper Table 5).
+
+    A regressor trained on the real training split (`real-full`) is always fitted: it is the ceiling, it measures
+    how well samples honour their requested EF, and with `relabel` it re-labels synthetic samples.
+    """
+
     task: PluginRef
-    strategies: list[str] = Field(default_factory=lambda: ["random"])
+    strategies: list[Literal[STRATEGIES]] = Field(default_factory=lambda: list(STRATEGIES), min_length=1)
+    relabel: bool = Field(False, description="label samples with the real-trained regressor's EF, as the paper does")
+    per_learned_video: PositiveInt = Field(5, description="samples per learned training video in recall-large")
+
+    @field_validator("strategies")
+    @classmethod
+    def _distinct(cls, value: list[str]) -> list[str]:
+        if len(set(value)) != len(value):
+            raise ValueError("strategies are listed twice; list each once")
+        return value
 
 
 class StudyVariant(_Strict):
@@ -127,6 +146,11 @@ class Spec(_Strict):
             raise ValueError("the spec has no `generators` (and no `reid_study`); list at least one generator")
         if self.generators and self.reid_study is not None:
             raise ValueError("a spec runs either `generators` or a `reid_study`, not both; split it into two specs")
+        if self.downstream is not None and self.reid is None:
+            needing = [s for s in self.downstream.strategies if s in NEEDS_REID]
+            if needing:
+                raise ValueError(f"downstream strategies {', '.join(needing)} pick samples with the re-ID model; add "
+                                 "a `reid` section or remove them")
         if self.reid_study is not None and self.reid is None and any(v.reid is None for v in self.reid_study.variants):
             raise ValueError("every reid_study variant needs a `reid` (or set a top-level `reid`)")
         return self

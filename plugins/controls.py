@@ -36,6 +36,7 @@ class _FromRealVideos(Generator):
 
     #: Start each returned clip at a random frame of its source (cyclically), so repeats are not identical.
     shift_frames = False
+    shows_real_frames = True
 
     class Config(ComponentConfig):
         noise_std: float = Field(0.0, ge=0, description="Gaussian noise, in units of the latent std")

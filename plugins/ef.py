@@ -182,9 +182,10 @@ class EFRegression(Task):
     def predict(self, data: LatentSet, ctx: RunContext) -> np.ndarray:
         return self._predict(self.net.to(ctx.device), self._inputs(data, ctx), ctx).numpy()
 
-    def evaluate(self, test: LatentSet, ctx: RunContext) -> dict[str, Any]:
+    def evaluate(self, test: LatentSet, ctx: RunContext, predictions: np.ndarray | None = None) -> dict[str, Any]:
         truth = test.table["ef"].to_numpy(dtype=np.float64)
-        return regression_metrics(truth, self.predict(test, ctx), resamples=self.config.bootstrap_resamples,
+        predictions = self.predict(test, ctx) if predictions is None else predictions
+        return regression_metrics(truth, predictions, resamples=self.config.bootstrap_resamples,
                                   seed=ctx.seed_for("ef-bootstrap"))
 
     # ------------------------------------------------------------------------------------------ state
