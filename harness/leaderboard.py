@@ -131,7 +131,8 @@ def utility_tables(results: list[dict[str, Any]]) -> str:
                 f"{'re-labelled by the real-full regressor' if downstream['relabel'] else 'as generated'}.")
         lines.append(_utility_line("real", "real-full", real))
     for row in collect_rows(results, allow_mixed=True)[0].to_dict("records"):
-        for strategy, value in (row.get("utility") or {}).items():
+        utility = row.get("utility")
+        for strategy, value in (utility.items() if isinstance(utility, dict) else ()):  # error rows have none
             lines.append(_utility_line(row["generator"], strategy, value))
     if not lines:
         return ""

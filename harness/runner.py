@@ -319,7 +319,8 @@ class Runner:
         self.ef_predictions = {"real-full": path / "predictions.npy"}
         return {"task": downstream.task.plugin, "relabel": downstream.relabel, "strategies": downstream.strategies,
                 "real_full": {**meta["metrics"], "n_train": len(latents["train"]),
-                              "training": fitted.meta.get("report", {})}}
+                              "training": fitted.meta.get("report", {})},
+                "artifacts": {"downstream-fit": key}}  # the real-full regressor's state, e.g. to fine-tune from
 
     def _train_and_test(self, train_identity: dict[str, Any], train: Callable[[], LatentSet]
                         ) -> tuple[dict[str, Any], Path]:

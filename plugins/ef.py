@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import copy
 import json
+import time
 from pathlib import Path
 from typing import Any, Literal
 
@@ -49,6 +50,11 @@ class LatentCNN(nn.Module):
         h = self.features(x).flatten(3).transpose(2, 3).flatten(1, 2)  # [B, features x positions, T]
         h = torch.cat([h.mean(2), h.std(2)], dim=1)
         return self.fc(self.dropout(h))[:, 0] * self.ef_scale + self.ef_mean
+
+
+def _mixed_precision(device: torch.device):
+    """bf16 autocast on a GPU (the paper presets), full precision on the CPU."""
+    return torch.autocast(device_type=device.type, dtype=torch.bfloat16, enabled=device.type == "cuda")
 
 
 def r2plus1d() -> nn.Module:
@@ -138,15 +144,22 @@ class EFRegression(Task):
         rng = ctx.rng("ef-regression-batches")
         best = (float("inf"), -1, None)
         epochs = cfg.epochs or (45 if cfg.model == "r2plus1d" else 60)
+        train_seconds = 0.0
         for epoch in ctx.progress(range(epochs), desc="EF regression"):
             net.train()
+            started = time.perf_counter()
             for batch in np.array_split(rng.permutation(len(x_train)), max(1, len(x_train) // cfg.batch_size)):
                 start = int(rng.choice(self._clip_starts(x_train.shape[2])))
-                pred = net(self._augment(self._clip(x_train[batch], start), rng).to(ctx.device))
+                clip = self._augment(self._clip(x_train[batch], start), rng).to(ctx.device)
+                with _mixed_precision(ctx.device):
+                    pred = net(clip).float()
                 loss = nn.functional.mse_loss(pred, y_train[batch].to(ctx.device))
                 opt.zero_grad(set_to_none=True)
                 loss.backward()
                 opt.step()
+            if ctx.device.type == "cuda":
+                torch.cuda.synchronize()
+            train_seconds += time.perf_counter() - started
             if sched is not None:
                 sched.step()
             val_loss = float(nn.functional.mse_loss(self._predict(net, x_val, ctx), y_val))
@@ -154,7 +167,8 @@ class EFRegression(Task):
                 best = (val_loss, epoch, copy.deepcopy(net.state_dict()))
         net.load_state_dict(best[2])
         self.net = net.eval()
-        self.report = {"best_epoch": best[1] + 1, "val_mse": round(best[0], 4), "model": cfg.model}
+        self.report = {"best_epoch": best[1] + 1, "epochs": epochs, "val_mse": round(best[0], 4), "model": cfg.model,
+                       "train_videos": len(x_train), "epoch_seconds": round(train_seconds / epochs, 4)}
 
     def _augment(self, clip: torch.Tensor, rng: np.random.Generator) -> torch.Tensor:
         """Latent clips are reversed in time and mirrored left-right at random: neither changes the EF."""
@@ -176,7 +190,8 @@ class EFRegression(Task):
         out = torch.zeros(len(x))
         for start in starts:
             for chunk in torch.split(torch.arange(len(x)), self.config.batch_size):
-                out[chunk] += net(self._clip(x[chunk], start).to(ctx.device)).float().cpu()
+                with _mixed_precision(ctx.device):
+                    out[chunk] += net(self._clip(x[chunk], start).to(ctx.device)).float().cpu()
         return out / len(starts)
 
     def predict(self, data: LatentSet, ctx: RunContext) -> np.ndarray:

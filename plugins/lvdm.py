@@ -127,14 +127,14 @@ class EchoLVDM(Generator):
         self.fps = float(train.table["fps"].iloc[0])
         if cfg.weights:
             self._load_weights(Path(cfg.weights))
+            self._check_shapes(Path(cfg.weights))
             self.window = min(self.lvdm.config.num_frames, self.clip_frames)
             return
         if cfg.preset == "echonet-synthetic":
             raise UserError("echo-lvdm: the echonet-synthetic preset is not trained here; set `weights` to a local "
                             "folder holding lidm/ and lvdm/ (diffusers save_pretrained) folders.")
         torch.manual_seed(ctx.seed_for("echo-lvdm-init"))
-        self.lidm = build_lidm(preset["lidm_channels"], channels)
-        self.lvdm = build_lvdm(preset["lvdm_channels"], preset["heads"], channels, self.window)
+        self.build(channels)
         latents = torch.from_numpy(np.asarray(train.latents, dtype=np.float32))
         efs = torch.as_tensor(train.table["ef"].to_numpy(dtype=np.float32)) / 100.0
         rng = ctx.torch_generator("echo-lvdm-batches")
@@ -142,6 +142,13 @@ class EchoLVDM(Generator):
                                 lambda: self._image_batch(latents, rng), self._image_loss)
         self.lvdm = self._train(self.lvdm, cfg.setting("lvdm_steps"), ctx, "LVDM training",
                                 lambda: self._video_batch(latents, efs, rng), self._video_loss)
+        self._hash = _weights_hash(self.lidm, self.lvdm)
+
+    def build(self, channels: int) -> None:
+        """Untrained models of the preset (`fit` trains them; `tests/test_perf.py` times sampling with them)."""
+        preset = PRESETS[self.config.preset]
+        self.lidm = build_lidm(preset["lidm_channels"], channels)
+        self.lvdm = build_lvdm(preset["lvdm_channels"], preset["heads"], channels, self.window)
         self._hash = _weights_hash(self.lidm, self.lvdm)
 
     def _image_batch(self, latents, rng):
@@ -164,7 +171,8 @@ class EchoLVDM(Generator):
         gen = ctx.torch_generator("echo-lvdm-noise", desc)
         for _ in ctx.progress(range(steps), desc=desc):
             inputs = [x.to(ctx.device) for x in batch()]
-            loss = loss_fn(model, sched, inputs, gen, ctx.device)
+            with _mixed_precision(ctx.device):
+                loss = loss_fn(model, sched, inputs, gen, ctx.device)
             opt.zero_grad(set_to_none=True)
             loss.backward()
             torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
@@ -214,7 +222,8 @@ class EchoLVDM(Generator):
         out = []
         batches = range(0, len(conditions), self.config.sample_batch)
         for start in ctx.progress(batches, desc="echo-lvdm sampling"):
-            out.append(self._sample_batch(conditions[start:start + self.config.sample_batch], ctx, kind, steps))
+            with _mixed_precision(ctx.device):
+                out.append(self._sample_batch(conditions[start:start + self.config.sample_batch], ctx, kind, steps))
         latents = torch.cat([o[0] for o in out]).numpy()
         ids = [c.sample_id for c in conditions]
         table = pd.DataFrame({"video_id": ids, "patient_id": "", "ef": [c.ef for c in conditions],
@@ -316,6 +325,17 @@ class EchoLVDM(Generator):
         self.window, self.fps, self.clip_frames = meta["window"], meta["fps"], meta["clip_frames"]
         self._load_weights(folder)
 
+    def _check_shapes(self, folder: Path) -> None:
+        """A user's folder must hold the preset's models: diffusers would load any shape its config.json names."""
+        preset = PRESETS[self.config.preset]
+        for part, model, want in (("lidm", self.lidm, preset["lidm_channels"]),
+                                  ("lvdm", self.lvdm, preset["lvdm_channels"])):
+            have = tuple(model.config.block_out_channels)
+            if have != tuple(want):
+                raise UserError(f"echo-lvdm: {folder / part} has block_out_channels {list(have)}, but preset "
+                                f"'{self.config.preset}' expects {list(want)}; pick the preset these weights were "
+                                "trained with.")
+
     def _load_weights(self, folder: Path) -> None:
         from diffusers import UNet2DModel, UNetSpatioTemporalConditionModel
 
@@ -331,6 +351,11 @@ class EchoLVDM(Generator):
             raise UserError(f"echo-lvdm: the weights in {folder} cannot be loaded ({type(exc).__name__}: "
                             f"{str(exc).splitlines()[0][:200]}); check that they match the preset.") from None
         self._hash = _weights_hash(self.lidm, self.lvdm)
+
+
+def _mixed_precision(device: torch.device):
+    """bf16 autocast for the UNets on a GPU; the CPU path stays in float32 (bit-exact regeneration)."""
+    return torch.autocast(device_type=device.type, dtype=torch.bfloat16, enabled=device.type == "cuda")
 
 
 def _weights_hash(*models) -> str:

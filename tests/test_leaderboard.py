@@ -22,7 +22,7 @@ def test_markdown_csv_json(tiny_run, tmp_path):
     written = (tmp_path / "leaderboard.md").read_text()
     assert done.returncode == 0 and written.startswith(md)
     links = re.findall(r"\]\(([^)]+\.png)\)", written)
-    assert len(links) == 4 and all((tmp_path / link).is_file() for link in links)  # relative to the table
+    assert len(links) == 6 and all((tmp_path / link).is_file() for link in links)  # relative to the table
 
 
 def test_mixed_benchmarks_are_refused_unless_allowed(tiny_run):
@@ -36,7 +36,7 @@ def test_mixed_benchmarks_are_refused_unless_allowed(tiny_run):
 
 def test_published_table_has_no_frames_or_embeddings(tiny_run):
     payload = render([tiny_run["results"]], "json")
-    assert len(payload) < 20_000
+    assert len(payload) < 8_000 * len(tiny_run["results"]["rows"])  # a few numbers per metric and strategy
     assert all(not isinstance(v, list) for row in json.loads(payload)["rows"] for v in row.values())
 
 

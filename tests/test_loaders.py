@@ -7,6 +7,7 @@ from harness.context import RunContext
 from harness.errors import UserError
 from harness_plugins.datasets import EchoNetDynamic, EchoNetPediatric
 from harness_plugins.phantom.writers import build_cohort, write_dynamic, write_pediatric
+from tests.conftest import ROOT, run_cli
 
 COUNTS = {"TRAIN": 5, "VAL": 2, "TEST": 3}
 
@@ -85,3 +86,15 @@ def test_missing_root_names_the_environment_variable(ctx, monkeypatch):
     monkeypatch.delenv("HARNESS_ECHONET_DYNAMIC", raising=False)
     with pytest.raises(UserError, match="HARNESS_ECHONET_DYNAMIC"):
         EchoNetDynamic(EchoNetDynamic.Config()).load("train", ctx)
+
+
+@pytest.mark.parametrize("spec, variable", [("echonet", "HARNESS_ECHONET_DYNAMIC"),
+                                            ("pediatric-a4c", "HARNESS_ECHONET_PEDIATRIC"),
+                                            ("pediatric-psax", "HARNESS_ECHONET_PEDIATRIC")])
+def test_real_data_specs_validate_and_name_the_missing_data(spec, variable, tmp_path):
+    path = str(ROOT / "benchmarks" / f"{spec}.yaml")
+    assert run_cli("validate", path).returncode == 0
+    done = run_cli("--cache", str(tmp_path / "cache"), "run", path, "--out", str(tmp_path / "run"),
+                   env={variable: ""})
+    assert done.returncode == 2 and variable in done.stderr and "Traceback" not in done.stderr
+    assert len(done.stderr.strip().splitlines()) == 1

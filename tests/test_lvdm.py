@@ -109,3 +109,24 @@ def test_filtered_row_runs_with_the_spec_re_id(tiny_run, tmp_path):
     assert done.returncode == 0, done.stderr
     table = pd.read_csv(out / "samples" / "echo-lvdm.csv")
     assert {"filter_redraws", "conditioning_memorised"} <= set(table.columns)
+
+
+def test_weight_folder_of_another_preset_is_one_sentence(tmp_path):
+    import pandas as pd
+
+    from harness.data import LatentSet
+    from harness_plugins.lvdm import PRESETS, build_lidm, build_lvdm
+
+    tiny = PRESETS["tiny"]
+    build_lidm(tiny["lidm_channels"], 4).save_pretrained(tmp_path / "lidm")
+    build_lvdm(tiny["lvdm_channels"], tiny["heads"], 4, tiny["window"]).save_pretrained(tmp_path / "lvdm")
+    table = pd.DataFrame({"video_id": ["a"], "patient_id": "", "ef": [50.0], "split": "train", "fps": 25.0,
+                          "source_file": ""})
+    train = LatentSet(np.zeros((1, 8, 4, 14, 14), np.float16), table)
+    model = EchoLVDM(EchoLVDM.Config(preset="echonet-synthetic", weights=str(tmp_path)))
+    with pytest.raises(UserError, match=r"lidm has block_out_channels \[16, 32\], but preset 'echonet-synthetic' "
+                                        r"expects \[128, 256, 256, 512\]"):
+        model.fit({"train": train, "val": train}, ctx=None)
+    loaded = EchoLVDM(EchoLVDM.Config(preset="tiny", weights=str(tmp_path)))
+    loaded.fit({"train": train, "val": train}, ctx=None)  # the matching preset loads them
+    assert loaded.window == 8 and loaded.model_hash()

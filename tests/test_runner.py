@@ -20,7 +20,10 @@ def comparable(results: dict) -> dict:
     """Results without wall-clock timings, which legitimately differ between runs."""
     reid = {**results["reid"], "training": {k: v for k, v in results["reid"]["training"].items()
                                             if k != "epoch_seconds"}}
-    return {**results, "reid": reid,
+    downstream = results["downstream"]
+    real = {**downstream["real_full"], "training": {k: v for k, v in downstream["real_full"]["training"].items()
+                                                    if k != "epoch_seconds"}}
+    return {**results, "reid": reid, "downstream": {**downstream, "real_full": real},
             "rows": [{k: v for k, v in row.items() if k not in TIMING_KEYS} for row in results["rows"]]}
 
 
