@@ -152,7 +152,7 @@ class EFRegression(Task):
                 start = int(rng.choice(self._clip_starts(x_train.shape[2])))
                 clip = self._augment(self._clip(x_train[batch], start), rng).to(ctx.device)
                 with _mixed_precision(ctx.device):
-                    pred = net(clip).float()
+                    pred = net(clip).float().reshape(-1)  # r2plus1d's fc gives [B, 1]
                 loss = nn.functional.mse_loss(pred, y_train[batch].to(ctx.device))
                 opt.zero_grad(set_to_none=True)
                 loss.backward()
@@ -191,7 +191,7 @@ class EFRegression(Task):
         for start in starts:
             for chunk in torch.split(torch.arange(len(x)), self.config.batch_size):
                 with _mixed_precision(ctx.device):
-                    out[chunk] += net(self._clip(x[chunk], start).to(ctx.device)).float().cpu()
+                    out[chunk] += net(self._clip(x[chunk], start).to(ctx.device)).float().cpu().reshape(-1)
         return out / len(starts)
 
     def predict(self, data: LatentSet, ctx: RunContext) -> np.ndarray:

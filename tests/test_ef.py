@@ -44,3 +44,25 @@ def test_weights_that_do_not_fit_are_one_sentence(tmp_path):
     assert set(load_state_dict(path, LatentCNN(4), "ef")) == set(LatentCNN(4).state_dict())  # EchoNet's layout
     with pytest.raises(UserError, match="does not match the configured model .*; check `model`"):
         load_state_dict(path, LatentCNN(1), "ef", "; check `model`")
+
+
+def test_pixel_model_trains_on_decoded_clips(tmp_path):
+    """r2plus1d on pixels decoded by the run's encoder: EchoNet's clip sampling, one prediction per video."""
+    import pandas as pd
+
+    from harness_plugins.encoders import VAE
+
+    ctx = RunContext(torch.device("cpu"), 0, ArtifactCache(tmp_path), show_progress=False)
+    vae = VAE()
+    vae.model = vae._build().eval()
+    ctx.components["encoder"] = vae
+    table = pd.DataFrame({"video_id": list("abcd"), "patient_id": "", "ef": [30.0, 45.0, 60.0, 75.0],
+                          "split": "train", "fps": 32.0, "source_file": ""})
+    clips = LatentSet(np.random.default_rng(0).standard_normal((4, 6, 4, 14, 14)).astype(np.float16), table)
+    task = EFRegression(EFRegression.Config(model="r2plus1d", epochs=1, batch_size=2, frames=4, period=2,
+                                            bootstrap_resamples=10))
+    task.fit(clips, clips, ctx)
+    assert task.net.fc.bias.shape == (1,) and task.report["epochs"] == 1
+    predictions = task.predict(clips, ctx)
+    assert predictions.shape == (4,) and np.isfinite(predictions).all()
+    assert task.evaluate(clips, ctx, predictions)["n"] == 4
