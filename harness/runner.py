@@ -1,7 +1,8 @@
 """The staged, cached benchmark run.
 
-dataset -> encoder fit -> encode (train/val/test) -> reconstruction check
-        -> per generator: fit -> sample -> checks -> row
+dataset -> encoder fit -> encode (train/val/test) -> reconstruction check -> re-ID fit, embed, reference
+        -> downstream task on the real training split
+        -> per generator: fit -> sample -> checks -> privacy/recall metrics -> downstream strategies -> row
 
 Each stage's output is an artifact keyed by (stage, plugin name + version, validated config, upstream keys,
 seed). A stage whose artifact exists is loaded, not recomputed, so a re-run is nearly free and a killed run
@@ -316,7 +317,7 @@ class Runner:
 
         path, meta = self._stage("downstream-test", self.cache.key("downstream-test", fit=key, test=enc_keys["test"]),
                                  test)
-        self.ef_predictions = {"real-full": path / "predictions.npy"}
+        self.ef_predictions["real-full"] = path / "predictions.npy"
         return {"task": downstream.task.plugin, "relabel": downstream.relabel, "strategies": downstream.strategies,
                 "real_full": {**meta["metrics"], "n_train": len(latents["train"]),
                               "training": fitted.meta.get("report", {})},
@@ -356,6 +357,7 @@ class Runner:
         measured = np.load(path / "measured.npy")
         labels = measured if downstream.relabel else None
         real_train = self.task_data["latents"]["train"]
+        first = next((s for s in downstream.strategies if s != "real-learned-subset"), None)  # the table's columns
         utility: dict[str, Any] = {}
         for strategy in downstream.strategies:
             try:
@@ -370,16 +372,16 @@ class Runner:
                                 "labels": self.real_task_key if downstream.relabel else "generator"}
                     metrics, predictions = self._train_and_test(identity, lambda idx=idx: samples.subset(
                         idx, None if labels is None else labels[idx]))
-                    self.ef_predictions.setdefault(row, predictions)
+                    if strategy == first:
+                        self.ef_predictions[row] = predictions
                 utility[strategy] = {**metrics, "error": None}
             except (NoEligibleVideos, UserError) as exc:
                 log.info("downstream %s of %s: %s", strategy, row, exc)
                 utility[strategy] = {"n_train": 0, "error": str(exc)}
         requested = samples.provenance["requested_ef"].to_numpy(dtype=float)
         out = {"utility": utility, "adherence": adherence(requested, measured)}
-        first = next((utility[s] for s in downstream.strategies if s != "real-learned-subset"), None)
-        if first is not None and first["error"] is None:
-            out.update(ef_r2=first["r2"], ef_mae=first["mae"])
+        if first is not None and utility[first]["error"] is None:
+            out.update(ef_r2=utility[first]["r2"], ef_mae=utility[first]["mae"])
         out.update(adherence_mae=out["adherence"]["mae"], adherence_corr=out["adherence"]["corr"])
         return out, measured
 

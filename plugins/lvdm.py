@@ -33,8 +33,8 @@ PRESETS = {
     "tiny": dict(lidm_channels=(16, 32), lvdm_channels=(32, 32), heads=(2, 2), lidm_steps=30, lvdm_steps=20,
                  batch_size=8, window=8, sample_steps=4),
     # minutes on a 2-core CPU for the phantom benchmark (the video UNet needs multiples of 32 channels)
-    "phantom": dict(lidm_channels=(32, 64, 64), lvdm_channels=(32, 64), heads=(2, 4), lidm_steps=1500,
-                    lvdm_steps=400, batch_size=16, window=16, sample_steps=20),
+    "phantom": dict(lidm_channels=(32, 64, 64), lvdm_channels=(32, 64, 64), heads=(2, 4, 4), lidm_steps=600,
+                    lvdm_steps=200, batch_size=16, window=16, sample_steps=10),
     # the published shapes (seed-code notes §3-4); load trained weights from local folders, GPU
     "echonet-synthetic": dict(lidm_channels=(128, 256, 256, 512), lvdm_channels=(128, 256, 256, 512),
                               heads=(8, 16, 16, 32), lidm_steps=0, lvdm_steps=0, batch_size=16, window=64,
@@ -61,8 +61,11 @@ def build_lvdm(channels: tuple[int, ...], heads: tuple[int, ...], channels_in: i
     from diffusers import UNetSpatioTemporalConditionModel
 
     n = len(channels)
-    down = ("CrossAttnDownBlockSpatioTemporal",) * (n - 1) + ("DownBlockSpatioTemporal",)
-    up = ("UpBlockSpatioTemporal",) + ("CrossAttnUpBlockSpatioTemporal",) * (n - 1)
+    if n == 4:  # the published layout: attention in the first three blocks
+        down = ("CrossAttnDownBlockSpatioTemporal",) * 3 + ("DownBlockSpatioTemporal",)
+    else:  # small presets: attention only below full resolution, which halves a CPU step
+        down = ("DownBlockSpatioTemporal",) + ("CrossAttnDownBlockSpatioTemporal",) * (n - 1)
+    up = tuple(reversed([d.replace("Down", "Up") for d in down]))
     return UNetSpatioTemporalConditionModel(
         sample_size=16, in_channels=2 * channels_in, out_channels=channels_in, down_block_types=down,
         up_block_types=up, block_out_channels=channels, num_attention_heads=heads,
@@ -92,7 +95,7 @@ def crop(x: torch.Tensor) -> torch.Tensor:
 class EchoLVDM(Generator):
     """LIDM + LVDM with v-prediction, EMA and DDPM/DDIM sampling; presets `tiny`, `phantom`, `echonet-synthetic`."""
 
-    version = "3-" + stable_hash(PRESETS)[:8]  # 3: optional privacy filter; separate LIDM/LVDM noise streams
+    version = "4-" + stable_hash(PRESETS)[:8]  # 4: small video UNets attend below full resolution only
 
     class Config(ComponentConfig):
         preset: Literal["tiny", "phantom", "echonet-synthetic"] = "phantom"
