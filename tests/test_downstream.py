@@ -87,3 +87,20 @@ def test_recall_strategies_need_a_reid_model(tmp_path):
     done = run_cli("validate", str(path))
     assert done.returncode == 2 and "recall-small, recall-large, real-learned-subset pick samples with the re-ID" \
         in done.stderr and "Traceback" not in done.stderr
+
+
+def test_relabel_trains_on_the_real_regressors_ef(tiny_run, tmp_path):
+    """With `relabel`, samples are labelled with the EF the real-trained regressor measures in them."""
+    spec = TINY.read_text().replace("downstream:\n", "downstream:\n  relabel: true\n  strategies: [full]\n")
+    path = tmp_path / "relabel.yaml"
+    path.write_text(spec.split("generators:")[0] + "generators:\n  - plugin: phantom-fresh\n")
+    done = run_cli("--cache", str(tiny_run["cache"]), "run", str(path), "--out", str(tmp_path / "run"),
+                   "--no-progress")
+    assert done.returncode == 0, done.stderr
+    results = json.loads((tmp_path / "run" / "results.json").read_text())
+    assert results["downstream"]["relabel"] is True
+    assert results["downstream"]["real_full"] == tiny_run["results"]["downstream"]["real_full"]  # shared, cached
+    [row] = results["rows"]
+    before = {r["generator"]: r for r in tiny_run["results"]["rows"]}["phantom-fresh"]["utility"]["full"]
+    assert row["utility"]["full"]["n_train"] == before["n_train"] and row["utility"]["full"]["r2"] != before["r2"]
+    assert "re-labelled by the real-full regressor" in render([results], "md")
