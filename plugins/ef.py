@@ -126,7 +126,7 @@ class EFRegression(Task):
         torch.manual_seed(ctx.seed_for("ef-regression-init"))
         x_train, x_val = self._inputs(train, ctx), self._inputs(val, ctx)
         self.size = x_train.shape[-1]
-        net = self._network(x_train.shape[1], x_train.shape[-1])
+        net = self._network(x_train.shape[1], self.size)
         with torch.no_grad():  # start at the mean EF, as EchoNet-Dynamic does
             if cfg.model == "latent-cnn":
                 net.ef_mean.fill_(float(y_train.mean()))
@@ -211,7 +211,7 @@ class EFRegression(Task):
     def save_state(self, folder: Path) -> bool:
         save_file({k: v.contiguous().cpu() for k, v in self.net.state_dict().items()}, folder / "ef.safetensors")
         extra = {"pixel_mean": getattr(self, "pixel_mean", 0.0), "pixel_std": getattr(self, "pixel_std", 1.0),
-                 "channels": self.channels(), "size": getattr(self, "size", 0), "report": self.report}
+                 "channels": self.channels(), "size": self.size, "report": self.report}
         (folder / "ef.json").write_text(json.dumps(extra))
         return True
 
