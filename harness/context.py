@@ -22,6 +22,11 @@ def resolve_device(name: str) -> torch.device:
     return torch.device(name)
 
 
+def mixed_precision(device: torch.device):
+    """bf16 autocast on a GPU (the paper presets); float32 on the CPU, so CPU runs stay bit-exact."""
+    return torch.autocast(device_type=device.type, dtype=torch.bfloat16, enabled=device.type == "cuda")
+
+
 @dataclass
 class RunContext:
     device: torch.device

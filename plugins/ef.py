@@ -22,7 +22,7 @@ from torch import nn
 
 from harness import hookimpl
 from harness.components import ComponentConfig, Task
-from harness.context import RunContext
+from harness.context import RunContext, mixed_precision
 from harness.data import LatentSet
 from harness.errors import UserError
 from harness.metrics.regression import regression_metrics
@@ -50,11 +50,6 @@ class LatentCNN(nn.Module):
         h = self.features(x).flatten(3).transpose(2, 3).flatten(1, 2)  # [B, features x positions, T]
         h = torch.cat([h.mean(2), h.std(2)], dim=1)
         return self.fc(self.dropout(h))[:, 0] * self.ef_scale + self.ef_mean
-
-
-def _mixed_precision(device: torch.device):
-    """bf16 autocast on a GPU (the paper presets), full precision on the CPU."""
-    return torch.autocast(device_type=device.type, dtype=torch.bfloat16, enabled=device.type == "cuda")
 
 
 def r2plus1d() -> nn.Module:
@@ -151,7 +146,7 @@ class EFRegression(Task):
             for batch in np.array_split(rng.permutation(len(x_train)), max(1, len(x_train) // cfg.batch_size)):
                 start = int(rng.choice(self._clip_starts(x_train.shape[2])))
                 clip = self._augment(self._clip(x_train[batch], start), rng).to(ctx.device)
-                with _mixed_precision(ctx.device):
+                with mixed_precision(ctx.device):
                     pred = net(clip).float().reshape(-1)  # r2plus1d's fc gives [B, 1]
                 loss = nn.functional.mse_loss(pred, y_train[batch].to(ctx.device))
                 opt.zero_grad(set_to_none=True)
@@ -190,7 +185,7 @@ class EFRegression(Task):
         out = torch.zeros(len(x))
         for start in starts:
             for chunk in torch.split(torch.arange(len(x)), self.config.batch_size):
-                with _mixed_precision(ctx.device):
+                with mixed_precision(ctx.device):
                     out[chunk] += net(self._clip(x[chunk], start).to(ctx.device)).float().cpu().reshape(-1)
         return out / len(starts)
 

@@ -23,7 +23,7 @@ from pydantic import Field, PositiveInt
 
 from harness import hookimpl
 from harness.components import ComponentConfig, Generator
-from harness.context import RunContext
+from harness.context import RunContext, mixed_precision
 from harness.data import Condition, LatentSet, SampleSet
 from harness.errors import UserError
 from harness.hashing import stable_hash
@@ -174,7 +174,7 @@ class EchoLVDM(Generator):
         gen = ctx.torch_generator("echo-lvdm-noise", desc)
         for _ in ctx.progress(range(steps), desc=desc):
             inputs = [x.to(ctx.device) for x in batch()]
-            with _mixed_precision(ctx.device):
+            with mixed_precision(ctx.device):
                 loss = loss_fn(model, sched, inputs, gen, ctx.device)
             opt.zero_grad(set_to_none=True)
             loss.backward()
@@ -225,7 +225,7 @@ class EchoLVDM(Generator):
         out = []
         batches = range(0, len(conditions), self.config.sample_batch)
         for start in ctx.progress(batches, desc="echo-lvdm sampling"):
-            with _mixed_precision(ctx.device):
+            with mixed_precision(ctx.device):
                 out.append(self._sample_batch(conditions[start:start + self.config.sample_batch], ctx, kind, steps))
         latents = torch.cat([o[0] for o in out]).numpy()
         ids = [c.sample_id for c in conditions]
@@ -354,11 +354,6 @@ class EchoLVDM(Generator):
             raise UserError(f"echo-lvdm: the weights in {folder} cannot be loaded ({type(exc).__name__}: "
                             f"{str(exc).splitlines()[0][:200]}); check that they match the preset.") from None
         self._hash = _weights_hash(self.lidm, self.lvdm)
-
-
-def _mixed_precision(device: torch.device):
-    """bf16 autocast for the UNets on a GPU; the CPU path stays in float32 (bit-exact regeneration)."""
-    return torch.autocast(device_type=device.type, dtype=torch.bfloat16, enabled=device.type == "cuda")
 
 
 def _weights_hash(*models) -> str:

@@ -21,7 +21,7 @@ from torch import nn
 
 from harness import hookimpl
 from harness.components import ComponentConfig, ReIdFilter
-from harness.context import RunContext
+from harness.context import RunContext, mixed_precision
 from harness.data import LatentSet
 from harness.errors import UserError
 from harness.hashing import stable_hash
@@ -196,7 +196,7 @@ class Siamese(ReIdFilter):
 def _pair_logits(net: SiameseNetwork, x: torch.Tensor, pairs: np.ndarray, device: torch.device) -> torch.Tensor:
     a = x[pairs[:, 0], pairs[:, 1]].to(device, non_blocking=True)
     b = x[pairs[:, 2], pairs[:, 3]].to(device, non_blocking=True)
-    with torch.autocast(device_type=device.type, dtype=torch.bfloat16, enabled=device.type == "cuda"):
+    with mixed_precision(device):
         return net(a, b).float()
 
 
