@@ -1,18 +1,24 @@
-"""Content-addressed artifact cache with atomic writes.
+"""Content-addressed artifact cache: atomic writes, integrity-checked reads, one builder per key.
 
-An artifact is a folder `<root>/<stage>/<key>/` holding files and a `meta.json`. It is built in a temporary
-sibling folder and renamed into place only when complete, so a killed run never leaves a half-written artifact
-behind a valid key: the next run simply builds it again.
+An artifact is a folder `<root>/<stage>/<key>/` holding files and one `meta.json`, which records what built it
+(the stage's own metadata and costs) and the size and SHA-256 of every file. It is built in a temporary sibling
+folder and renamed into place only when complete, so a killed run never leaves a half-written artifact behind a
+valid key. Reading checks every recorded size and hash: a corrupt or truncated artifact is reported in one
+sentence, moved aside and built again. A per-key file lock makes a second process wait for an artifact the first
+is building and then reuse it.
 """
 
 from __future__ import annotations
 
+import fcntl
+import hashlib
 import json
+import logging
 import os
 import shutil
 import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -21,6 +27,10 @@ from typing import Any
 from harness.hashing import stable_hash
 
 TMP_PREFIX = ".tmp-"
+CORRUPT_PREFIX = ".corrupt-"
+META = "meta.json"
+FORMAT = 2  # 2: one meta.json with per-file sizes and hashes
+log = logging.getLogger("harness")
 
 
 def default_cache_root() -> Path:
@@ -42,6 +52,20 @@ def atomic_write_bytes(path: Path, data: bytes) -> None:
     os.replace(tmp, path)
 
 
+def file_digest(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        while chunk := handle.read(1 << 22):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def _inventory(folder: Path) -> dict[str, dict[str, Any]]:
+    """Size and SHA-256 of every file under `folder`, by relative path."""
+    return {str(f.relative_to(folder)): {"size": f.stat().st_size, "sha256": file_digest(f)}
+            for f in sorted(folder.rglob("*")) if f.is_file() and f.name != META}
+
+
 @dataclass
 class Artifact:
     stage: str
@@ -51,12 +75,17 @@ class Artifact:
 
     @property
     def size_bytes(self) -> int:
-        return sum(f.stat().st_size for f in self.path.rglob("*") if f.is_file())
+        return sum(record["size"] for record in self.meta.get("files", {}).values())
+
+
+class CorruptArtifact(Exception):
+    """An artifact's files do not match what its meta.json recorded."""
 
 
 class ArtifactCache:
     def __init__(self, root: Path | str):
         self.root = Path(root)
+        self._verified: set[Path] = set()  # checked once per process; the cache only ever adds folders
 
     @staticmethod
     def key(stage: str, **parts: Any) -> str:
@@ -65,41 +94,125 @@ class ArtifactCache:
     def path(self, stage: str, key: str) -> Path:
         return self.root / stage / key
 
+    # ------------------------------------------------------------------------------------------ reading
+
     def get(self, stage: str, key: str) -> Artifact | None:
+        """The artifact, or None when it is absent; a corrupt one is moved aside (and reported) and None returned."""
         folder = self.path(stage, key)
-        meta_file = folder / "meta.json"
-        if not meta_file.is_file():
+        if not (folder / META).is_file():
             return None
-        return Artifact(stage, key, folder, json.loads(meta_file.read_text()))
+        try:
+            artifact = self._read(stage, key, folder)
+        except CorruptArtifact as exc:
+            aside = folder.with_name(f"{CORRUPT_PREFIX}{key}-{uuid.uuid4().hex[:8]}")
+            os.replace(folder, aside)
+            log.warning("cache artifact of stage %s is corrupt (%s); moved aside to %s and rebuilding it.",
+                        stage, exc, aside)
+            return None
+        return artifact
+
+    def _read(self, stage: str, key: str, folder: Path) -> Artifact:
+        try:
+            meta = json.loads((folder / META).read_text())
+        except (OSError, ValueError) as exc:
+            raise CorruptArtifact(f"{folder / META} is unreadable: {exc}") from None
+        if meta.get("format") != FORMAT:
+            raise CorruptArtifact(f"{folder / META} was written by an older harness")
+        if folder not in self._verified:
+            for name, record in meta["files"].items():
+                file = folder / name
+                size = file.stat().st_size if file.is_file() else None
+                if size != record["size"]:
+                    found = "missing" if size is None else f"{size} bytes"
+                    raise CorruptArtifact(f"{file} is {found}, {record['size']} bytes were written")
+                if file_digest(file) != record["sha256"]:
+                    raise CorruptArtifact(f"{file} does not match its recorded SHA-256")
+            self._verified.add(folder)
+        return Artifact(stage, key, folder, meta)
+
+    # ------------------------------------------------------------------------------------------ writing
 
     @contextmanager
-    def writing(self, stage: str, key: str, meta: dict[str, Any]) -> Iterator[Path]:
-        """Yield an empty temporary folder; on success it becomes the artifact, on failure it is removed."""
+    def writing(self, stage: str, key: str) -> Iterator[tuple[Path, dict[str, Any]]]:
+        """Yield an empty temporary folder and the meta dict to fill; on success both become the artifact."""
         final = self.path(stage, key)
         final.parent.mkdir(parents=True, exist_ok=True)
         tmp = final.parent / f"{TMP_PREFIX}{key}-{uuid.uuid4().hex[:8]}"
         tmp.mkdir()
+        meta: dict[str, Any] = {}
         try:
-            yield tmp
-            record = {"stage": stage, "key": key, "created": time.time(), **meta}
-            (tmp / "meta.json").write_text(json.dumps(record, indent=1, default=str))
+            yield tmp, meta
+            record = {"format": FORMAT, "stage": stage, "key": key, "created": time.time(), **meta,
+                      "files": _inventory(tmp)}
+            (tmp / META).write_text(json.dumps(record, indent=1, default=str))
             try:
                 os.rename(tmp, final)
             except OSError:
-                if not (final / "meta.json").is_file():
+                if not (final / META).is_file():
                     raise
                 shutil.rmtree(tmp)  # another process finished the same artifact first
         except BaseException:
             shutil.rmtree(tmp, ignore_errors=True)
             raise
 
+    @contextmanager
+    def lock(self, stage: str, key: str) -> Iterator[None]:
+        """Hold the key's lock; a second process asking for it waits (and says so) until the first is done.
+
+        The lock file is removed on release, so the cache holds no litter; a waiter that then finds it locked a
+        removed file starts over on the current one.
+        """
+        path = self.root / ".locks" / f"{stage}-{key}"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        waited = False
+        while True:
+            handle = open(path, "a")
+            try:
+                fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                if not waited:
+                    log.warning("waiting for another run that is computing stage %s", stage)
+                    waited = True
+                fcntl.flock(handle, fcntl.LOCK_EX)
+            try:
+                current = os.stat(path).st_ino == os.fstat(handle.fileno()).st_ino
+            except FileNotFoundError:
+                current = False
+            if current:
+                break
+            handle.close()
+        try:
+            yield
+        finally:
+            path.unlink(missing_ok=True)
+            handle.close()  # releases the lock
+
+    def get_or_build(self, stage: str, key: str, build: Callable[[Path, dict[str, Any]], None]
+                     ) -> tuple[Artifact, bool]:
+        """The artifact, built with `build(folder, meta)` under the key's lock when absent; True when built here."""
+        artifact = self.get(stage, key)
+        if artifact is not None:
+            return artifact, False
+        with self.lock(stage, key):
+            artifact = self.get(stage, key)  # another run may have built it while we waited
+            if artifact is not None:
+                return artifact, False
+            with self.writing(stage, key) as (tmp, meta):
+                build(tmp, meta)
+        return self._read(stage, key, self.path(stage, key)), True
+
+    # ------------------------------------------------------------------------------------------ housekeeping
+
+    def _stage_dirs(self) -> list[Path]:
+        if not self.root.is_dir():
+            return []
+        return sorted(p for p in self.root.iterdir() if p.is_dir() and not p.name.startswith("."))
+
     def entries(self) -> list[Artifact]:
         found = []
-        if not self.root.is_dir():
-            return found
-        for stage_dir in sorted(p for p in self.root.iterdir() if p.is_dir()):
+        for stage_dir in self._stage_dirs():
             for folder in sorted(stage_dir.iterdir()):
-                if folder.name.startswith(TMP_PREFIX):
+                if folder.name.startswith("."):
                     continue
                 artifact = self.get(stage_dir.name, folder.name)
                 if artifact is not None:
@@ -107,15 +220,9 @@ class ArtifactCache:
         return found
 
     def leftovers(self) -> list[Path]:
-        """Temporary folders of killed runs, and folders without a meta.json."""
-        if not self.root.is_dir():
-            return []
-        out = []
-        for stage_dir in (p for p in self.root.iterdir() if p.is_dir()):
-            for folder in stage_dir.iterdir():
-                if folder.name.startswith(TMP_PREFIX) or not (folder / "meta.json").is_file():
-                    out.append(folder)
-        return out
+        """Temporary folders of killed runs, corrupt artifacts moved aside, and folders without a meta.json."""
+        return [folder for stage_dir in self._stage_dirs() for folder in stage_dir.iterdir()
+                if folder.name.startswith((TMP_PREFIX, CORRUPT_PREFIX)) or not (folder / META).is_file()]
 
     def gc(self, keep: set[tuple[str, str]] | None, dry_run: bool = False) -> list[Path]:
         """Remove leftovers, and every artifact not in `keep` (when `keep` is given)."""

@@ -8,15 +8,17 @@ import logging
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 from harness.cache import ArtifactCache, atomic_write_text, default_cache_root
+from harness.components import ROLES
 from harness.errors import UserError
-from harness.plugins import ROLE_LABELS, get_registry
+from harness.plugins import Registry, get_registry
 
 log = logging.getLogger("harness")
 
 
-def _parser() -> argparse.ArgumentParser:
+def _parser(registry: Registry) -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="harness", description=__doc__)
     p.add_argument("--cache", type=Path, default=None, help="artifact cache folder (default $HARNESS_CACHE or "
                                                             ".harness-cache)")
@@ -29,6 +31,8 @@ def _parser() -> argparse.ArgumentParser:
     run.add_argument("--n-samples", type=int, default=None, help="samples for --generator")
     run.add_argument("--out", type=Path, default=None, help="run directory (default runs/<name>-<spec hash>)")
     run.add_argument("--no-progress", action="store_true")
+    run.add_argument("--threads", type=int, default=None, help="CPU threads for torch and numba (default "
+                                                                "$HARNESS_THREADS, else torch's default)")
 
     val = sub.add_parser("validate", help="check a spec and print its hashes")
     val.add_argument("spec", type=Path)
@@ -66,20 +70,25 @@ def _parser() -> argparse.ArgumentParser:
     pairs.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto")
     pairs.add_argument("--json", action="store_true")
 
-    data = sub.add_parser("data", help="write datasets")
-    data_sub = data.add_subparsers(dest="data_command", required=True)
-    ph = data_sub.add_parser("phantom", help="write a simulated echo dataset in EchoNet format")
-    ph.add_argument("--out", type=Path, required=True)
-    ph.add_argument("--format", choices=["dynamic", "pediatric"], default="dynamic")
-    ph.add_argument("--view", choices=["a4c", "psax"], default="a4c")
-    ph.add_argument("--n-train", type=int, default=200)
-    ph.add_argument("--n-val", type=int, default=40)
-    ph.add_argument("--n-test", type=int, default=60)
-    ph.add_argument("--n-frames", type=int, default=96)
-    ph.add_argument("--fps", type=float, default=50.0)
-    ph.add_argument("--twin-fraction", type=float, default=0.08)
-    ph.add_argument("--seed", type=int, default=0)
+    _plugin_commands(sub, registry)
     return p
+
+
+def _plugin_commands(sub, registry: Registry) -> None:
+    """Subcommands plugins register: `"data phantom"` becomes `harness data phantom`."""
+    groups: dict[str, Any] = {}
+    for words, registered in sorted(registry.components["commands"].items()):
+        command = registered.factory()
+        *group, name = words.split()
+        parent = sub
+        if group:
+            if group[0] not in groups:
+                groups[group[0]] = sub.add_parser(group[0], help=f"{group[0]} commands from plugins").add_subparsers(
+                    dest=f"{group[0]}_command", required=True)
+            parent = groups[group[0]]
+        parser = parent.add_parser(name, help=command.help)
+        command.add_arguments(parser)
+        parser.set_defaults(plugin_command=command)
 
 
 def _cache(args) -> ArtifactCache:
@@ -123,7 +132,7 @@ def _overrides(args) -> dict | None:
 
 
 def cmd_run(args) -> int:
-    from harness.runner import Runner
+    from harness.pipeline import run
     from harness.spec import validate_spec
 
     resolved = validate_spec(args.spec, get_registry(), _overrides(args))
@@ -135,14 +144,14 @@ def cmd_run(args) -> int:
     log.setLevel(logging.INFO)
     started = time.perf_counter()
     try:
-        runner = Runner(resolved, get_registry(), _cache(args), run_dir, show_progress=not args.no_progress)
-        results = runner.run()
+        outcome = run(resolved, get_registry(), _cache(args), run_dir, show_progress=not args.no_progress,
+                      threads=args.threads)
     finally:
         log.removeHandler(handler)
         handler.close()
     from harness.leaderboard import render
 
-    results["_source"] = str(run_dir)
+    results = {**outcome.results, "_source": str(run_dir)}
     atomic_write_text(run_dir / "leaderboard.md", render([results], "md", base=run_dir))
     errors = [r for r in results["rows"] if r.get("error")]
     for row in errors:
@@ -156,7 +165,7 @@ def cmd_run(args) -> int:
     if skipped:
         print(f"warning: {skipped} unreadable videos were skipped (listed in results.json).", file=sys.stderr)
     print(f"Done in {time.perf_counter() - started:.1f}s: {len(results['rows'])} rows ({len(errors)} failed), "
-          f"{len(runner.executed)} stages computed; outputs in {run_dir}/ (results.json, leaderboard.md, "
+          f"{len(outcome.executed)} stages computed; outputs in {run_dir}/ (results.json, leaderboard.md, "
           "manifest.json, run.log).")
     return 2 if errors else 0
 
@@ -208,7 +217,7 @@ def cmd_plugins(args) -> int:
         if info.error:
             print(f"    FAILED TO LOAD: {info.error}")
         for role, names in info.components.items():
-            print(f"    {ROLE_LABELS[role]}s: {', '.join(names)}")
+            print(f"    {ROLES[role].label}s: {', '.join(names)}")
     if not registry.plugins:
         print("no plugins found (is reid-harness installed?)")
     return 0
@@ -261,33 +270,19 @@ def cmd_cache(args) -> int:
     return 0
 
 
-def cmd_data(args) -> int:
-    from harness_plugins.datasets import EchoPhantom
-
-    phantom = EchoPhantom(EchoPhantom.Config(view=args.view, format=args.format, n_train=args.n_train,
-                                             n_val=args.n_val, n_test=args.n_test, n_frames=args.n_frames,
-                                             written_fps=args.fps, twin_fraction=args.twin_fraction))
-    counts = {"TRAIN": args.n_train, "VAL": args.n_val, "TEST": args.n_test}
-    started = time.perf_counter()
-    phantom.write(args.out, args.seed, counts, "PH", progress=True)
-    total = sum(counts.values())
-    seconds = time.perf_counter() - started
-    print(f"wrote {total} {args.view} videos ({args.format} format) to {args.out} in {seconds:.1f}s "
-          f"({total / seconds:.1f} videos/s)")
-    return 0
-
-
 COMMANDS = {"run": cmd_run, "validate": cmd_validate, "plugins": cmd_plugins, "bench": cmd_bench,
-            "regenerate": cmd_regenerate, "leaderboard": cmd_leaderboard, "cache": cmd_cache, "data": cmd_data}
+            "regenerate": cmd_regenerate, "leaderboard": cmd_leaderboard, "cache": cmd_cache}
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = _parser().parse_args(argv)
+    args = _parser(get_registry()).parse_args(argv)
     console = logging.StreamHandler()
     console.setLevel(logging.WARNING)
     console.setFormatter(logging.Formatter("%(levelname)s: %(message)s"))
     logging.getLogger().addHandler(console)
     try:
+        if hasattr(args, "plugin_command"):
+            return args.plugin_command(args)
         return COMMANDS[args.command](args)
     except UserError as exc:
         print(f"error: {exc}", file=sys.stderr)

@@ -1,15 +1,28 @@
-"""Base classes of the plugin roles. A factory registered through a hook is a subclass of one of these.
+"""The plugin contract: one abstract base class per role. A factory registered through a hook subclasses one.
 
-Each class carries a pydantic `Config`; the `args` of a spec entry are validated against it (extra keys are errors).
-Components never choose their own device or seed: both come from the run context.
+This module is the contract's single source (the hookspecs point here). Rules every role follows:
+
+- Each class carries a pydantic `Config`; a spec entry's `args` are validated against it, unknown keys are errors.
+- Components never pick their own device or seed: both come from the `RunContext` (`ctx.device`,
+  `ctx.seed_for(...)`, `ctx.rng(...)`), and so does every other part of the run they may use (`ctx.dataset`,
+  `ctx.encoder`, `ctx.privacy_filter`).
+- Raise `harness.errors.UserError` with one sentence (which setting, what to do) for a problem the user can fix;
+  inside a stage it is that stage's cached outcome. Any other exception is a bug of the plugin: in a generator it
+  becomes the row's error with the traceback in `run.log`, elsewhere it stops the run.
+- `version` is part of every cache key built from the component: bump it when a change alters outputs.
 """
 
 from __future__ import annotations
 
+import abc
+import argparse
+from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, ClassVar, Literal
+from typing import TYPE_CHECKING, Any, ClassVar, Literal, Protocol, runtime_checkable
 
 from pydantic import BaseModel, ConfigDict
+
+from harness.metrics.pairs import HEADS
 
 if TYPE_CHECKING:
     import numpy as np
@@ -25,7 +38,17 @@ class ComponentConfig(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
 
-class Component:
+class PresetConfig(ComponentConfig):
+    """A Config with a `preset`: fields left unset (None) take the preset's value from `presets`."""
+
+    presets: ClassVar[dict[str, dict[str, Any]]] = {}
+
+    def setting(self, name: str) -> Any:
+        value = getattr(self, name, None)
+        return self.presets[self.preset][name] if value is None else value
+
+
+class Component(abc.ABC):  # noqa: B024 - the roles below declare the abstract methods
     Config: ClassVar[type[ComponentConfig]] = ComponentConfig
     #: Bump when a change alters outputs, so cached artifacts of the old behaviour are not reused.
     version: ClassVar[str] = "1"
@@ -34,11 +57,14 @@ class Component:
         self.config = config if config is not None else self.Config()
 
     def save_state(self, folder: Path) -> bool:
-        """Write trained state to `folder` (safetensors or JSON, never pickle); False when there is none."""
+        """Write trained state to `folder` (safetensors or JSON, never pickle).
+
+        :returns: False when there is nothing worth saving; the fit is then simply redone when needed.
+        """
         return False
 
-    def load_state(self, folder: Path) -> None:
-        """Restore what `save_state` wrote."""
+    def load_state(self, folder: Path) -> None:  # noqa: B027 - optional, like save_state
+        """Restore what `save_state` wrote, instead of fitting."""
 
     def fit_report(self) -> dict[str, Any]:
         """What training measured (epochs, validation scores, epoch time), kept with the cached state."""
@@ -46,14 +72,29 @@ class Component:
 
 
 class Dataset(Component):
-    """A real video dataset. `load` returns fixed-length clips of one split (`train`, `val` or `test`)."""
+    """A real video dataset."""
 
+    @abc.abstractmethod
     def load(self, split: str, ctx: RunContext) -> VideoSet:
-        raise NotImplementedError
+        """Fixed-length clips of one split.
+
+        :param split: `train`, `val` or `test`.
+        :returns: uint8 clips `[N, T, H, W]` at the configured fps and length, with their table (`video_id`,
+            `patient_id`, `ef`, ...). Unreadable videos are skipped and counted in `load_report`; a folder that is
+            missing or wrong is a UserError naming the setting.
+        """
 
     def load_report(self) -> dict[str, Any]:
-        """Counts worth putting in the results (e.g. skipped unreadable videos)."""
+        """Per split, counts worth putting in the results (e.g. `{"test": {"videos": 60, "skipped": 1}}`)."""
         return {}
+
+
+@runtime_checkable
+class SimulatesPatients(Protocol):
+    """A dataset that can draw new patients from its own generative process (the `phantom-fresh` control)."""
+
+    def fresh(self, efs: list[float], ctx: RunContext, name: str) -> VideoSet:
+        """New patients (never in the dataset) with the requested EFs, loaded like the dataset's own videos."""
 
 
 class Encoder(Component):
@@ -64,34 +105,53 @@ class Encoder(Component):
     def fit(self, train: VideoSet, ctx: RunContext) -> None:
         """Train on the training clips (optional). Called only when no cached state exists."""
 
+    @abc.abstractmethod
     def encode(self, videos: VideoSet, ctx: RunContext) -> LatentSet:
-        raise NotImplementedError
+        """Clips `[N, T, H, W]` -> latents `[N, T, C, h, w]`, with the same table, in the same order."""
 
+    @abc.abstractmethod
     def decode(self, latents: LatentSet, ctx: RunContext) -> VideoSet:
-        raise NotImplementedError
+        """The inverse of `encode`, back to uint8 clips (for figures and pixel-space tasks)."""
 
 
 class Generator(Component):
-    """A video generator working in the encoder's space.
-
-    `fit` sees the `train` and `val` latent sets only; the test split is reserved for calibration and evaluation.
-    `sample` returns one video per condition, in the same order, each with a provenance record.
-    """
-
-    def fit(self, data: dict[str, LatentSet], ctx: RunContext) -> None:
-        """Train or index the training data (optional)."""
+    """A video generator working in the encoder's space."""
 
     #: True when samples are (variations of) real videos, e.g. a copying control: their frames never go into
     #: figures, which may be published.
     shows_real_frames: ClassVar[bool] = False
 
+    def fit(self, data: dict[str, LatentSet], ctx: RunContext) -> None:
+        """Train or index the training data (optional). Called only when no cached state exists.
+
+        :param data: `train` and `val` latent sets; the test split is reserved for calibration and evaluation.
+        """
+
+    @abc.abstractmethod
     def sample(self, conditions: list[Condition], ctx: RunContext) -> SampleSet:
-        raise NotImplementedError
+        """One video per condition.
+
+        :param conditions: the requested videos (sample id, seed, EF), identical for every row of a benchmark.
+        :returns: a SampleSet in the order of `conditions` (build it with `SampleSet.from_conditions`), each clip
+            of the training latents' shape `[T, C, h, w]` and finite. A sample must be a deterministic function of
+            the fitted state and its `Condition.seed`. A generator that draws in batches records a `batch`
+            provenance column (samples drawn together); `harness regenerate` redraws a whole batch, since batched
+            arithmetic only reproduces with the same batch. Output of the wrong count, shape or with NaNs is the
+            row's error, not a crash.
+        """
 
     @property
     def uses_privacy_filter(self) -> bool:
-        """True when samples depend on the run's re-ID model (`ctx.components["privacy_filter"]`)."""
+        """True when samples depend on the run's re-ID model (`ctx.privacy_filter`); they are keyed by it."""
         return False
+
+
+class PrivacyCheck(Protocol):
+    """The run's privacy filter as generators see it (`ctx.privacy_filter`)."""
+
+    def memorised(self, frames: np.ndarray) -> np.ndarray:
+        """For frames `[N, C, h, w]` in the encoder's space: True where the re-ID model matches a training
+        video above τ."""
 
 
 class ReIdFilter(Component):
@@ -102,18 +162,19 @@ class ReIdFilter(Component):
     so that it never builds the full matrix.
     """
 
-    heads: ClassVar[tuple[str, ...]] = ("pred", "l1", "l2", "corr")
+    heads: ClassVar[tuple[str, ...]] = HEADS
 
+    @abc.abstractmethod
     def fit(self, train: LatentSet, val: LatentSet, ctx: RunContext) -> None:
-        raise NotImplementedError
+        """Train on pairs of training videos, selecting the model on `val`."""
 
+    @abc.abstractmethod
     def embed(self, videos: np.ndarray, ctx: RunContext, frames: list[int] | None = None) -> torch.Tensor:
-        """Features `[N, F, D]` of the chosen frames (all when None) of clips `[N, T, C, h, w]`."""
-        raise NotImplementedError
+        """Features `[N, F, D]` (finite) of the chosen frames (all when None) of clips `[N, T, C, h, w]`."""
 
+    @abc.abstractmethod
     def head_parameters(self) -> tuple[torch.Tensor, float]:
         """`(w, b)` of the `pred` head's linear layer on `|f_a - f_b|`."""
-        raise NotImplementedError
 
 
 class Task(Component):
@@ -123,24 +184,73 @@ class Task(Component):
     the core can also check how well samples honour their requested value and re-label samples.
     """
 
+    @abc.abstractmethod
     def fit(self, train: LatentSet, val: LatentSet, ctx: RunContext) -> None:
-        """Train on `train` (labels in its table), choosing the best epoch on `val`."""
-        raise NotImplementedError
+        """Train on `train` (labels in its table), choosing the best epoch on `val`. Too few videos to train on
+        is a UserError (the strategy's cached outcome)."""
 
+    @abc.abstractmethod
     def predict(self, data: LatentSet, ctx: RunContext) -> np.ndarray:
-        """The label predicted for every video of `data`."""
-        raise NotImplementedError
+        """The label predicted for every video of `data`, in order."""
 
+    @abc.abstractmethod
     def evaluate(self, test: LatentSet, ctx: RunContext, predictions: np.ndarray | None = None) -> dict[str, Any]:
-        """Metrics (with intervals) of `predictions` (computed when not given) against `test`'s labels."""
-        raise NotImplementedError
+        """Metrics (values with bootstrap intervals) of `predictions` (computed when not given) against `test`."""
 
 
-ROLE_BASES: dict[str, type[Component]] = {
-    "datasets": Dataset,
-    "encoders": Encoder,
-    "generators": Generator,
-    "reid_filters": ReIdFilter,
-    "tasks": Task,
-    "metrics": object,  # metric additions are plain callables
+@dataclass(frozen=True)
+class RowFeatures:
+    """What a row metric sees: re-ID features of first frames and the privacy analysis of the main head."""
+
+    samples: torch.Tensor  # [N, D] first-frame features of the row's samples
+    train: torch.Tensor  # [N_train, D]
+    test: torch.Tensor  # [N_test, D]
+    pmax: np.ndarray  # [N] best score of each sample against the training videos
+    nearest: np.ndarray  # [N] index of that training video
+    tau: float
+
+
+class RowMetric(Component):
+    """An extra leaderboard column computed for every generator row of a spec that lists it under `metrics`."""
+
+    label: ClassVar[str]
+    #: "↑" when higher is better, "↓" when lower is better, "" when neither.
+    direction: ClassVar[Literal["↑", "↓", ""]] = ""
+    digits: ClassVar[int] = 3
+
+    @abc.abstractmethod
+    def compute(self, features: RowFeatures) -> float | None:
+        """The row's value (None when undefined for these samples)."""
+
+
+class Command(abc.ABC):
+    """A `harness` subcommand added by a plugin. Register it under its words, e.g. `"data phantom"`."""
+
+    help: ClassVar[str]
+
+    @abc.abstractmethod
+    def add_arguments(self, parser: argparse.ArgumentParser) -> None:
+        """Declare the command's options."""
+
+    @abc.abstractmethod
+    def __call__(self, args: argparse.Namespace) -> int:
+        """Run it; returns the exit code. Raise UserError for bad input (one sentence, exit 2)."""
+
+
+@dataclass(frozen=True)
+class Role:
+    """A kind of thing plugins register (through the hook `register_<role>`): its base class, its name for people."""
+
+    base: type
+    label: str
+
+
+ROLES: dict[str, Role] = {
+    "datasets": Role(Dataset, "dataset"),
+    "encoders": Role(Encoder, "encoder"),
+    "generators": Role(Generator, "generator"),
+    "reid_filters": Role(ReIdFilter, "re-ID filter"),
+    "tasks": Role(Task, "task"),
+    "metrics": Role(RowMetric, "metric"),
+    "commands": Role(Command, "command"),
 }

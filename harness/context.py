@@ -1,12 +1,18 @@
-"""The run context handed to every component: device, seeds, cache, progress and logging."""
+"""The run context handed to every component: device, seeds, cache, progress, and typed access to the run's parts.
+
+Components never pick their own device or seed. The parts of the run a component may use (the dataset, the
+encoder, the privacy filter) are typed accessors; the encoder and the filter are made ready (their cached state
+loaded) on first use, so a warm run that never touches them never loads a model.
+"""
 
 from __future__ import annotations
 
-import logging
+import os
+import sys
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
@@ -14,6 +20,9 @@ from tqdm.auto import tqdm
 
 from harness.cache import ArtifactCache
 from harness.hashing import derive_seed
+
+if TYPE_CHECKING:
+    from harness.components import Dataset, Encoder, PrivacyCheck
 
 
 def resolve_device(name: str) -> torch.device:
@@ -27,15 +36,58 @@ def mixed_precision(device: torch.device):
     return torch.autocast(device_type=device.type, dtype=torch.bfloat16, enabled=device.type == "cuda")
 
 
-@dataclass
+def set_threads(threads: int | None) -> int:
+    """Use `threads` CPU threads for torch and numba (`--threads` or $HARNESS_THREADS; default: torch's own).
+
+    Results can depend on the thread count (reductions split differently), so it is recorded in the manifest.
+    """
+    threads = threads or int(os.environ.get("HARNESS_THREADS", "0") or 0)
+    if threads:
+        torch.set_num_threads(threads)
+        os.environ["NUMBA_NUM_THREADS"] = str(threads)  # read when numba is first imported
+        if "numba" in sys.modules:
+            sys.modules["numba"].set_num_threads(threads)
+    return torch.get_num_threads()
+
+
+@dataclass(frozen=True)
 class RunContext:
     device: torch.device
     seed: int
     cache: ArtifactCache
-    log: logging.Logger = field(default_factory=lambda: logging.getLogger("harness"))
     show_progress: bool = True
-    #: The run's components, for plugins that need them (e.g. a control that must encode fresh videos).
-    components: dict[str, Any] = field(default_factory=dict)
+    _dataset: Dataset | None = None
+    _encoder: Callable[[], Encoder] | None = None
+    _privacy_filter: PrivacyCheck | None = None
+
+    def using(self, *, dataset: Dataset | None = None, encoder: Callable[[], Encoder] | None = None,
+              privacy_filter: PrivacyCheck | None = None) -> RunContext:
+        """A context that also offers the given parts of the run (`encoder` is a thunk that makes it ready)."""
+        changes = {"_dataset": dataset, "_encoder": encoder, "_privacy_filter": privacy_filter}
+        return replace(self, **{k: v for k, v in changes.items() if v is not None})
+
+    @property
+    def cache_identity(self) -> dict[str, int]:
+        """What a stage that receives the context reads from it: the seed (devices must not change results)."""
+        return {"seed": self.seed}
+
+    @property
+    def dataset(self) -> Dataset:
+        if self._dataset is None:
+            raise RuntimeError("the run's dataset is not loaded yet")
+        return self._dataset
+
+    @property
+    def encoder(self) -> Encoder:
+        """The run's encoder, fitted (a pixel-space task decodes with it; a control may encode with it)."""
+        if self._encoder is None:
+            raise RuntimeError("the run's encoder is not fitted yet")
+        return self._encoder()
+
+    @property
+    def privacy_filter(self) -> PrivacyCheck | None:
+        """The run's privacy filter (None without a re-ID model)."""
+        return self._privacy_filter
 
     def seed_for(self, *names: Any) -> int:
         return derive_seed(self.seed, *names)
@@ -53,10 +105,6 @@ class RunContext:
     def cached_folder(self, name: str, key: dict[str, Any], build: Callable[[Path], None]) -> Path:
         """A plugin's own cached folder (e.g. a written dataset): built once, atomically, then reused."""
         stage = f"plugin-{name}"
-        cache_key = self.cache.key(stage, **key)
-        artifact = self.cache.get(stage, cache_key)
-        if artifact is None:
-            with self.cache.writing(stage, cache_key, {"key": key}) as tmp:
-                build(tmp)
-            artifact = self.cache.get(stage, cache_key)
+        artifact, _ = self.cache.get_or_build(stage, self.cache.key(stage, **key),
+                                              lambda folder, meta: (meta.update(key=key), build(folder)))
         return artifact.path

@@ -114,6 +114,27 @@ class SampleSet(LatentSet):
             raise ValueError("SampleSet provenance must have one row per sample")
         self.provenance = self.provenance.reset_index(drop=True)
 
+    @classmethod
+    def from_conditions(cls, latents: np.ndarray, conditions: list[Condition], *, fps: float,
+                        ef: np.ndarray | list[float] | None = None, sources: list[list[str]] | None = None,
+                        **provenance: object) -> SampleSet:
+        """A generator's output in one call: clips `[N, T, C, h, w]` in the order of `conditions`.
+
+        :param fps: frame rate of the clips.
+        :param ef: the EF each sample shows (default: the requested one).
+        :param sources: ids each sample was made from (training videos, a conditioning frame...); default none.
+        :param provenance: further per-sample provenance columns (a value or one per sample), e.g. `sampler`,
+            `steps`, `model_hash`, `batch`.
+        """
+        ids = [c.sample_id for c in conditions]
+        requested = [c.ef for c in conditions]
+        table = pd.DataFrame({"video_id": ids, "patient_id": "",
+                              "ef": np.asarray(requested if ef is None else ef, dtype=float),
+                              "split": "synthetic", "fps": float(fps), "source_file": ""})
+        records = pd.DataFrame({"sample_id": ids, "seed": [c.seed for c in conditions], "requested_ef": requested,
+                                "source_ids": [";".join(s) for s in sources] if sources else "", **provenance})
+        return cls(np.asarray(latents).astype(np.float16), table, records)
+
     def save(self, folder: Path) -> None:
         super().save(folder)
         _save_table(self.provenance, folder / "provenance.json")

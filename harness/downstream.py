@@ -17,9 +17,16 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 
+from harness.errors import Ineligible
+from harness.metrics.columns import Column
 
-class NoEligibleVideos(ValueError):
-    """A strategy found nothing to train on; its message is the sentence shown in the row."""
+#: The first synthetic strategy listed gives the table's EF columns.
+COLUMNS = [
+    Column("ef_r2", "EF R²", "↑"),
+    Column("ef_mae", "EF MAE", "↓", 2),
+    Column("adherence_mae", "EF adherence MAE", "↓", 2),
+    Column("adherence_corr", "EF adherence r", "↑"),
+]
 
 
 def compliant(per_sample: pd.DataFrame | None, n: int) -> np.ndarray:
@@ -37,12 +44,12 @@ def _first_per_video(nearest: np.ndarray, candidates: np.ndarray, per_video: int
 
 def select(strategy: str, per_sample: pd.DataFrame | None, n_samples: int, n_real_train: int, head: str,
            per_learned_video: int, rng: np.random.Generator) -> np.ndarray:
-    """Sorted indices of the samples a synthetic strategy trains on; raises NoEligibleVideos when there are none."""
+    """Sorted indices of the samples a synthetic strategy trains on; raises Ineligible when there are none."""
     if n_samples == 0:
-        raise NoEligibleVideos(f"{strategy}: the generator returned no samples, so nothing was trained.")
+        raise Ineligible(f"{strategy}: the generator returned no samples, so nothing was trained.")
     kept = compliant(per_sample, n_samples)
     if len(kept) == 0:
-        raise NoEligibleVideos(f"{strategy}: every sample is memorised (P_max above τ), so the privacy filter "
+        raise Ineligible(f"{strategy}: every sample is memorised (P_max above τ), so the privacy filter "
                                "leaves nothing to train on.")
     if strategy == "full":
         return kept
@@ -58,7 +65,7 @@ def learned_real_videos(per_sample: pd.DataFrame, train_ids: list[str], head: st
     learned = set(per_sample[f"nearest_{head}"].astype(str).to_numpy()[kept])
     indices = np.array([i for i, video in enumerate(train_ids) if video in learned], dtype=np.int64)
     if len(indices) == 0:
-        raise NoEligibleVideos("real-learned-subset: no training video is learned by a sample the privacy filter "
+        raise Ineligible("real-learned-subset: no training video is learned by a sample the privacy filter "
                                "keeps, so there is no real subset to train on.")
     return indices
 

@@ -15,6 +15,7 @@ import numpy as np
 import pandas as pd
 import torch
 
+from harness.metrics.columns import Column
 from harness.metrics.consistency import consistency_curve
 from harness.metrics.fidelity import frechet_distance, prdc
 from harness.metrics.pairs import HEADS, max_scores
@@ -25,6 +26,27 @@ from harness.metrics.privacy import (
     memorised_fraction,
     privacy_threshold,
 )
+
+COLUMNS = [
+    Column("memorised_pct", "memorised %", "↓", 1, needs_reid=True),
+    Column("tau", "τ", "", 3, needs_reid=True),
+    Column("recall", "recall", "↑", needs_reid=True),
+    Column("recall_after_filter", "recall after filter", "↑", needs_reid=True),
+    Column("reference_recall", "real recall", "", 3),
+    Column("irs_inf", "IRS∞", "↑", needs_reid=True),
+    Column("consistency", "consistency", "↑"),
+    Column("consistency_gap_abs", "consistency gap to real", "↓",
+           read=lambda row: _abs(row.get("consistency_gap")), derived_from="consistency_gap"),
+    Column("fd", "Fréchet distance", "↓"),
+    Column("precision", "precision", "↑"),
+    Column("knn_recall", "k-NN recall", "↑"),
+    Column("density", "density", "↑"),
+    Column("coverage", "coverage", "↑"),
+]
+
+
+def _abs(value: float | None) -> float | None:
+    return None if value is None or value != value else abs(value)
 
 
 @dataclass

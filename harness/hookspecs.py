@@ -1,7 +1,8 @@
 """The hooks a plugin implements. Each receives `register(name, factory)`; calling it adds one component.
 
 A plugin module implements any subset of these with `@harness.hookimpl` and is listed under the `harness`
-entry-point group of its distribution.
+entry-point group of its distribution. What each factory must do is documented once, on its base class in
+`harness.components`; a hook implementation whose name is not below is a load error of its plugin.
 """
 
 import pluggy
@@ -12,47 +13,38 @@ hookimpl = pluggy.HookimplMarker("harness")
 
 @hookspec
 def register_datasets(register):
-    """Register real video datasets: `register("name", DatasetSubclass)`.
-
-    The class has a pydantic `Config` and `load(split, ctx) -> VideoSet` for splits train, val and test.
-    """
+    """Register real video datasets: `register("name", cls)` with `cls` a `harness.components.Dataset`."""
 
 
 @hookspec
 def register_encoders(register):
-    """Register frame encoders (image or latent space): `register("name", EncoderSubclass)`.
-
-    The class sets `space`, may implement `fit/save_state/load_state`, and implements `encode`/`decode`.
-    """
+    """Register frame encoders (image or latent space): `cls` a `harness.components.Encoder`."""
 
 
 @hookspec
 def register_generators(register):
-    """Register video generators: `register("name", GeneratorSubclass)`.
-
-    `fit(data, ctx)` may train on the train/val latents; `sample(conditions, ctx) -> SampleSet` returns one video
-    per condition with the shape of the training latents and a provenance record per sample.
-    """
+    """Register video generators: `cls` a `harness.components.Generator`."""
 
 
 @hookspec
 def register_reid_filters(register):
-    """Register re-identification models: `register("name", ReIdFilterSubclass)`.
-
-    The class implements `fit(train, val, ctx)`, `embed(videos, ctx, frames) -> [N, F, D]` and
-    `head_parameters() -> (w, b)` of its `pred` head; the core scores all pairs with its `heads`, in chunks.
-    """
+    """Register re-identification models: `cls` a `harness.components.ReIdFilter`."""
 
 
 @hookspec
 def register_tasks(register):
-    """Register downstream tasks: `register("name", TaskSubclass)` with `fit(train, val, ctx)` and
-    `evaluate(test, ctx) -> metrics` (values with bootstrap intervals), evaluated on real test data.
-    """
+    """Register downstream tasks: `cls` a `harness.components.Task`."""
 
 
 @hookspec
 def register_metrics(register):
-    """Register extra metrics: `register("name", callable)`. Built-in metrics are core functions;
-    this hook is for additions computed over features and scores.
+    """Register extra leaderboard columns computed per generator row: `cls` a `harness.components.RowMetric`.
+
+    A spec lists the ones it wants under `metrics`.
     """
+
+
+@hookspec
+def register_commands(register):
+    """Register `harness` subcommands: `register("words", cls)` with `cls` a `harness.components.Command`;
+    `"data phantom"` becomes `harness data phantom`."""

@@ -7,55 +7,39 @@ from __future__ import annotations
 
 import json
 import os
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import pandas as pd
 from tabulate import tabulate
 
+from harness import downstream, evaluation
 from harness.cache import atomic_write_bytes
 from harness.errors import UserError
+from harness.metrics import reconstruction
+from harness.metrics.columns import Column
+from harness.pipeline.row import COLUMNS as COST_COLUMNS
+from harness.results import ResultRow
+
+#: The row's identity and bookkeeping; the metric columns are declared next to the code that computes them.
+HEAD = [Column("generator", "generator"), Column("plugin", "plugin"), Column("n_samples", "samples")]
+TAIL = [Column("generator_hash", "config hash"), Column("error", "error")]
+BUILTIN = [*evaluation.COLUMNS, *downstream.COLUMNS, *reconstruction.COLUMNS, *COST_COLUMNS]
 
 
-@dataclass(frozen=True)
-class Column:
-    key: str
-    label: str
-    direction: str = ""  # "↑" higher is better, "↓" lower is better, "" neither
-    digits: int = 3
-
-    @property
-    def header(self) -> str:
-        return f"{self.label} {self.direction}".strip()
+def columns(results: list[dict[str, Any]]) -> list[Column]:
+    """Every column, in order: identity, built-in metrics, the plugin metrics the runs declare, bookkeeping."""
+    declared: dict[str, Column] = {}
+    for result in results:
+        for m in result.get("metrics", []):
+            declared[m["key"]] = Column(m["key"], m["label"], m["direction"], m["digits"], needs_reid=True,
+                                        read=lambda r, key=m["key"]: _extra(r, key), derived_from="extra_metrics")
+    return [*HEAD, *BUILTIN, *declared.values(), *TAIL]
 
 
-COLUMNS = [
-    Column("generator", "generator"),
-    Column("plugin", "plugin"),
-    Column("n_samples", "samples"),
-    Column("memorised_pct", "memorised %", "↓", 1),
-    Column("tau", "τ", "", 3),
-    Column("recall", "recall", "↑"),
-    Column("recall_after_filter", "recall after filter", "↑"),
-    Column("reference_recall", "real recall", "", 3),
-    Column("irs_inf", "IRS∞", "↑"),
-    Column("consistency", "consistency", "↑"),
-    Column("consistency_gap_abs", "consistency gap to real", "↓"),
-    Column("fd", "Fréchet distance", "↓"),
-    Column("precision", "precision", "↑"),
-    Column("knn_recall", "k-NN recall", "↑"),
-    Column("density", "density", "↑"),
-    Column("coverage", "coverage", "↑"),
-    Column("ef_r2", "EF R²", "↑"),
-    Column("ef_mae", "EF MAE", "↓", 2),
-    Column("adherence_mae", "EF adherence MAE", "↓", 2),
-    Column("adherence_corr", "EF adherence r", "↑"),
-    Column("recon_psnr_db", "recon PSNR dB", "↑", 2),
-    Column("sample_seconds_per_video", "s/video", "↓", 4),
-    Column("generator_hash", "config hash"),
-    Column("error", "error"),
-]
+def _extra(row: dict[str, Any], key: str) -> Any:
+    extra = row.get("extra_metrics")
+    return extra.get(key) if isinstance(extra, dict) else None
 
 
 def load_results(paths: list[Path]) -> list[dict[str, Any]]:
@@ -82,32 +66,27 @@ def collect_rows(results: list[dict[str, Any]], allow_mixed: bool = False) -> tu
                         "pass runs of one benchmark, or --allow-mixed to show them with a benchmark column.")
     rows: dict[tuple[str, str, str], dict[str, Any]] = {}
     for result in results:
-        for row in result["rows"]:
+        for raw in result["rows"]:
+            one = ResultRow.model_validate(raw).dump()  # the typed schema: a malformed row fails here
             bench = result["benchmark"]["benchmark_hash"]
-            rows[(bench, row["generator"], row["generator_hash"])] = {**row, "benchmark_hash": bench}
+            rows[(bench, one["generator"], one["generator_hash"])] = {**one, "benchmark_hash": bench}
     frame = pd.DataFrame(list(rows.values()))
     return frame, hashes
 
 
-#: Columns whose numbers mean nothing when the re-ID model did not learn.
-PRIVACY_KEYS = ("memorised_pct", "tau", "recall", "recall_after_filter", "irs_inf")
-
-
-def table(frame: pd.DataFrame, mixed: bool) -> pd.DataFrame:
-    frame = frame.copy()
-    if "consistency_gap" in frame.columns:
-        frame["consistency_gap_abs"] = pd.to_numeric(frame["consistency_gap"], errors="coerce").abs()
-    columns = [c for c in COLUMNS if c.key in frame.columns]
-    out = pd.DataFrame({c.header: frame[c.key] for c in columns})
+def table(frame: pd.DataFrame, shown: list[Column], mixed: bool) -> pd.DataFrame:
+    present = [c for c in shown if c.source in frame.columns]
+    records = frame.to_dict("records")
+    out = pd.DataFrame({c.header: [c.value(r) for r in records] for c in present}, index=frame.index)
     if mixed:
         out.insert(0, "benchmark", frame["benchmark_hash"])
-    for c in columns:
+    for c in present:
         if c.digits and pd.api.types.is_numeric_dtype(out[c.header]) and not pd.api.types.is_bool_dtype(out[c.header]):
             out[c.header] = out[c.header].astype(float).round(c.digits)
     if "privacy_reliable" in frame.columns:
         unreliable = frame["privacy_reliable"].eq(False).to_numpy()
-        for c in columns:
-            if c.key in PRIVACY_KEYS:
+        for c in present:
+            if c.needs_reid:
                 out[c.header] = [f"{v} (unreliable)" if bad else v for v, bad in zip(out[c.header], unreliable,
                                                                                       strict=True)]
     return out.astype(object).where(out.notna(), "")
@@ -271,7 +250,8 @@ def render(results: list[dict[str, Any]], fmt: str, allow_mixed: bool = False, b
             raise UserError("a re-ID study's results cannot be combined with other runs; pass one study run.")
         return render_study(results[0], fmt)
     frame, hashes = collect_rows(results, allow_mixed)
-    shown = table(frame, mixed=len(hashes) > 1)
+    every = columns(results)
+    shown = table(frame, every, mixed=len(hashes) > 1)
     bench = results[0]["benchmark"]
     if fmt == "md":
         title = f"## {bench['title']}\n\nbenchmark `{', '.join(hashes)}` · seed {bench['seed']} · " \
@@ -297,7 +277,7 @@ def render(results: list[dict[str, Any]], fmt: str, allow_mixed: bool = False, b
         return shown.to_csv(index=False)
     if fmt == "json":
         payload = {"benchmark_hashes": hashes, "title": bench["title"],
-                   "columns": [{"key": c.key, "header": c.header, "direction": c.direction} for c in COLUMNS],
+                   "columns": [{"key": c.key, "header": c.header, "direction": c.direction} for c in every],
                    "rows": json.loads(frame.to_json(orient="records"))}
         return json.dumps(payload, indent=2, ensure_ascii=False) + "\n"
     raise UserError(f"unknown leaderboard format '{fmt}'; use md, csv or json.")

@@ -17,20 +17,11 @@ from typing import Any
 import pluggy
 
 from harness import hookspecs
-from harness.components import ROLE_BASES
+from harness.components import ROLES
 from harness.errors import UserError
 
 GROUP = "harness"
 BUILTIN_DIST = "reid-harness"
-ROLES = tuple(ROLE_BASES)
-ROLE_LABELS = {
-    "datasets": "dataset",
-    "encoders": "encoder",
-    "generators": "generator",
-    "reid_filters": "re-ID filter",
-    "tasks": "task",
-    "metrics": "metric",
-}
 
 
 @dataclass
@@ -69,7 +60,7 @@ class Registry:
 
 
 def unknown_name_message(role: str, name: str, known: list[str], where: str = "") -> str:
-    label = ROLE_LABELS[role]
+    label = ROLES[role].label
     close = difflib.get_close_matches(name, known, n=1, cutoff=0.5)
     hint = f" Did you mean '{close[0]}'?" if close else ""
     prefix = f"{where}: " if where else ""
@@ -94,14 +85,14 @@ def _selected_entry_points() -> list[EntryPoint]:
 
 def _registrar(registry: Registry, info: PluginInfo, role: str):
     """The `register(name, factory)` callback handed to one plugin's hook for one role."""
-    base = ROLE_BASES[role]
+    base = ROLES[role].base
 
     def register(name: str, factory: Any) -> None:
-        if base is not object and not (isinstance(factory, type) and issubclass(factory, base)):
+        if not (isinstance(factory, type) and issubclass(factory, base)):
             raise TypeError(f"{name!r} must be a subclass of {base.__name__}")
         existing = registry.components[role].get(name)
         if existing is not None and existing.plugin != info.name:
-            raise ValueError(f"{ROLE_LABELS[role]} {name!r} is already registered by {existing.plugin}")
+            raise ValueError(f"{ROLES[role].label} {name!r} is already registered by {existing.plugin}")
         registry.components[role][name] = Registered(factory, info.name, info.distribution, info.version)
         info.components.setdefault(role, []).append(name)
 
@@ -120,8 +111,9 @@ def _fail(registry: Registry, info: PluginInfo, exc: Exception) -> None:
 def load_registry() -> Registry:
     """Import every selected entry point and collect what it registers; errors are recorded, not raised.
 
-    Hook implementations are called one plugin at a time (not through a single hook call) so that an exception
-    is attributed to the plugin that raised it and the other plugins still register.
+    Each plugin is checked against the hookspecs as it is added (pluggy's `check_pending`), so a misspelled hook
+    is that plugin's load error. Hook implementations are called one plugin at a time (not through a single hook
+    call) so that an exception is attributed to the plugin that raised it and the other plugins still register.
     """
     registry = Registry()
     manager = pluggy.PluginManager(GROUP)
@@ -133,8 +125,15 @@ def load_registry() -> Registry:
         info = infos[ep.name] = PluginInfo(ep.name, ep.value, dist, version)
         registry.plugins.append(info)
         try:
-            manager.register(ep.load(), name=ep.name)
+            module = ep.load()
+            manager.register(module, name=ep.name)
         except Exception as exc:  # a third party's bug must not take the harness down
+            _fail(registry, info, exc)
+            continue
+        try:
+            manager.check_pending()
+        except pluggy.PluginValidationError as exc:
+            manager.unregister(module)
             _fail(registry, info, exc)
     for role in ROLES:
         for impl in getattr(manager.hook, f"register_{role}").get_hookimpls():

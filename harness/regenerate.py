@@ -54,7 +54,7 @@ def regenerate(run_dir: Path, sample_id: str, registry: Registry, cache: Artifac
     if fit is None or stored is None:
         raise UserError(f"the cache {cache.root} no longer holds row '{row['generator']}' of this run; re-run the "
                         "spec with the same --cache first.")
-    if not json.loads((fit.path / "stage.json").read_text()).get("saved"):
+    if not fit.meta.get("saved"):
         raise UserError(f"generator '{row['generator']}' keeps no trained state; it is a deterministic function of "
                         "the data, so re-running the spec reproduces it.")
     entry = next(g for g in manifest["resolved_spec"]["generators"] if g["name"] == row["generator"])

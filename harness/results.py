@@ -1,16 +1,22 @@
-"""The two files every run writes: `results.json` (versioned schema) and `manifest.json` (provenance)."""
+"""The two files every run writes: `results.json` (versioned schema, rows typed by `ResultRow`) and
+`manifest.json` (provenance: spec, packages, revision, device, threads, and what every stage cost)."""
 
 from __future__ import annotations
 
+import json
 import platform
 import subprocess
 import sys
 import time
 from dataclasses import asdict
 from importlib.metadata import PackageNotFoundError, version
+from pathlib import Path
 from typing import Any
 
+from pydantic import BaseModel, ConfigDict
+
 from harness import __version__
+from harness.cache import atomic_write_text
 from harness.spec import ResolvedSpec
 
 RESULTS_SCHEMA_VERSION = 1
@@ -18,11 +24,62 @@ PACKAGES = ("reid-harness", "torch", "torchvision", "diffusers", "numpy", "panda
             "pydantic", "av")
 
 
+class ResultRow(BaseModel):
+    """One generator row of `results.json`. Metric fields are absent when their section is not in the spec."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    generator: str
+    plugin: str
+    generator_hash: str
+    n_samples: int
+    artifacts: dict[str, str]  # cache keys of the generator's fit and samples (for `harness regenerate`)
+    n_returned: int | None = None
+    sample_seconds_per_video: float | None = None
+    error: str | None
+    # privacy, coverage, consistency, fidelity (harness.evaluation)
+    tau: float | None = None
+    memorised_pct: float | None = None
+    memorised_pct_train_to_test: float | None = None
+    recall: float | None = None
+    recall_after_filter: float | None = None
+    reference_recall: float | None = None
+    irs_inf: float | None = None
+    irs_inf_low: float | None = None
+    irs_inf_high: float | None = None
+    reference_irs_inf: float | None = None
+    learned_videos: int | None = None
+    max_appearances: int | None = None
+    consistency: float | None = None
+    consistency_gap: float | None = None
+    consistency_head: float | None = None
+    consistency_swap: float | None = None
+    fd: float | None = None
+    precision: float | None = None
+    knn_recall: float | None = None
+    density: float | None = None
+    coverage: float | None = None
+    heads: dict[str, dict[str, float]] | None = None
+    extra_metrics: dict[str, float | None] | None = None  # the spec's `metrics` (plugin RowMetrics)
+    # downstream utility (harness.downstream)
+    utility: dict[str, dict[str, Any]] | None = None
+    adherence: dict[str, float | int | None] | None = None
+    ef_r2: float | None = None
+    ef_mae: float | None = None
+    adherence_mae: float | None = None
+    adherence_corr: float | None = None
+    privacy_reliable: bool | None = None
+    recon_psnr_db: float | None = None
+
+    def dump(self) -> dict[str, Any]:
+        return self.model_dump(exclude_unset=True)
+
+
 def build_results(resolved: ResolvedSpec, dataset_reports: dict[str, Any], encoder: dict[str, Any],
                   rows: list[dict[str, Any]], reid: dict[str, Any] | None, downstream: dict[str, Any] | None,
-                  figures: dict[str, str]) -> dict[str, Any]:
+                  figures: dict[str, str], metrics: list[dict[str, Any]]) -> dict[str, Any]:
     spec = resolved.spec
-    return {
+    results = {
         "schema_version": RESULTS_SCHEMA_VERSION,
         "harness_version": __version__,
         "benchmark": {
@@ -40,8 +97,12 @@ def build_results(resolved: ResolvedSpec, dataset_reports: dict[str, Any], encod
         "reid": reid,
         "downstream": downstream,
         "figures": figures,  # {figure: file name under the run's figures/}: aggregates and generated frames only
-        "rows": [{**row, "recon_psnr_db": encoder.get("recon_psnr_db")} for row in rows],
+        "rows": [ResultRow.model_validate({**row, "recon_psnr_db": encoder.get("recon_psnr_db")}).dump()
+                 for row in rows],
     }
+    if metrics:
+        results["metrics"] = metrics  # declarations of the plugin metrics in the rows' `extra_metrics`
+    return results
 
 
 def _versions() -> dict[str, str]:
@@ -62,7 +123,7 @@ def _git_revision() -> str | None:
     return done.stdout.strip() or None if done.returncode == 0 else None
 
 
-def build_manifest(resolved: ResolvedSpec, ctx, stages, started: float) -> dict[str, Any]:
+def build_manifest(resolved: ResolvedSpec, ctx, stages, started: float, threads: int) -> dict[str, Any]:
     return {
         "spec_file": resolved.source,
         "spec_hash": resolved.spec_hash,
@@ -70,6 +131,7 @@ def build_manifest(resolved: ResolvedSpec, ctx, stages, started: float) -> dict[
         "resolved_spec": resolved.resolved(),
         "seed": ctx.seed,
         "device": str(ctx.device),
+        "threads": threads,
         "python": sys.version.split()[0],
         "platform": platform.platform(),
         "packages": _versions(),
@@ -77,5 +139,11 @@ def build_manifest(resolved: ResolvedSpec, ctx, stages, started: float) -> dict[
         "started": time.strftime("%Y-%m-%dT%H:%M:%S", time.localtime(started)),
         "wall_seconds": round(time.time() - started, 3),
         # per stage: whether this run computed it, and what computing it cost (stored with the artifact)
-        "stages": [asdict(s) for s in stages],
+        "stages": [asdict(s) for s in stages.records],
+        "models_loaded": stages.models_loaded,  # fit stages whose cached model this run had to load
     }
+
+
+def write_run(run_dir: Path, results: dict[str, Any], manifest: dict[str, Any]) -> None:
+    atomic_write_text(run_dir / "results.json", json.dumps(results, indent=2))
+    atomic_write_text(run_dir / "manifest.json", json.dumps(manifest, indent=2))

@@ -24,6 +24,7 @@ from pydantic import (
 
 from harness.errors import UserError
 from harness.hashing import stable_hash
+from harness.metrics.pairs import HEADS
 from harness.plugins import Registry, unknown_name_message
 
 SPEC_VERSION = 1
@@ -50,7 +51,7 @@ class GeneratorEntry(PluginRef):
 class PrivacySpec(_Strict):
     calibration: Literal["test-to-train", "train-to-test"] = "test-to-train"
     percentile: float = Field(95.0, gt=0, lt=100)
-    head: Literal["pred", "l1", "l2", "corr"] = "pred"
+    head: Literal[HEADS] = "pred"
     consistency_videos: PositiveInt = Field(1000, description="videos per row whose every frame is embedded")
     knn: PositiveInt = Field(5, description="k of the k-NN precision/recall/density/coverage")
     bootstrap_resamples: PositiveInt = 10_000
@@ -120,7 +121,6 @@ class ReidStudySpec(_Strict):
 
 class LeaderboardSpec(_Strict):
     title: str | None = None
-    sort_by: str | None = None
 
 
 class Spec(_Strict):
@@ -138,6 +138,7 @@ class Spec(_Strict):
     generators: list[GeneratorEntry] = Field(default_factory=list)
     reid_study: ReidStudySpec | None = None
     downstream: DownstreamSpec | None = None
+    metrics: list[PluginRef] = Field(default_factory=list, description="extra row metrics (plugin RowMetrics)")
     leaderboard: LeaderboardSpec = Field(default_factory=LeaderboardSpec)
 
     @model_validator(mode="after")
@@ -165,10 +166,11 @@ class Spec(_Strict):
             if entry.row_name in seen:
                 raise ValueError(f"two generators share the row name '{entry.row_name}'; give one a `name`")
             seen.add(entry.row_name)
+        metrics = [ref.plugin for ref in self.metrics]
+        if len(set(metrics)) != len(metrics):
+            raise ValueError("a metric is listed twice under `metrics`; list each once")
         return self
 
-
-ROLE_OF_SECTION = {"dataset": "datasets", "encoder": "encoders", "reid": "reid_filters", "task": "tasks"}
 
 
 @dataclass
@@ -211,6 +213,8 @@ class ResolvedSpec:
                                  "args": self.configs[f"variants.{variant.name}.{part}"].model_dump(mode="json")}
         if data.get("downstream") is not None:
             data["downstream"]["task"]["args"] = self.configs["task"].model_dump(mode="json")
+        for ref, raw in zip(self.spec.metrics, data["metrics"], strict=True):
+            raw["args"] = self.configs[f"metrics.{ref.plugin}"].model_dump(mode="json")
         for entry, raw in zip(self.spec.generators, data["generators"], strict=True):
             raw["args"] = self.configs[f"generators.{entry.row_name}"].model_dump(mode="json")
             raw["name"] = entry.row_name
@@ -224,7 +228,7 @@ class ResolvedSpec:
     @property
     def benchmark_hash(self) -> str:
         data = self.resolved()
-        for key in ("generators", "leaderboard", "description", "samples_per_generator", "device"):
+        for key in ("generators", "metrics", "leaderboard", "description", "samples_per_generator", "device"):
             data.pop(key, None)
         return stable_hash(data)
 
@@ -274,7 +278,13 @@ def _pydantic_problems(err: ValidationError, prefix: tuple[Any, ...], root: yaml
 def read_yaml(path: Path) -> tuple[Any, yaml.Node | None]:
     if not path.is_file():
         raise UserError(f"{path}: spec file not found; check the path.")
-    text = path.read_text()
+    try:
+        text = path.read_text(encoding="utf-8")
+    except UnicodeDecodeError as exc:
+        raise UserError(f"{path}: not a UTF-8 text file (byte {exc.start} cannot be decoded); a spec is a YAML text "
+                        "file, save it as UTF-8.") from None
+    if "\x00" in text:
+        raise UserError(f"{path}: a binary file, not a YAML spec; pass the .yaml file of the benchmark.")
     try:
         data = yaml.safe_load(text)
         node = yaml.compose(text)
@@ -311,6 +321,8 @@ def validate_spec(path: Path, registry: Registry, overrides: dict[str, Any] | No
         refs.append(("task", "tasks", ("downstream", "task"), spec.downstream.task))
     for i, entry in enumerate(spec.generators):
         refs.append((f"generators.{entry.row_name}", "generators", ("generators", i), entry))
+    for i, ref in enumerate(spec.metrics):
+        refs.append((f"metrics.{ref.plugin}", "metrics", ("metrics", i), ref))
     for i, variant in enumerate(spec.reid_study.variants if spec.reid_study else []):
         for part, role in (("dataset", "datasets"), ("encoder", "encoders"), ("reid", "reid_filters")):
             own = getattr(variant, part) is not None

@@ -10,25 +10,13 @@ noise         Gaussian latents                              -> worst fidelity, n
 from __future__ import annotations
 
 import numpy as np
-import pandas as pd
 from pydantic import Field, PositiveInt
 
 from harness import hookimpl
-from harness.components import ComponentConfig, Generator
+from harness.components import ComponentConfig, Generator, SimulatesPatients
 from harness.context import RunContext
 from harness.data import Condition, LatentSet, SampleSet
 from harness.errors import UserError
-
-
-def _sample_set(latents: np.ndarray, conditions: list[Condition], efs, sources: list[list[str]],
-                fps: float) -> SampleSet:
-    ids = [c.sample_id for c in conditions]
-    table = pd.DataFrame({"video_id": ids, "patient_id": "", "ef": np.asarray(efs, dtype=float),
-                          "split": "synthetic", "fps": fps, "source_file": ""})
-    provenance = pd.DataFrame({"sample_id": ids, "seed": [c.seed for c in conditions],
-                               "requested_ef": [c.ef for c in conditions],
-                               "source_ids": [";".join(s) for s in sources]})
-    return SampleSet(latents.astype(np.float16), table, provenance)
 
 
 class _FromRealVideos(Generator):
@@ -62,7 +50,7 @@ class _FromRealVideos(Generator):
                 out[i] += rng.normal(0, self.config.noise_std * self.scale, out[i].shape)
         ids = self.pool.table["video_id"].astype(str).tolist()
         efs = self.pool.table["ef"].to_numpy()[picks]
-        return _sample_set(out, conditions, efs, [[ids[p]] for p in picks], self.fps)
+        return SampleSet.from_conditions(out, conditions, fps=self.fps, ef=efs, sources=[[ids[p]] for p in picks])
 
 
 class Copy(_FromRealVideos):
@@ -123,7 +111,7 @@ class Noise(Generator):
     def sample(self, conditions, ctx):
         out = np.stack([np.random.default_rng(c.seed).standard_normal(self.shape) for c in conditions])
         out = out * self.std + self.mean
-        return _sample_set(out, conditions, [c.ef for c in conditions], [[] for _ in conditions], self.fps)
+        return SampleSet.from_conditions(out, conditions, fps=self.fps)
 
 
 class PhantomFresh(Generator):
@@ -133,17 +121,17 @@ class PhantomFresh(Generator):
     version = "2"  # 2: honours the requested EF
 
     def fit(self, data, ctx):
-        dataset = ctx.components.get("dataset")
-        if not hasattr(dataset, "fresh"):
+        if not isinstance(ctx.dataset, SimulatesPatients):
             raise UserError("phantom-fresh: needs the dataset 'echo-phantom' (it simulates new patients); "
                             "remove this generator or switch dataset.plugin to echo-phantom.")
 
     def sample(self, conditions, ctx):
-        videos = ctx.components["dataset"].fresh([c.ef for c in conditions], ctx, name="sample")
-        latents = ctx.components["encoder"].encode(videos, ctx)
+        videos = ctx.dataset.fresh([c.ef for c in conditions], ctx, name="sample")
+        latents = ctx.encoder.encode(videos, ctx)
         sources = [[f"new:{v}"] for v in videos.table["patient_id"].astype(str)]
-        return _sample_set(np.asarray(latents.latents, dtype=np.float32), conditions, videos.table["ef"].to_numpy(),
-                           sources, float(videos.table["fps"].iloc[0]))
+        return SampleSet.from_conditions(np.asarray(latents.latents, dtype=np.float32), conditions,
+                                         fps=float(videos.table["fps"].iloc[0]), ef=videos.table["ef"].to_numpy(),
+                                         sources=sources)
 
 
 @hookimpl

@@ -2,15 +2,18 @@
 
 from __future__ import annotations
 
+import argparse
+import time
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import Field, PositiveFloat, PositiveInt
+from pydantic import Field, PositiveFloat, PositiveInt, ValidationError
 
 from harness import hookimpl
-from harness.components import ComponentConfig, Dataset
+from harness.components import Command, ComponentConfig, Dataset
 from harness.context import RunContext
 from harness.data import VideoSet
+from harness.errors import UserError
 from harness_plugins.echonet import load_clips, read_filelist, resolve_root
 from harness_plugins.phantom.writers import (
     TEST_FOLD,
@@ -20,8 +23,6 @@ from harness_plugins.phantom.writers import (
     write_dynamic,
     write_pediatric,
 )
-
-SPLITS = ("train", "val", "test")
 
 
 class ClipConfig(ComponentConfig):
@@ -144,6 +145,47 @@ class EchoPhantom(_FolderDataset):
         table = read_filelist(folder, self._fold_splits(), patient_from_name=self.dialect == "pediatric")
         videos, _ = load_clips(table, c.fps, c.clip_length, c.size, ctx.progress)
         return videos
+
+
+class WritePhantom(Command):
+    """`harness data phantom`: write a simulated cohort to a folder, in EchoNet format."""
+
+    help = "write a simulated echo dataset in EchoNet format"
+
+    def add_arguments(self, parser: argparse.ArgumentParser) -> None:
+        parser.add_argument("--out", type=Path, required=True)
+        parser.add_argument("--format", choices=["dynamic", "pediatric"], default="dynamic")
+        parser.add_argument("--view", choices=["a4c", "psax"], default="a4c")
+        parser.add_argument("--n-train", type=int, default=200)
+        parser.add_argument("--n-val", type=int, default=40)
+        parser.add_argument("--n-test", type=int, default=60)
+        parser.add_argument("--n-frames", type=int, default=96)
+        parser.add_argument("--fps", type=float, default=50.0)
+        parser.add_argument("--twin-fraction", type=float, default=0.08)
+        parser.add_argument("--seed", type=int, default=0)
+
+    def __call__(self, args: argparse.Namespace) -> int:
+        try:
+            config = EchoPhantom.Config(view=args.view, format=args.format, n_train=args.n_train, n_val=args.n_val,
+                                        n_test=args.n_test, n_frames=args.n_frames, written_fps=args.fps,
+                                        twin_fraction=args.twin_fraction)
+        except ValidationError as err:
+            first = err.errors()[0]
+            flag = {"written_fps": "fps"}.get(str(first["loc"][0]), str(first["loc"][0])).replace("_", "-")
+            raise UserError(f"harness data phantom: --{flag}: {first['msg']}.") from None
+        phantom = EchoPhantom(config)
+        counts = {"TRAIN": args.n_train, "VAL": args.n_val, "TEST": args.n_test}
+        started = time.perf_counter()
+        phantom.write(args.out, args.seed, counts, "PH", progress=True)
+        total, seconds = sum(counts.values()), time.perf_counter() - started
+        print(f"wrote {total} {args.view} videos ({args.format} format) to {args.out} in {seconds:.1f}s "
+              f"({total / seconds:.1f} videos/s)")
+        return 0
+
+
+@hookimpl
+def register_commands(register):
+    register("data phantom", WritePhantom)
 
 
 @hookimpl

@@ -86,10 +86,7 @@ class EFRegression(Task):
         """Model inputs `[N, C, T, H, W]`: latents as they are, or decoded pixels standardised per dataset."""
         if self.config.model == "latent-cnn":
             return torch.from_numpy(np.asarray(data.latents, dtype=np.float32)).permute(0, 2, 1, 3, 4)
-        encoder = ctx.components.get("encoder")
-        if encoder is None:
-            raise UserError("ef-regression: the r2plus1d model needs the run's encoder to decode clips to pixels.")
-        frames = torch.from_numpy(np.asarray(encoder.decode(data, ctx).frames, dtype=np.float32))
+        frames = torch.from_numpy(np.asarray(ctx.encoder.decode(data, ctx).frames, dtype=np.float32))
         frames = (frames - self.pixel_mean) / self.pixel_std
         return frames[:, None].expand(-1, 3, -1, -1, -1)  # grey -> the 3 channels the video network expects
 
@@ -115,7 +112,7 @@ class EFRegression(Task):
             raise UserError("ef-regression: needs at least 2 training and 1 validation videos.")
         if cfg.model == "r2plus1d":
             sample = np.asarray(train.latents[:128], dtype=np.float32)
-            pixels = ctx.components["encoder"].decode(LatentSet(sample, train.table.iloc[:len(sample)]), ctx)
+            pixels = ctx.encoder.decode(LatentSet(sample, train.table.iloc[:len(sample)]), ctx)
             self.pixel_mean = float(np.mean(pixels.frames))
             self.pixel_std = float(np.std(pixels.frames)) or 1.0
         torch.manual_seed(ctx.seed_for("ef-regression-init"))

@@ -16,13 +16,12 @@ from pathlib import Path
 from typing import Literal
 
 import numpy as np
-import pandas as pd
 import torch
 import torch.nn.functional as F
 from pydantic import Field, PositiveInt
 
 from harness import hookimpl
-from harness.components import ComponentConfig, Generator
+from harness.components import Generator, PresetConfig
 from harness.context import RunContext, mixed_precision
 from harness.data import Condition, LatentSet, SampleSet
 from harness.errors import UserError
@@ -97,7 +96,8 @@ class EchoLVDM(Generator):
 
     version = "4-" + stable_hash(PRESETS)[:8]  # 4: small video UNets attend below full resolution only
 
-    class Config(ComponentConfig):
+    class Config(PresetConfig):
+        presets = PRESETS
         preset: Literal["tiny", "phantom", "echonet-synthetic"] = "phantom"
         lidm_steps: int | None = Field(None, ge=0, description="training steps of the image model")
         lvdm_steps: int | None = Field(None, ge=0, description="training steps of the video model")
@@ -110,10 +110,6 @@ class EchoLVDM(Generator):
         privacy_filter: bool = Field(False, description="redraw conditioning frames the run's re-ID flags (paper)")
         filter_tries: PositiveInt = Field(5, description="redraws per flagged frame before it is kept, marked")
         weights: str | None = Field(None, description="local folder with lidm/ and lvdm/ diffusers model folders")
-
-        def setting(self, name: str):
-            value = getattr(self, name, None)
-            return PRESETS[self.preset][name] if value is None else value
 
     def __init__(self, config=None):
         super().__init__(config)
@@ -227,19 +223,14 @@ class EchoLVDM(Generator):
         for start in ctx.progress(batches, desc="echo-lvdm sampling"):
             with mixed_precision(ctx.device):
                 out.append(self._sample_batch(conditions[start:start + self.config.sample_batch], ctx, kind, steps))
-        latents = torch.cat([o[0] for o in out]).numpy()
-        ids = [c.sample_id for c in conditions]
-        table = pd.DataFrame({"video_id": ids, "patient_id": "", "ef": [c.ef for c in conditions],
-                              "split": "synthetic", "fps": self.fps, "source_file": ""})
-        provenance = pd.DataFrame({"sample_id": ids, "seed": [c.seed for c in conditions],
-                                   "requested_ef": [c.ef for c in conditions],
-                                   "source_ids": [f"lidm:{c.sample_id}" for c in conditions],
-                                   "sampler": kind, "steps": steps, "model_hash": self.model_hash(),
-                                   # samples drawn in one batch; regenerating one redraws its batch (bit-exact)
-                                   "batch": [i // self.config.sample_batch for i in range(len(conditions))],
-                                   "filter_redraws": np.concatenate([o[1] for o in out]),
-                                   "conditioning_memorised": np.concatenate([o[2] for o in out])})
-        return SampleSet(latents.astype(np.float16), table, provenance)
+        return SampleSet.from_conditions(
+            torch.cat([o[0] for o in out]).numpy(), conditions, fps=self.fps,
+            sources=[[f"lidm:{c.sample_id}"] for c in conditions], sampler=kind, steps=steps,
+            model_hash=self.model_hash(),
+            # samples drawn in one batch; regenerating one redraws its batch (bit-exact)
+            batch=[i // self.config.sample_batch for i in range(len(conditions))],
+            filter_redraws=np.concatenate([o[1] for o in out]),
+            conditioning_memorised=np.concatenate([o[2] for o in out]))
 
     def _initial_noise(self, conditions, shape, what):
         """Noise from each sample's own seed, so a sample does not depend on its batch."""
@@ -276,7 +267,7 @@ class EchoLVDM(Generator):
         redraws = np.zeros(len(conditions), dtype=np.int64)
         flagged = np.zeros(len(conditions), dtype=bool)
         if self.config.privacy_filter:
-            check = ctx.components.get("privacy_filter")
+            check = ctx.privacy_filter
             if check is None:
                 raise UserError("echo-lvdm: privacy_filter needs a re-ID model; add a `reid` section to the spec.")
             flagged = check.memorised(crop(cond).float().cpu().numpy())

@@ -20,7 +20,7 @@ from safetensors.torch import load_file, save_file
 from torch import nn
 
 from harness import hookimpl
-from harness.components import ComponentConfig, ReIdFilter
+from harness.components import PresetConfig, ReIdFilter
 from harness.context import RunContext, mixed_precision
 from harness.data import LatentSet
 from harness.errors import UserError
@@ -76,7 +76,8 @@ class Siamese(ReIdFilter):
 
     version = "2-" + stable_hash(PRESETS)[:8]  # editing a preset invalidates models trained with the old one
 
-    class Config(ComponentConfig):
+    class Config(PresetConfig):
+        presets = PRESETS
         preset: Literal["cpu", "paper-latent", "paper-image"] = "cpu"
         backbone: Literal["resnet18", "resnet34", "resnet50"] | None = Field(None, description="preset's if unset")
         features: PositiveInt = 128
@@ -85,10 +86,6 @@ class Siamese(ReIdFilter):
         patience: PositiveInt | None = Field(None, description="epochs without a better validation loss")
         max_epochs: PositiveInt | None = None
         weights: str | None = Field(None, description="local .safetensors or torch state dict to start from")
-
-        def setting(self, name: str):
-            value = getattr(self, name)
-            return PRESETS[self.preset][name] if value is None else value
 
     def __init__(self, config=None):
         super().__init__(config)

@@ -9,6 +9,7 @@ import sys
 from pathlib import Path
 
 import pytest
+import yaml
 
 ROOT = Path(__file__).resolve().parents[1]
 TINY = ROOT / "benchmarks" / "tiny.yaml"
@@ -21,6 +22,26 @@ def run_cli(*args: str, env: dict | None = None, cwd: Path | None = None) -> sub
     full_env = {**os.environ, **(env or {})}
     return subprocess.run([sys.executable, "-m", "harness.cli", *args], capture_output=True, text=True,
                           env=full_env, cwd=cwd or ROOT, timeout=600)
+
+
+def merged(base: dict, changes: dict) -> dict:
+    """`base` with `changes` applied: dicts merge recursively, None removes a key, anything else replaces."""
+    out = dict(base)
+    for key, value in changes.items():
+        if value is None:
+            out.pop(key, None)
+        elif isinstance(value, dict) and isinstance(out.get(key), dict):
+            out[key] = merged(out[key], value)
+        else:
+            out[key] = value
+    return out
+
+
+def tiny_spec(folder: Path, name: str = "spec.yaml", **changes) -> Path:
+    """A variant of tiny.yaml built by merging `changes` into its data (never by editing its text)."""
+    path = folder / name
+    path.write_text(yaml.safe_dump(merged(yaml.safe_load(TINY.read_text()), changes), sort_keys=False))
+    return path
 
 
 @pytest.fixture(scope="session")
@@ -43,11 +64,10 @@ def registry():
 THIRD_PARTY_MODULE = '''
 """A third party's generator plugin, installed as its own distribution."""
 import numpy as np
-import pandas as pd
 from pydantic import Field
 
 import harness
-from harness.components import ComponentConfig, Generator
+from harness.components import ComponentConfig, Generator, RowMetric
 from harness.data import SampleSet
 
 
@@ -69,17 +89,38 @@ class Jitter(Generator):
             x = x[:, :-1]
         if self.config.nan_bug:
             x[0, 0, 0, 0, 0] = np.nan
-        table = pd.DataFrame({"video_id": [c.sample_id for c in conditions], "patient_id": "",
-                              "ef": [c.ef for c in conditions], "split": "synthetic", "fps": 25.0,
-                              "source_file": ""})
-        prov = pd.DataFrame({"sample_id": table["video_id"], "seed": [c.seed for c in conditions],
-                             "requested_ef": table["ef"], "source_ids": ""})
-        return SampleSet(x, table, prov)
+        return SampleSet.from_conditions(x, conditions, fps=25.0)
+
+
+class MeanPmax(RowMetric):
+    """The mean best re-ID score of a row's samples against the training videos."""
+
+    label = "mean P_max"
+    direction = "↓"
+
+    def compute(self, features):
+        return float(np.mean(features.pmax))
 
 
 @harness.hookimpl
 def register_generators(register):
     register("jitter", Jitter)
+
+
+@harness.hookimpl
+def register_metrics(register):
+    register("mean-pmax", MeanPmax)
+'''
+
+
+MISSPELLED_HOOK_MODULE = '''
+import harness
+from harness_plugins.controls import Copy
+
+
+@harness.hookimpl
+def register_generator(register):
+    register("never", Copy)
 '''
 
 
@@ -116,5 +157,6 @@ def third_party(tmp_path_factory) -> dict:
     make_distribution(folder, "harness-broken", "raise ImportError('needs a missing library')\n",
                       "broken = harness_broken")
     make_distribution(folder, "harness-badhook", BAD_HOOK_MODULE, "badhook = harness_badhook")
+    make_distribution(folder, "harness-typo", MISSPELLED_HOOK_MODULE, "typo = harness_typo")
     path = os.pathsep.join([str(folder), os.environ.get("PYTHONPATH", "")])
     return {"PYTHONPATH": path, "HARNESS_DISABLE_PLUGIN_AUTOLOAD": ""}

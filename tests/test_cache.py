@@ -8,7 +8,7 @@ from harness.cache import ArtifactCache
 def test_failed_write_leaves_no_artifact(tmp_path):
     cache = ArtifactCache(tmp_path)
     key = cache.key("s", x=1)
-    with pytest.raises(RuntimeError), cache.writing("s", key, {}) as tmp:
+    with pytest.raises(RuntimeError), cache.writing("s", key) as (tmp, _):
         (tmp / "half.npy").write_bytes(b"12")
         raise RuntimeError("killed")
     assert cache.get("s", key) is None and cache.leftovers() == []
@@ -18,17 +18,41 @@ def test_written_artifact_is_found_and_keys_depend_on_content(tmp_path):
     cache = ArtifactCache(tmp_path)
     key = cache.key("s", x=1)
     assert key == cache.key("s", x=1) != cache.key("s", x=2) != cache.key("t", x=1)
-    with cache.writing("s", key, {"note": "hi"}) as tmp:
+    with cache.writing("s", key) as (tmp, meta):
         (tmp / "a.txt").write_text("a")
+        meta["note"] = "hi"
     artifact = cache.get("s", key)
     assert artifact.meta["note"] == "hi" and (artifact.path / "a.txt").read_text() == "a"
+    assert artifact.meta["files"]["a.txt"]["size"] == 1 and artifact.size_bytes == 1
+
+
+@pytest.mark.parametrize("damage", ["truncate", "flip", "delete", "meta"])
+def test_a_damaged_artifact_is_moved_aside_not_read(tmp_path, damage, caplog):
+    cache = ArtifactCache(tmp_path)
+    key = cache.key("s", x=1)
+    with cache.writing("s", key) as (tmp, _):
+        (tmp / "x.bin").write_bytes(b"0123456789")
+    target = cache.path("s", key) / ("meta.json" if damage == "meta" else "x.bin")
+    if damage == "truncate":
+        target.write_bytes(b"01234")
+    elif damage == "flip":
+        target.write_bytes(b"0123456780")
+    elif damage == "delete":
+        target.unlink()
+    else:
+        target.write_text('{"format": 2, "fi')
+    assert ArtifactCache(tmp_path).get("s", key) is None  # a fresh process: nothing verified yet
+    assert "cache artifact of stage s is corrupt" in caplog.text and str(target) in caplog.text
+    assert not cache.path("s", key).exists() and [p.name[:9] for p in cache.leftovers()] == [".corrupt-"]
+    built, _ = cache.get_or_build("s", key, lambda folder, meta: (folder / "x.bin").write_bytes(b"new"))
+    assert (built.path / "x.bin").read_bytes() == b"new"
 
 
 def test_gc_removes_leftovers_and_unused(tmp_path):
     cache = ArtifactCache(tmp_path)
     keys = [cache.key("s", i=i) for i in range(3)]
     for key in keys:
-        with cache.writing("s", key, {}):
+        with cache.writing("s", key):
             pass
     (tmp_path / "s" / ".tmp-dead-1234").mkdir()
     removed = cache.gc(keep={("s", keys[0])})

@@ -7,9 +7,10 @@ import pandas as pd
 import pytest
 from scipy.stats import pearsonr
 
-from harness.downstream import NoEligibleVideos, adherence, learned_real_videos, select
+from harness.downstream import adherence, learned_real_videos, select
+from harness.errors import Ineligible
 from harness.leaderboard import render
-from tests.conftest import TINY, run_cli
+from tests.conftest import run_cli, tiny_spec
 
 # six samples: s2 and s5 are memorised; compliant samples learned t0 (three times) and t1 (once)
 PER_SAMPLE = pd.DataFrame({"memorised": [False, False, True, False, False, True],
@@ -34,9 +35,9 @@ def test_strategies_pick_compliant_samples_by_hand():
 
 def test_strategies_without_eligible_videos_say_why():
     memorised = PER_SAMPLE.assign(memorised=True)
-    with pytest.raises(NoEligibleVideos, match="^recall-small: every sample is memorised"):
+    with pytest.raises(Ineligible, match="^recall-small: every sample is memorised"):
         _select("recall-small", per_sample=memorised)
-    with pytest.raises(NoEligibleVideos, match="^real-learned-subset: no training video is learned"):
+    with pytest.raises(Ineligible, match="^real-learned-subset: no training video is learned"):
         learned_real_videos(memorised, ["t0"], "pred")
 
 
@@ -79,11 +80,7 @@ def test_figures_never_show_real_frames(tiny_run):
 
 
 def test_recall_strategies_need_a_reid_model(tmp_path):
-    spec = TINY.read_text().replace("reid:\n  plugin: siamese\n  args: {preset: cpu, max_epochs: 150, patience: 40}\n",
-                                    "")
-    assert "siamese" not in spec
-    path = tmp_path / "spec.yaml"
-    path.write_text(spec)
+    path = tiny_spec(tmp_path, reid=None)
     done = run_cli("validate", str(path))
     assert done.returncode == 2 and "recall-small, recall-large, real-learned-subset pick samples with the re-ID" \
         in done.stderr and "Traceback" not in done.stderr
@@ -91,9 +88,8 @@ def test_recall_strategies_need_a_reid_model(tmp_path):
 
 def test_relabel_trains_on_the_real_regressors_ef(tiny_run, tmp_path):
     """With `relabel`, samples are labelled with the EF the real-trained regressor measures in them."""
-    spec = TINY.read_text().replace("downstream:\n", "downstream:\n  relabel: true\n  strategies: [full]\n")
-    path = tmp_path / "relabel.yaml"
-    path.write_text(spec.split("generators:")[0] + "generators:\n  - plugin: phantom-fresh\n")
+    path = tiny_spec(tmp_path, "relabel.yaml", downstream={"relabel": True, "strategies": ["full"]},
+                     generators=[{"plugin": "phantom-fresh"}])
     done = run_cli("--cache", str(tiny_run["cache"]), "run", str(path), "--out", str(tmp_path / "run"),
                    "--no-progress")
     assert done.returncode == 0, done.stderr

@@ -55,7 +55,7 @@ def test_pixel_model_trains_on_decoded_clips(tmp_path):
     ctx = RunContext(torch.device("cpu"), 0, ArtifactCache(tmp_path), show_progress=False)
     vae = VAE()
     vae.model = vae._build().eval()
-    ctx.components["encoder"] = vae
+    ctx = ctx.using(encoder=lambda: vae)
     table = pd.DataFrame({"video_id": list("abcd"), "patient_id": "", "ef": [30.0, 45.0, 60.0, 75.0],
                           "split": "train", "fps": 32.0, "source_file": ""})
     clips = LatentSet(np.random.default_rng(0).standard_normal((4, 6, 4, 14, 14)).astype(np.float16), table)

@@ -7,7 +7,7 @@ from harness.cache import ArtifactCache
 from harness.context import RunContext
 from harness.data import VideoSet
 from harness.errors import UserError
-from harness.runner import psnr
+from harness.metrics.reconstruction import psnr
 from harness_plugins.encoders import VAE, Identity
 
 

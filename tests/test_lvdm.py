@@ -92,7 +92,7 @@ def test_privacy_filter_redraws_flagged_conditioning_frames(lvdm_run, tiny_run):
             self.calls += 1
             return np.full(len(frames), self.calls == 1)
 
-    ctx.components["privacy_filter"] = FirstDrawFlagged()
+    ctx = ctx.using(privacy_filter=FirstDrawFlagged())
     out = filtered.sample(conditions, ctx)
     assert out.provenance["filter_redraws"].tolist() == [1, 1, 1]
     assert not out.provenance["conditioning_memorised"].any()

@@ -71,7 +71,7 @@ def test_ef_epoch_time_pixel_vs_latent(benchmark, model, tmp_path):
     ctx = RunContext(device, 0, ArtifactCache(tmp_path), show_progress=False)
     vae = VAE()
     vae.model = vae._build().eval()  # untrained decoder: decoding costs the same
-    ctx.components["encoder"] = vae
+    ctx = ctx.using(encoder=lambda: vae)
     n = 32
     table = pd.DataFrame({"video_id": [f"v{i}" for i in range(n)], "patient_id": "", "split": "train",
                           "ef": np.linspace(20, 80, n), "fps": 32.0, "source_file": ""})

@@ -1,6 +1,9 @@
 import json
 
-from tests.conftest import TINY, run_cli
+import pandas as pd
+import pytest
+
+from tests.conftest import TINY, run_cli, tiny_spec
 
 
 def test_builtins_load_through_entry_points(registry):
@@ -19,11 +22,13 @@ def test_broken_plugin_is_listed_and_others_still_work(third_party):
     plugins = {p["name"]: p for p in json.loads(done.stdout)}
     assert "needs a missing library" in plugins["broken"]["error"]
     assert plugins["jitter"]["distribution"] == "harness-jitter" and plugins["jitter"]["version"] == "0.3.1"
-    assert plugins["jitter"]["components"] == {"generators": ["jitter"]}
+    assert plugins["jitter"]["components"] == {"generators": ["jitter"], "metrics": ["mean-pmax"]}
     assert plugins["controls"]["error"] is None
     # a hook that raises half-way is reported, and what it registered before raising is withdrawn
     assert plugins["badhook"]["error"] == "RuntimeError: registration bug"
     assert plugins["badhook"]["components"] == {}
+    # a misspelled hook is a load error of its plugin (pluggy's check_pending), not silently ignored
+    assert "unknown hook 'register_generator'" in plugins["typo"]["error"] and plugins["typo"]["components"] == {}
     text = run_cli("plugins", env=third_party).stdout
     assert "FAILED TO LOAD: ImportError: needs a missing library" in text
 
@@ -40,18 +45,36 @@ def test_autoload_can_be_disabled(third_party):
     assert "jitter" not in {p["name"] for p in json.loads(done.stdout)}
 
 
-def test_third_party_generator_gets_a_row_in_the_same_benchmark(third_party, tiny_run, tmp_path):
+def test_third_party_generator_and_metric_join_the_same_benchmark(third_party, tiny_run, tmp_path):
+    """A third party's generator gets a row, and its metric a column, through the same declarations."""
     out = tmp_path / "row"
-    done = run_cli("--cache", str(tiny_run["cache"]), "run", str(TINY), "--generator", "jitter",
-                   "--generator-args", '{"shift": 0.25}', "--out", str(out), "--no-progress", env=third_party)
+    spec = tiny_spec(tmp_path, generators=[{"plugin": "jitter", "args": {"shift": 0.25}}],
+                     metrics=[{"plugin": "mean-pmax"}])
+    done = run_cli("--cache", str(tiny_run["cache"]), "run", str(spec), "--out", str(out), "--no-progress",
+                   env=third_party)
     assert done.returncode == 0, done.stderr
     result = json.loads((out / "results.json").read_text())
     assert result["benchmark"]["benchmark_hash"] == tiny_run["results"]["benchmark"]["benchmark_hash"]
     [row] = result["rows"]
     assert row["generator"] == "jitter" and row["error"] is None and row["n_returned"] == 30
+    samples = pd.read_csv(out / "samples" / "jitter.csv")
+    assert row["extra_metrics"]["mean-pmax"] == pytest.approx(samples["pmax_pred"].mean(), rel=1e-5)
     # the shared stages came from the cache: only the new generator's stages ran
     stages = json.loads((out / "manifest.json").read_text())["stages"]
-    row_stages = {"generator-fit", "samples", "embed-samples", "row-metrics", "downstream-measure", "filmstrip"}
+    row_stages = {"generator-fit", "samples", "embed-samples", "row-metrics", "row-metric", "downstream-measure",
+                  "filmstrip"}
     assert row_stages <= {s["stage"] for s in stages if not s["cached"]} <= row_stages | {"downstream"}
     board = run_cli("leaderboard", str(tiny_run["out"]), str(out), "--format", "csv")
     assert board.returncode == 0 and "jitter" in board.stdout and "copy" in board.stdout
+    header = board.stdout.splitlines()[0].split(",")
+    assert "mean P_max ↓" in header and header.index("mean P_max ↓") < header.index("config hash")
+
+
+def test_plugins_own_their_commands(tmp_path):
+    """`harness data phantom` comes from the phantom plugin; the core imports no plugin."""
+    done = run_cli("data", "phantom", "--out", str(tmp_path / "ph"), "--n-train", "2", "--n-val", "1",
+                   "--n-test", "1", "--n-frames", "8")
+    assert done.returncode == 0, done.stderr
+    assert (tmp_path / "ph" / "FileList.csv").read_text().count("\n") == 5  # header + 4 videos
+    core = (TINY.parents[1] / "harness").rglob("*.py")
+    assert not [p.name for p in core if "harness_plugins" in p.read_text()]

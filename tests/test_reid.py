@@ -13,7 +13,7 @@ from harness.leaderboard import render
 from harness.metrics.pairs import max_scores
 from harness.spec import SpecErrors, validate_spec
 from harness_plugins.reid import Siamese, SiameseNetwork, normalise_videos
-from tests.conftest import TINY
+from tests.conftest import TINY, merged, tiny_spec
 
 
 def rows(run: dict) -> dict[str, dict]:
@@ -122,22 +122,18 @@ def test_nan_or_empty_features_are_a_clear_error():
 
 def test_a_head_the_model_lacks_is_a_spec_error(registry, tmp_path, monkeypatch):
     monkeypatch.setattr(Siamese, "heads", ("corr",))
-    spec = tmp_path / "spec.yaml"
-    spec.write_text(TINY.read_text().replace("privacy: {", "privacy: {head: l1, "))
+    spec = tiny_spec(tmp_path, privacy={"head": "l1"})
     with pytest.raises(SpecErrors, match="privacy.head: the re-ID model 'siamese' has no head 'l1'; use one of corr"):
         validate_spec(spec, registry)
 
 
 def test_a_model_that_did_not_learn_marks_privacy_unreliable(tiny_run, registry, tmp_path, monkeypatch):
-    from harness.runner import Runner
+    from harness.pipeline import run
 
     monkeypatch.setattr(Siamese, "_validate", lambda self, net, x, pairs, ctx: (0.69, 0.5))
-    spec = tmp_path / "spec.yaml"
-    spec.write_text(TINY.read_text().replace("max_epochs: 150", "max_epochs: 2")
-                    .split("generators:")[0] + "generators:\n  - plugin: copy\n")
-    runner = Runner(validate_spec(spec, registry), registry, ArtifactCache(tiny_run["cache"]), tmp_path / "run",
-                    show_progress=False)
-    results = runner.run()
+    spec = tiny_spec(tmp_path, reid={"args": {"max_epochs": 2}}, generators=[{"plugin": "copy"}])
+    results = run(validate_spec(spec, registry), registry, ArtifactCache(tiny_run["cache"]), tmp_path / "run",
+                  show_progress=False).results
     assert results["reid"]["reliable"] is False and results["rows"][0]["privacy_reliable"] is False
     md = render([results], "md")
     assert "privacy columns are unreliable" in md and "(unreliable)" in md
@@ -146,22 +142,15 @@ def test_a_model_that_did_not_learn_marks_privacy_unreliable(tiny_run, registry,
 
 
 def test_reid_study_tests_every_model_on_its_own_and_the_other_view(tiny_run, tmp_path):
+    import yaml
+
     from tests.conftest import run_cli
 
-    base = TINY.read_text().split("samples_per_generator:")[0]
-    psax = "{view: psax, n_train: 16, n_val: 30, n_test: 30, n_frames: 24, written_fps: 50, fps: 25, clip_length: 8}"
-    spec = tmp_path / "study.yaml"
-    spec.write_text(base + f"""reid_study:
-  variants:
-    - name: latent-a4c
-    - name: image-a4c
-      encoder: {{plugin: identity}}
-      reid: {{plugin: siamese, args: {{max_epochs: 2}}}}
-    - name: image-psax
-      dataset: {{plugin: echo-phantom, args: {psax}}}
-      encoder: {{plugin: identity}}
-      reid: {{plugin: siamese, args: {{max_epochs: 2}}}}
-""")
+    psax = merged(yaml.safe_load(TINY.read_text())["dataset"], {"args": {"view": "psax"}})
+    image = {"encoder": {"plugin": "identity"}, "reid": {"plugin": "siamese", "args": {"max_epochs": 2}}}
+    spec = tiny_spec(tmp_path, "study.yaml", generators=None, samples_per_generator=None, downstream=None,
+                     reid_study={"variants": [{"name": "latent-a4c"}, {"name": "image-a4c", **image},
+                                              {"name": "image-psax", "dataset": psax, **image}]})
     out = tmp_path / "run"
     done = run_cli("--cache", str(tiny_run["cache"]), "run", str(spec), "--out", str(out), "--no-progress")
     assert done.returncode == 0, done.stderr

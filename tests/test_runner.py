@@ -11,7 +11,7 @@ import pytest
 
 from harness.cache import ArtifactCache
 from harness.data import LatentSet, SampleSet
-from tests.conftest import ROOT, TINY, run_cli
+from tests.conftest import ROOT, TINY, run_cli, tiny_spec
 
 TIMING_KEYS = {"sample_seconds_per_video"}
 
@@ -157,10 +157,9 @@ def test_bad_specs_fail_before_touching_the_cache(tmp_path, problem, phrase):
 
 
 def test_bad_generator_output_becomes_an_error_row(third_party, tiny_run, tmp_path):
-    spec = tmp_path / "spec.yaml"
-    spec.write_text(TINY.read_text().split("generators:")[0] + "generators:\n  - plugin: copy\n"
-                    "  - {plugin: jitter, name: shape, args: {shape_bug: true}}\n"
-                    "  - {plugin: jitter, name: nan, args: {nan_bug: true}}\n")
+    spec = tiny_spec(tmp_path, generators=[{"plugin": "copy"},
+                                           {"plugin": "jitter", "name": "shape", "args": {"shape_bug": True}},
+                                           {"plugin": "jitter", "name": "nan", "args": {"nan_bug": True}}])
     def cached_samples() -> int:
         return sum(a.stage == "samples" for a in ArtifactCache(tiny_run["cache"]).entries())
 
@@ -192,10 +191,40 @@ def test_phantom_fresh_honours_the_requested_ef(tiny_run):
 
 
 def test_warm_run_loads_no_models(tiny_run, registry, tmp_path):
-    from harness.runner import Runner
+    """Everything is cached, deterministic failures included (e.g. a strategy with too few videos to train)."""
+    from harness.pipeline import run
     from harness.spec import validate_spec
 
-    runner = Runner(validate_spec(TINY, registry), registry, ArtifactCache(tiny_run["cache"]), tmp_path / "run",
-                    show_progress=False)
-    assert comparable(runner.run()) == comparable(tiny_run["results"])
-    assert runner.executed == [] and runner.ctx.components["encoder"].model is None
+    outcome = run(validate_spec(TINY, registry), registry, ArtifactCache(tiny_run["cache"]), tmp_path / "run",
+                  show_progress=False)
+    assert comparable(outcome.results) == comparable(tiny_run["results"])
+    assert outcome.executed == [] and outcome.manifest["models_loaded"] == []
+
+
+def test_corrupt_artifact_is_reported_moved_aside_and_rebuilt(tiny_run, tmp_path):
+    import shutil
+
+    cache = tmp_path / "cache"
+    shutil.copytree(tiny_run["cache"], cache)
+    run = {"cache": cache, "out": tiny_run["out"]}
+    latents = _stage_path(run, "encode-train") / "latents.npy"
+    latents.write_bytes(latents.read_bytes()[:100])  # cut short, as by a full disk
+    done = run_cli("--cache", str(cache), "run", str(TINY), "--out", str(tmp_path / "run"), "--no-progress")
+    assert done.returncode == 0, done.stderr
+    assert "Traceback" not in done.stderr
+    assert f"cache artifact of stage encode-train is corrupt ({latents} is 100 bytes" in done.stderr
+    executed = [s["stage"] for s in json.loads((tmp_path / "run" / "manifest.json").read_text())["stages"]
+                if not s["cached"]]
+    assert executed == ["encode-train"]  # rebuilt to the same content, so nothing downstream changed
+    assert comparable(json.loads((tmp_path / "run" / "results.json").read_text())) == comparable(
+        tiny_run["results"])
+    assert [p.name.startswith(".corrupt-") for p in ArtifactCache(cache).leftovers()] == [True]
+
+
+@pytest.mark.parametrize("content", [b"spec_version: 1\nname: caf\xe9\n", b"\x89PNG\r\n\x1a\n\x00\x00"])
+def test_non_utf8_or_binary_spec_is_one_sentence(tmp_path, content):
+    spec = tmp_path / "spec.yaml"
+    spec.write_bytes(content)
+    done = run_cli("run", str(spec), "--out", str(tmp_path / "run"))
+    assert done.returncode == 2 and "Traceback" not in done.stderr
+    assert done.stderr.startswith(f"error: {spec}: ") and len(done.stderr.strip().splitlines()) == 1

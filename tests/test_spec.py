@@ -4,7 +4,7 @@ import pytest
 
 from harness.errors import UserError
 from harness.spec import SpecErrors, validate_spec
-from tests.conftest import TINY, run_cli
+from tests.conftest import TINY, run_cli, tiny_spec
 
 
 def write(tmp_path, text: str):
@@ -87,7 +87,6 @@ def test_shipped_specs_are_valid(spec, registry):
 
 
 def test_generators_and_a_reid_study_do_not_mix(tmp_path, registry):
-    spec = tmp_path / "both.yaml"
-    spec.write_text(TINY.read_text() + "reid_study:\n  variants:\n    - name: a\n")
+    spec = tiny_spec(tmp_path, reid_study={"variants": [{"name": "a"}]})
     with pytest.raises(SpecErrors, match="either `generators` or a `reid_study`"):
         validate_spec(spec, registry)

@@ -1,0 +1,35 @@
+"""A metric's declaration: its key in a results row, its label, its direction and its digits.
+
+Each module that computes metrics declares its columns next to the code (a `COLUMNS` list); the leaderboard loops
+over the declarations, and a plugin's `RowMetric` becomes a column through the same type.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+
+@dataclass(frozen=True)
+class Column:
+    key: str
+    label: str
+    direction: str = ""  # "↑" higher is better, "↓" lower is better, "" neither
+    digits: int = 3
+    #: Meaningless when the re-ID model did not learn (marked "unreliable" in tables).
+    needs_reid: bool = False
+    #: How the value is read from a results row (default: `row[key]`), and the row field it comes from.
+    read: Callable[[dict[str, Any]], Any] | None = None
+    derived_from: str | None = None
+
+    @property
+    def header(self) -> str:
+        return f"{self.label} {self.direction}".strip()
+
+    @property
+    def source(self) -> str:
+        return self.derived_from or self.key
+
+    def value(self, row: dict[str, Any]) -> Any:
+        return self.read(row) if self.read is not None else row.get(self.key)

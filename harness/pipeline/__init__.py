@@ -1,0 +1,151 @@
+"""The benchmark run as a pipeline of phases, each a function from frozen dataclasses to a frozen dataclass.
+
+    real data -> encoding -> re-ID -> real downstream task -> one row per generator -> figures and results
+    (or, for a re-ID study: per variant real data -> encoding -> re-ID, then every model on every test split)
+
+Every stage inside a phase is a cached artifact keyed by exactly the inputs its build receives (`stages.py`), so a
+re-run is nearly free and a killed run resumes at the stage it was in. Adding a phase means one module here, a
+numbered step below, and its fields in `harness.results`.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from harness.cache import ArtifactCache, atomic_write_text
+from harness.context import RunContext, resolve_device, set_threads
+from harness.errors import UserError
+from harness.figures import render_downstream_figures, render_figures
+from harness.pipeline.encoding import Encoded, encode_real
+from harness.pipeline.real_data import load_real_data
+from harness.pipeline.reid import ReidModel, fit_reid
+from harness.pipeline.row import RowRequest, RowResult, conditions, run_row
+from harness.pipeline.stages import Chosen, Stages
+from harness.pipeline.study import describe, study_tests
+from harness.pipeline.task import RealTask, fit_real_task
+from harness.plugins import Registry
+from harness.results import build_manifest, build_results, write_run
+from harness.spec import ResolvedSpec
+
+#: `choose(role, plugin, config_key)`: the registered component a spec section names, with its validated config.
+Choose = Callable[[str, str, str], Chosen]
+
+
+@dataclass(frozen=True)
+class RunOutcome:
+    results: dict[str, Any]
+    manifest: dict[str, Any]
+
+    @property
+    def executed(self) -> list[str]:
+        """Stages computed (not loaded from the cache) by this run."""
+        return [s["stage"] for s in self.manifest["stages"] if not s["cached"]]
+
+
+def run(resolved: ResolvedSpec, registry: Registry, cache: ArtifactCache, run_dir: Path,
+        show_progress: bool = True, threads: int | None = None) -> RunOutcome:
+    """Run a validated spec; writes `results.json`, `manifest.json`, `samples/` and `figures/` into `run_dir`."""
+    started = time.time()
+    threads = set_threads(threads)
+    ctx = RunContext(device=_device(resolved), seed=resolved.spec.seed, cache=cache, show_progress=show_progress)
+    stages = Stages(cache)
+    run_dir.mkdir(parents=True, exist_ok=True)
+
+    def choose(role: str, plugin: str, config_key: str) -> Chosen:
+        return Chosen.from_registry(registry, role, plugin, resolved.configs[config_key])
+
+    phases = run_study if resolved.spec.reid_study is not None else run_generators
+    results = phases(resolved, stages, choose, ctx, run_dir)
+    manifest = build_manifest(resolved, ctx, stages, started, threads)
+    write_run(run_dir, results, manifest)
+    return RunOutcome(results, manifest)
+
+
+def run_generators(resolved: ResolvedSpec, stages: Stages, choose: Choose, ctx: RunContext,
+                   run_dir: Path) -> dict[str, Any]:
+    """The benchmark: the real reference, then one row per generator."""
+    spec = resolved.spec
+    # 1. real data
+    data = load_real_data(stages, choose("datasets", spec.dataset.plugin, "dataset"), ctx)
+    ctx = ctx.using(dataset=data.dataset)
+    # 2. encoding
+    encoded = encode_real(stages, choose("encoders", spec.encoder.plugin, "encoder"), data, ctx)
+    ctx = ctx.using(encoder=encoded.encoder.get)
+    # 3. the re-ID model and the real reference
+    reid = None
+    if spec.reid is not None:
+        reid = fit_reid(stages, choose("reid_filters", spec.reid.plugin, "reid"), encoded, spec.privacy, ctx)
+        ctx = ctx.using(privacy_filter=reid.privacy_filter(ctx))
+    # 4. the downstream task on the real training split
+    task = None
+    if spec.downstream is not None:
+        task = fit_real_task(stages, choose("tasks", spec.downstream.task.plugin, "task"), encoded,
+                             spec.downstream, ctx)
+    # 5. one row per generator, all asked for the same videos
+    metrics = [choose("metrics", ref.plugin, f"metrics.{ref.plugin}") for ref in spec.metrics]
+    rows = []
+    for entry in spec.generators:
+        asked = conditions(resolved.n_samples(entry), encoded.latents["train"].value, spec.conditions, ctx)
+        request = RowRequest(entry.row_name, choose("generators", entry.plugin, f"generators.{entry.row_name}"),
+                             resolved.generator_hash(entry.row_name), asked, metrics)
+        rows.append(run_row(stages, request, encoded, reid, task, ctx))
+    # 6. per-sample tables and figures
+    for row in rows:
+        if row.table is not None:
+            atomic_write_text(run_dir / "samples" / f"{row.row['generator']}.csv", row.table.to_csv(index=False))
+        if reid is not None and not reid.summary["reliable"]:
+            row.row["privacy_reliable"] = False
+    figures = draw_figures(run_dir / "figures", rows, reid, task, encoded, spec.privacy.head)
+    declared = [{"key": m.name, "label": m.factory.label, "direction": m.factory.direction,
+                 "digits": m.factory.digits} for m in metrics]
+    return build_results(resolved, data.reports, encoded.summary, [r.row for r in rows],
+                         reid.summary if reid else None, task.summary if task else None, figures, declared)
+
+
+def draw_figures(folder: Path, rows: list[RowResult], reid: ReidModel | None, task: RealTask | None,
+                 encoded: Encoded, head: str) -> dict[str, str]:
+    """The privacy figures (with a re-ID model), the EF scatter and the filmstrip of generated rows."""
+    figures: dict[str, str] = {}
+    if reid is not None:
+        figures.update(render_figures(folder, reid.stats, {r.row["generator"]: r.arrays for r in rows if r.arrays},
+                                      head))
+    predictions = {"real-full": task.predictions} if task is not None else {}
+    predictions.update({r.row["generator"]: r.ef_predictions for r in rows if r.ef_predictions})
+    truth = encoded.latents["test"].value.table["ef"].to_numpy(dtype=float)
+    figures.update(render_downstream_figures(folder, truth, predictions,
+                                             {r.row["generator"]: r.filmstrip for r in rows if r.filmstrip}))
+    return figures
+
+
+def run_study(resolved: ResolvedSpec, stages: Stages, choose: Choose, ctx: RunContext,
+              run_dir: Path) -> dict[str, Any]:
+    """Train every re-ID variant, test it on its own test split and (with `cross`) on the other variants'."""
+    spec, variants = resolved.spec, []
+    for variant in spec.reid_study.variants:
+        refs = {part: spec.variant_ref(variant, part) for part in ("dataset", "encoder", "reid")}
+        prefix = f"variants.{variant.name}"
+        # 1-3. the variant's real data, encoding and re-ID model
+        data = load_real_data(stages, choose("datasets", refs["dataset"].plugin, f"{prefix}.dataset"), ctx)
+        encoded = encode_real(stages, choose("encoders", refs["encoder"].plugin, f"{prefix}.encoder"), data, ctx)
+        reid = fit_reid(stages, choose("reid_filters", refs["reid"].plugin, f"{prefix}.reid"), encoded,
+                        spec.privacy, ctx)
+        variants.append(describe(variant.name, refs["dataset"].plugin,
+                                 resolved.configs[f"{prefix}.dataset"].model_dump(mode="json"), data, encoded, reid))
+    # 4. every model on its own and the other test splits
+    tests = study_tests(stages, variants, spec.reid_study.cross, spec.privacy, ctx)
+    results = build_results(resolved, {}, {}, [], None, None, {}, [])
+    results["study"] = {"variants": [v.summary for v in variants], "tests": tests}
+    return results
+
+
+def _device(resolved: ResolvedSpec) -> torch.device:
+    device = resolve_device(resolved.spec.device)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise UserError(f"{resolved.source}: device is 'cuda' but no CUDA GPU is visible; use 'auto' or 'cpu'.")
+    return device

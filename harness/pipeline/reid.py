@@ -1,0 +1,137 @@
+"""Phase 3, re-identification: fit the re-ID model, embed the real splits, measure the model, and compute the real
+reference (τ, the real test->train recall, real consistency) every generator row is compared with."""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from harness.components import ReIdFilter
+from harness.context import RunContext
+from harness.data import LatentSet
+from harness.errors import GeneratorOutputError
+from harness.evaluation import PrivacyFilter, Reference, reference_stats
+from harness.metrics.reid import reid_quality
+from harness.pipeline.encoding import Encoded
+from harness.pipeline.stages import Chosen, Fitted, Stages, Stored
+from harness.spec import PrivacySpec
+
+log = logging.getLogger("harness")
+
+
+@dataclass(frozen=True)
+class Features:
+    """Re-ID features: the first frame of every video `[N, D]`, every frame of the first videos `[n, T, D]`."""
+
+    first: torch.Tensor
+    frames: torch.Tensor
+
+
+@dataclass(frozen=True)
+class Head:
+    """The `pred` head's linear layer on `|f_a - f_b|`."""
+
+    weight: torch.Tensor
+    bias: float
+
+
+@dataclass(frozen=True)
+class ReidModel:
+    reid: Fitted[ReIdFilter]
+    head: Stored[Head]
+    reference: Reference
+    stats: dict[str, Any]  # reference_stats of the real data
+    summary: dict[str, Any]  # what results.json reports about the model and the real reference
+    privacy: PrivacySpec
+
+    @property
+    def cache_identity(self) -> dict[str, Any]:
+        return {"reid": self.reid.key, "head": self.head.key, "privacy": self.privacy.model_dump(mode="json")}
+
+    def privacy_filter(self, ctx: RunContext) -> PrivacyFilter:
+        """The filter generators may apply (`ctx.privacy_filter`): the model loads only when a frame is checked."""
+        def embed_frames(frames: np.ndarray) -> torch.Tensor:
+            return self.reid.get().embed(frames[:, None], ctx, frames=[0])[:, 0]
+
+        return PrivacyFilter(embed_frames, self.reference, self.stats["tau"])
+
+
+def fit_reid(stages: Stages, chosen: Chosen[ReIdFilter], encoded: Encoded, privacy: PrivacySpec,
+             ctx: RunContext) -> ReidModel:
+    latents = encoded.latents
+    reid = stages.fit("reid-fit", chosen, _fit, train=latents["train"], val=latents["val"], ctx=ctx)
+    stored = {split: embed(stages, f"embed-{split}", reid, latents[split],
+                           len(latents[split].value) if split == "test" else 0, ctx)
+              for split in ("train", "val", "test")}
+    head = head_of(stages, reid, ctx.device)
+    quality = measure_quality(stages, stored["test"], head, privacy.bootstrap_resamples)
+    features = {split: value.value for split, value in stored.items()}
+    reference = Reference(
+        train_first=features["train"].first, train_ids=latents["train"].value.table["video_id"].astype(str).tolist(),
+        test_first=features["test"].first, test_frames=features["test"].frames, weight=head.value.weight,
+        bias=head.value.bias, head=privacy.head, percentile=privacy.percentile, calibration=privacy.calibration,
+        knn=privacy.knn)
+    stats = reference_stats(reference)
+    report = reid.meta.get("report", {})
+    val_auc = report.get("val_auc")
+    reliable = val_auc is None or val_auc >= privacy.min_val_auc
+    if not reliable:
+        log.warning("the re-ID model failed to learn (validation AUC %.3f < %.2f)", val_auc, privacy.min_val_auc)
+    summary = {"plugin": chosen.name, "training": report, "reliable": reliable, "test": quality,
+               "head": privacy.head, "calibration": privacy.calibration, "percentile": privacy.percentile,
+               **{k: stats[k] for k in ("tau", "tau_test_to_train", "tau_train_to_test", "test_memorised_pct",
+                                        "reference_recall", "reference_irs_inf")},
+               "consistency_real": float(np.mean(stats["consistency_real"]["corr"])),
+               "consistency_real_head": float(np.mean(stats["consistency_real"]["pred"]))}
+    return ReidModel(reid, head, reference, stats, summary, privacy)
+
+
+def embed(stages: Stages, name: str, reid: Fitted[ReIdFilter], latents: Stored[LatentSet], frame_videos: int,
+          ctx: RunContext) -> Stored[Features]:
+    """Cached features: first frame of every video, all frames of the first `frame_videos` videos."""
+    artifact = stages.run(name, _embed, reid=reid, latents=latents, frame_videos=frame_videos, ctx=ctx)
+    loaded = (torch.from_numpy(np.load(artifact.path / f"{part}.npy")).to(ctx.device) for part in ("first", "frames"))
+    return Stored(artifact.key, Features(*loaded))
+
+
+def head_of(stages: Stages, reid: Fitted[ReIdFilter], device: torch.device) -> Stored[Head]:
+    """The model's `pred` head, kept with the cache so warm runs score without loading the model."""
+    artifact = stages.run("reid-head", _head, reid=reid)
+    weight = torch.tensor(artifact.meta["weight"], dtype=torch.float32, device=device)
+    return Stored(artifact.key, Head(weight, artifact.meta["bias"]))
+
+
+def measure_quality(stages: Stages, test: Stored[Features], head: Stored[Head], resamples: int) -> dict[str, Any]:
+    """AUC (with interval), accuracy, F1, precision, recall on one fixed-seed pair per test video, per head."""
+    return stages.run("reid-eval", _quality, features=test, head=head, resamples=resamples).meta["quality"]
+
+
+def _fit(reid: ReIdFilter, train: Stored[LatentSet], val: Stored[LatentSet], ctx: RunContext) -> None:
+    reid.fit(train.value, val.value, ctx)
+
+
+def _embed(folder: Path, reid: Fitted[ReIdFilter], latents: Stored[LatentSet], frame_videos: int,
+           ctx: RunContext) -> None:
+    model, clips = reid.get(), latents.value.latents
+    first = model.embed(clips, ctx, frames=[0])[:, 0]
+    frames = model.embed(clips[:frame_videos], ctx) if frame_videos else first[:0, None]
+    for name, value in (("first", first), ("frames", frames)):
+        if not torch.isfinite(value).all():
+            raise GeneratorOutputError("the re-ID model produced NaN features; the clips contain values it cannot "
+                                       "handle.")
+        np.save(folder / f"{name}.npy", value.numpy().astype(np.float32))
+
+
+def _head(folder: Path, reid: Fitted[ReIdFilter]) -> dict[str, Any]:
+    weight, bias = reid.get().head_parameters()
+    return {"weight": weight.tolist(), "bias": bias}
+
+
+def _quality(folder: Path, features: Stored[Features], head: Stored[Head], resamples: int) -> dict[str, Any]:
+    return {"quality": reid_quality(features.value.frames, head.value.weight, head.value.bias, seed=0,
+                                    resamples=resamples)}

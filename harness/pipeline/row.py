@@ -1,0 +1,220 @@
+"""Phase 5, one generator row: fit -> sample -> privacy/recall/fidelity metrics -> downstream strategies.
+
+Everything a row does is isolated: a generator that fails (a user error, unusable output, a bug) becomes a row
+with an `error`, and the other rows still run.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+import traceback
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from harness.components import Generator, RowFeatures, RowMetric
+from harness.context import RunContext
+from harness.data import Condition, LatentSet, SampleSet
+from harness.downstream import adherence, learned_real_videos, select
+from harness.errors import GeneratorOutputError, Ineligible, UserError
+from harness.evaluation import row_metrics
+from harness.figures import tsne_coordinates
+from harness.metrics.columns import Column
+from harness.pipeline.encoding import Encoded
+from harness.pipeline.reid import ReidModel, embed
+from harness.pipeline.stages import Chosen, Stages, Stored
+from harness.pipeline.task import RealTask, Selection, measure, train_and_test
+from harness.spec import ConditionSpec
+
+log = logging.getLogger("harness")
+COLUMNS = [Column("sample_seconds_per_video", "s/video", "↓", 4)]
+
+
+@dataclass(frozen=True)
+class RowRequest:
+    """What the spec asks of one row."""
+
+    name: str
+    generator: Chosen[Generator]
+    generator_hash: str
+    conditions: list[Condition]
+    metrics: list[Chosen[RowMetric]]
+
+
+@dataclass(frozen=True)
+class RowResult:
+    row: dict[str, Any]  # the results row (see harness.results.ResultRow)
+    table: pd.DataFrame | None  # per sample: provenance, P_max and nearest video per head, measured label
+    arrays: Path | None = None  # what the privacy figures draw
+    ef_predictions: Path | None = None  # the first strategy's predictions on the real test split
+    filmstrip: Path | None = None  # decoded frames of the first samples (generated rows only)
+
+
+def conditions(n: int, train: LatentSet, spec: ConditionSpec, ctx: RunContext) -> list[Condition]:
+    """The requested videos, identical for every generator of a benchmark (same seeds, same EFs)."""
+    rng = ctx.rng("conditions", spec.ef)
+    if spec.ef == "train-distribution":
+        efs = rng.choice(train.table["ef"].to_numpy(dtype=float), size=n, replace=True)
+    else:
+        efs = rng.uniform(*spec.ef_range, size=n)
+    return [Condition(f"s{i:06d}", ctx.seed_for("sample", i), round(float(ef), 3)) for i, ef in enumerate(efs)]
+
+
+def run_row(stages: Stages, request: RowRequest, encoded: Encoded, reid: ReidModel | None,
+            task: RealTask | None, ctx: RunContext) -> RowResult:
+    # 1. the generator's samples (its fit runs only when they are not cached)
+    latents = encoded.latents
+    generator = stages.fit("generator-fit", request.generator, _fit, train=latents["train"], val=latents["val"],
+                           ctx=ctx)
+    filtered_by = {"privacy": reid} if reid is not None and generator.component.uses_privacy_filter else {}
+    base = {"generator": request.name, "plugin": request.generator.name, "generator_hash": request.generator_hash,
+            "n_samples": len(request.conditions)}
+    try:
+        sampled = stages.run("samples", _sample, generator=generator, conditions=request.conditions,
+                             clip_shape=list(latents["train"].value.clip_shape), ctx=ctx, **filtered_by)
+    except (UserError, GeneratorOutputError, Ineligible) as exc:
+        log.info("generator %s failed: %s", request.name, exc)
+        return RowResult({**base, "artifacts": {"generator-fit": generator.key}, "error": str(exc)}, None)
+    except Exception as exc:  # a plugin bug: isolate it to its row, keep the traceback in the log
+        log.info("generator %s raised:\n%s", request.name, traceback.format_exc())
+        return RowResult({**base, "artifacts": {"generator-fit": generator.key},
+                          "error": f"{type(exc).__name__}: {exc} (traceback in run.log)"}, None)
+    samples = Stored(sampled.key, SampleSet.load(sampled.path))
+    row = {**base, "artifacts": {"generator-fit": generator.key, "samples": samples.key},
+           "n_returned": len(samples.value),
+           "sample_seconds_per_video": round(sampled.meta["sample_seconds_per_video"], 5), "error": None}
+    table, per_sample, out = samples.value.provenance, None, {}
+    try:
+        # 2. privacy, recall, consistency and fidelity against the real reference
+        if reid is not None:
+            metrics, per_sample, out["arrays"] = privacy_metrics(stages, request, samples, reid, ctx)
+            row.update(metrics)
+            table = table.merge(per_sample, on="sample_id", how="left")
+        # 3. downstream utility under every strategy, and adherence to the requested label
+        if task is not None:
+            utility, measured, out["ef_predictions"] = downstream_utility(stages, samples, per_sample, reid, task,
+                                                                          ctx)
+            row.update(utility)
+            table["measured_ef"] = measured
+        # 4. frames for the filmstrip (generated rows only: a copying control's frames are real patients)
+        if not request.generator.factory.shows_real_frames:
+            out["filmstrip"] = filmstrip(stages, encoded, samples, ctx)
+    except (ValueError, GeneratorOutputError) as exc:
+        log.info("metrics of %s failed: %s", request.name, exc)
+        row["error"] = f"metrics failed: {exc}"
+    return RowResult(row, table, **out)
+
+
+def privacy_metrics(stages: Stages, request: RowRequest, samples: Stored[SampleSet], reid: ReidModel,
+                    ctx: RunContext) -> tuple[dict[str, Any], pd.DataFrame, Path]:
+    n_frames = min(len(samples.value), reid.privacy.consistency_videos)
+    features = embed(stages, "embed-samples", reid.reid, samples, n_frames, ctx)
+    artifact = stages.run("row-metrics", _row_metrics, features=features, reid=reid, samples=samples,
+                          row=request.name, ctx=ctx)
+    metrics = artifact.meta["metrics"]
+    if request.metrics:
+        metrics["extra_metrics"] = {chosen.name: stages.run("row-metric", _extra_metric, metric=chosen,
+                                                            features=features, reid=reid).meta["value"]
+                                    for chosen in request.metrics}
+    return (metrics, pd.read_csv(artifact.path / "per_sample.csv", dtype={"sample_id": str}),
+            artifact.path / "arrays.npz")
+
+
+def downstream_utility(stages: Stages, samples: Stored[SampleSet], per_sample: pd.DataFrame | None,
+                       reid: ReidModel | None, task: RealTask, ctx: RunContext
+                       ) -> tuple[dict[str, Any], np.ndarray, Path | None]:
+    """Adherence to the requested label, and the task trained on this row's samples under every strategy."""
+    spec = task.spec
+    measured = measure(stages, task, samples, ctx)
+    labels = measured if spec.relabel else None
+    head = reid.privacy.head if reid is not None else "pred"
+    real_train = task.latents["train"]
+    first = next((s for s in spec.strategies if s != "real-learned-subset"), None)  # the table's columns
+    utility: dict[str, Any] = {}
+    predictions = None
+    for strategy in spec.strategies:
+        try:
+            if strategy == "real-learned-subset":
+                selection = Selection(real_train, learned_real_videos(per_sample, reid.reference.train_ids, head))
+            else:
+                indices = select(strategy, per_sample, len(samples.value), len(real_train.value), head,
+                                 spec.per_learned_video, ctx.rng("downstream", strategy))
+                selection = Selection(samples, indices, labels)
+            metrics, path = train_and_test(stages, task, selection, ctx)
+            if strategy == first:
+                predictions = path
+            utility[strategy] = {**metrics, "error": None}
+        except (Ineligible, UserError) as exc:
+            log.info("downstream %s: %s", strategy, exc)
+            utility[strategy] = {"n_train": 0, "error": str(exc)}
+    requested = samples.value.provenance["requested_ef"].to_numpy(dtype=float)
+    out = {"utility": utility, "adherence": adherence(requested, measured.value)}
+    if first is not None and utility[first]["error"] is None:
+        out.update(ef_r2=utility[first]["r2"], ef_mae=utility[first]["mae"])
+    out.update(adherence_mae=out["adherence"]["mae"], adherence_corr=out["adherence"]["corr"])
+    return out, measured.value, predictions
+
+
+def filmstrip(stages: Stages, encoded: Encoded, samples: Stored[SampleSet], ctx: RunContext, n: int = 4) -> Path:
+    """Decoded frames of a row's first samples, for the filmstrip figure."""
+    artifact = stages.run("filmstrip", _filmstrip, encoder=encoded.encoder, samples=samples, n=n, ctx=ctx)
+    return artifact.path / "frames.npy"
+
+
+def _fit(generator: Generator, train: Stored[LatentSet], val: Stored[LatentSet], ctx: RunContext) -> None:
+    generator.fit({"train": train.value, "val": val.value}, ctx)
+
+
+def _sample(folder: Path, generator, conditions: list[Condition], clip_shape: list[int], ctx: RunContext,
+            privacy: ReidModel | None = None) -> dict[str, float]:
+    model = generator.get()
+    start = time.perf_counter()
+    samples = model.sample(conditions, ctx)
+    seconds = time.perf_counter() - start
+    check_samples(samples, len(conditions), tuple(clip_shape))
+    samples.save(folder)
+    return {"sample_seconds_per_video": seconds / max(len(conditions), 1)}
+
+
+def check_samples(samples: SampleSet, n: int, clip_shape: tuple[int, ...]) -> None:
+    """Reject unusable generator output with one sentence; nothing of it reaches the cache."""
+    if not isinstance(samples, SampleSet):
+        raise GeneratorOutputError(f"the generator returned {type(samples).__name__}, not a SampleSet.")
+    if len(samples) != n:
+        raise GeneratorOutputError(f"the generator returned {len(samples)} samples for {n} requested.")
+    if samples.clip_shape != tuple(clip_shape):
+        raise GeneratorOutputError(f"the generator returned clips of shape {list(samples.clip_shape)}, but the "
+                                   f"encoder's space has shape {list(clip_shape)} [T, C, h, w].")
+    bad = ~np.isfinite(np.asarray(samples.latents, dtype=np.float32)).reshape(len(samples), -1).all(axis=1)
+    if bad.any():
+        raise GeneratorOutputError(f"the generator returned NaN or infinite values in {int(bad.sum())} of "
+                                   f"{n} samples.")
+
+
+def _row_metrics(folder: Path, features, reid: ReidModel, samples: Stored[SampleSet], row: str,
+                 ctx: RunContext) -> dict[str, Any]:
+    first = features.value
+    metrics, per_sample, arrays = row_metrics(first.first, first.frames, reid.reference, reid.stats,
+                                              samples.value.provenance["sample_id"].tolist())
+    per_sample.to_csv(folder / "per_sample.csv", index=False)
+    arrays["tsne"] = tsne_coordinates(reid.reference.train_first.cpu().numpy(), arrays.pop("features"),
+                                      ctx.seed_for("tsne", row))
+    np.savez(folder / "arrays.npz", **arrays)
+    return {"metrics": metrics}
+
+
+def _extra_metric(folder: Path, metric: Chosen[RowMetric], features, reid: ReidModel) -> dict[str, Any]:
+    ref = reid.reference
+    pmax, nearest = (t.cpu().numpy() for t in ref.pmax(features.value.first, ref.head))
+    value = metric.create().compute(RowFeatures(features.value.first, ref.train_first, ref.test_first, pmax,
+                                                nearest, reid.stats["tau"]))
+    return {"value": None if value is None else float(value)}
+
+
+def _filmstrip(folder: Path, encoder, samples: Stored[SampleSet], n: int, ctx: RunContext) -> None:
+    subset = samples.value.subset(np.arange(min(n, len(samples.value))))
+    np.save(folder / "frames.npy", encoder.get().decode(subset, ctx).frames)
