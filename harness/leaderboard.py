@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any
 
 import pandas as pd
+from pydantic import ValidationError
 from tabulate import tabulate
 
 from harness import downstream, evaluation
@@ -67,7 +68,14 @@ def collect_rows(results: list[dict[str, Any]], allow_mixed: bool = False) -> tu
     rows: dict[tuple[str, str, str], dict[str, Any]] = {}
     for result in results:
         for raw in result["rows"]:
-            one = ResultRow.model_validate(raw).dump()  # the typed schema: a malformed row fails here
+            try:
+                one = ResultRow.model_validate(raw).dump()  # the typed schema: a malformed row fails here
+            except ValidationError as err:
+                first = err.errors()[0]
+                where = ".".join(str(p) for p in first["loc"])
+                raise UserError(f"{result.get('_source', 'results.json')}: row '{raw.get('generator')}' does not "
+                                f"follow the results schema ({where}: {first['msg']}); re-run the benchmark to "
+                                "rewrite it.") from None
             bench = result["benchmark"]["benchmark_hash"]
             rows[(bench, one["generator"], one["generator_hash"])] = {**one, "benchmark_hash": bench}
     frame = pd.DataFrame(list(rows.values()))

@@ -43,3 +43,10 @@ def test_published_table_has_no_frames_or_embeddings(tiny_run):
 def test_cli_reports_missing_results(tmp_path):
     done = run_cli("leaderboard", str(tmp_path))
     assert done.returncode == 2 and "no results.json" in done.stderr
+
+
+def test_rows_follow_the_typed_schema(tiny_run):
+    bad = copy.deepcopy(tiny_run["results"])
+    bad["rows"][0]["memorised_percent"] = 3.0
+    with pytest.raises(UserError, match="row 'copy' does not follow the results schema \\(memorised_percent: Extra"):
+        render([bad], "md")

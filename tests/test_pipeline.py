@@ -11,7 +11,7 @@ import pytest
 import torch
 
 from harness.cache import ArtifactCache
-from harness.components import Dataset, Encoder, Generator, ReIdFilter, Task
+from harness.components import ComponentConfig, Dataset, Encoder, Generator, ReIdFilter, Task
 from harness.context import RunContext
 from harness.data import LatentSet, SampleSet, VideoSet
 from harness.errors import GeneratorOutputError, Ineligible, UserError
@@ -20,6 +20,7 @@ from harness.pipeline.real_data import load_real_data
 from harness.pipeline.reid import fit_reid
 from harness.pipeline.row import RowRequest, conditions, run_row
 from harness.pipeline.stages import Chosen, Stages
+from harness.pipeline.study import describe, study_tests
 from harness.pipeline.task import fit_real_task
 from harness.spec import ConditionSpec, DownstreamSpec, PluginRef, PrivacySpec
 
@@ -29,8 +30,11 @@ N = {"train": 12, "val": 6, "test": 10}
 class StubDataset(Dataset):
     """Videos whose frames are one grey level per video, with a little per-frame noise."""
 
+    class Config(ComponentConfig):
+        cohort: int = 0
+
     def load(self, split, ctx):
-        n, rng = N[split], np.random.default_rng(["train", "val", "test"].index(split))
+        n, rng = N[split], np.random.default_rng([self.config.cohort, ["train", "val", "test"].index(split)])
         level = rng.integers(20, 230, n)[:, None, None, None]
         frames = np.clip(level + rng.integers(-3, 4, (n, 4, 8, 8)), 0, 255).astype(np.uint8)
         table = pd.DataFrame({"video_id": [f"{split}{i}" for i in range(n)], "patient_id": "p",
@@ -109,8 +113,8 @@ class StubBroken(Generator):
         return SampleSet.from_conditions(np.zeros((len(conditions), 1, 1, 2, 2)), conditions, fps=25.0)
 
 
-def chosen(factory, name="stub"):
-    return Chosen(name, factory, "test/1", factory.Config())
+def chosen(factory, name="stub", **config):
+    return Chosen(name, factory, "test/1", factory.Config(**config))
 
 
 @pytest.fixture
@@ -244,3 +248,18 @@ def test_task_phase_and_strategies_with_a_cached_failure(ctx):
     warm = Stages(ctx.cache)
     again = run_row(warm, RowRequest("one", chosen(StubCopy), "h", asked, []), encoded, None, task, ctx)
     assert again.row["utility"] == utility and warm.executed == []  # the failure came from the cache
+
+
+def test_study_tests_each_model_on_its_own_and_the_other_test_split(ctx):
+    stages, privacy, variants = Stages(ctx.cache), PrivacySpec(bootstrap_resamples=50), []
+    for cohort in (0, 1):
+        data = load_real_data(stages, chosen(StubDataset, cohort=cohort), ctx)
+        encoded = encode_real(stages, chosen(StubEncoder), data, ctx)
+        reid = fit_reid(stages, chosen(StubReId), encoded, privacy, ctx)
+        variants.append(describe(f"cohort{cohort}", "stub", {"cohort": cohort}, data, encoded, reid))
+    tests = study_tests(stages, variants, True, privacy, ctx)
+    assert [(t["model"], t["tested_on"]) for t in tests] == [("cohort0", "cohort0"), ("cohort1", "cohort1"),
+                                                              ("cohort0", "cohort1"), ("cohort1", "cohort0")]
+    assert all(0 <= t["auc"] <= 1 for t in tests)
+    # the cross test encodes the other split with the model's own encoder: one more encode-test per model
+    assert [r.stage for r in stages.records if not r.cached].count("encode-test") == 2 + 2
