@@ -86,6 +86,7 @@ class ArtifactCache:
     def __init__(self, root: Path | str):
         self.root = Path(root)
         self._verified: set[Path] = set()  # checked once per process; the cache only ever adds folders
+        self._told_waiting = False
 
     @staticmethod
     def key(stage: str, **parts: Any) -> str:
@@ -170,9 +171,11 @@ class ArtifactCache:
             try:
                 fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
             except BlockingIOError:
-                if not waited:
-                    log.warning("waiting for another run that is computing stage %s", stage)
-                    waited = True
+                if not waited:  # said once on the console, every time in the run's log
+                    level = logging.INFO if self._told_waiting else logging.WARNING
+                    log.log(level, "waiting for another run that is computing stage %s (it shares this cache)",
+                            stage)
+                    waited = self._told_waiting = True
                 fcntl.flock(handle, fcntl.LOCK_EX)
             try:
                 current = os.stat(path).st_ino == os.fstat(handle.fileno()).st_ino

@@ -78,16 +78,25 @@ def _plugin_commands(sub, registry: Registry) -> None:
     """Subcommands plugins register: `"data phantom"` becomes `harness data phantom`."""
     groups: dict[str, Any] = {}
     for words, registered in sorted(registry.components["commands"].items()):
-        command = registered.factory()
         *group, name = words.split()
-        parent = sub
-        if group:
-            if group[0] not in groups:
-                groups[group[0]] = sub.add_parser(group[0], help=f"{group[0]} commands from plugins").add_subparsers(
-                    dest=f"{group[0]}_command", required=True)
-            parent = groups[group[0]]
-        parser = parent.add_parser(name, help=command.help)
-        command.add_arguments(parser)
+        if (group[0] if group else name) in COMMANDS:
+            log.warning("plugin %s registers the command '%s', which is built in; it is ignored", registered.plugin,
+                        words)
+            continue
+        try:
+            command = registered.factory()
+            parent = sub
+            if group:
+                if group[0] not in groups:
+                    groups[group[0]] = sub.add_parser(group[0], help=f"{group[0]} commands from plugins"
+                                                      ).add_subparsers(dest=f"{group[0]}_command", required=True)
+                parent = groups[group[0]]
+            parser = parent.add_parser(name, help=command.help)
+            command.add_arguments(parser)
+        except Exception as exc:  # a plugin's broken command must not take the other commands down
+            log.warning("plugin %s: command '%s' is unusable (%s: %s)", registered.plugin, words,
+                        type(exc).__name__, exc)
+            continue
         parser.set_defaults(plugin_command=command)
 
 
@@ -135,6 +144,8 @@ def cmd_run(args) -> int:
     from harness.pipeline import run
     from harness.spec import validate_spec
 
+    if args.threads is not None and args.threads < 1:
+        raise UserError("--threads must be a positive number of CPU threads.")
     resolved = validate_spec(args.spec, get_registry(), _overrides(args))
     run_dir = args.out or Path("runs") / f"{resolved.spec.name}-{resolved.spec_hash[:10]}"
     run_dir.mkdir(parents=True, exist_ok=True)

@@ -139,7 +139,7 @@ def build_manifest(resolved: ResolvedSpec, ctx, stages, started: float, threads:
         "started": time.strftime("%Y-%m-%dT%H:%M:%S", time.localtime(started)),
         "wall_seconds": round(time.time() - started, 3),
         # per stage: whether this run computed it, and what computing it cost (stored with the artifact)
-        "stages": [asdict(s) for s in stages.records],
+        "stages": [asdict(s) for s in stages.finish()],
         "models_loaded": stages.models_loaded,  # fit stages whose cached model this run had to load
     }
 

@@ -21,9 +21,11 @@ def comparable(results: dict) -> dict:
     reid = {**results["reid"], "training": {k: v for k, v in results["reid"]["training"].items()
                                             if k != "epoch_seconds"}}
     downstream = results["downstream"]
-    real = {**downstream["real_full"], "training": {k: v for k, v in downstream["real_full"]["training"].items()
-                                                    if k != "epoch_seconds"}}
-    return {**results, "reid": reid, "downstream": {**downstream, "real_full": real},
+    if downstream is not None:
+        real = {**downstream["real_full"], "training": {k: v for k, v in downstream["real_full"]["training"].items()
+                                                        if k != "epoch_seconds"}}
+        downstream = {**downstream, "real_full": real}
+    return {**results, "reid": reid, "downstream": downstream,
             "rows": [{k: v for k, v in row.items() if k not in TIMING_KEYS} for row in results["rows"]]}
 
 
@@ -228,3 +230,18 @@ def test_non_utf8_or_binary_spec_is_one_sentence(tmp_path, content):
     done = run_cli("run", str(spec), "--out", str(tmp_path / "run"))
     assert done.returncode == 2 and "Traceback" not in done.stderr
     assert done.stderr.startswith(f"error: {spec}: ") and len(done.stderr.strip().splitlines()) == 1
+
+
+def test_two_runs_on_one_cache_compute_each_stage_once(tmp_path):
+    spec = tiny_spec(tmp_path, generators=[{"plugin": "copy"}], downstream=None)
+    cache = tmp_path / "cache"
+    procs = [subprocess.Popen([sys.executable, "-m", "harness.cli", "--cache", str(cache), "run", str(spec),
+                               "--out", str(tmp_path / name), "--no-progress"], cwd=ROOT, stdout=subprocess.DEVNULL,
+                              stderr=subprocess.PIPE, text=True) for name in ("a", "b")]
+    errors = [p.communicate(timeout=600)[1] for p in procs]
+    assert [p.returncode for p in procs] == [0, 0], errors
+    manifests = [json.loads((tmp_path / name / "manifest.json").read_text()) for name in ("a", "b")]
+    computed = [(s["stage"], s["key"]) for m in manifests for s in m["stages"] if not s["cached"]]
+    assert len(computed) == len(set(computed)) == len({(s["stage"], s["key"]) for s in manifests[0]["stages"]})
+    results = [json.loads((tmp_path / name / "results.json").read_text()) for name in ("a", "b")]
+    assert comparable(results[0]) == comparable(results[1])

@@ -99,8 +99,12 @@ class Fitted(Generic[C]):
         self._stages, self._name, self._chosen, self._fit, self._inputs = stages, name, chosen, fit, inputs
         self._meta: dict[str, Any] | None = None
         self._ready = False
-        if stages.cache.get(name, self.key) is not None:
-            self._stage()  # recorded in the manifest (so `cache gc` keeps it) without loading anything
+        self.record_if_cached()
+
+    def record_if_cached(self) -> None:
+        """Record the fit stage in the manifest (so `cache gc` keeps it) when its artifact exists; loads nothing."""
+        if self._meta is None and self._stages.cache.get(self._name, self.key) is not None:
+            self._stage()
 
     @property
     def cache_identity(self) -> str:
@@ -158,6 +162,7 @@ class Stages:
     cache: ArtifactCache
     records: list[StageRecord] = field(default_factory=list)
     models_loaded: list[str] = field(default_factory=list)
+    fits: list[Fitted] = field(default_factory=list)
 
     def key(self, name: str, inputs: dict[str, Any]) -> str:
         return self.cache.key(name, **{k: identity(v) for k, v in inputs.items()})
@@ -196,7 +201,15 @@ class Stages:
 
     def fit(self, name: str, chosen: Chosen[C], fit: Callable[..., None], **inputs: Any) -> Fitted[C]:
         """A component fitted by `fit(component, **inputs)` as the cached stage `name` (run lazily)."""
-        return Fitted(self, name, chosen, fit, inputs)
+        fitted = Fitted(self, name, chosen, fit, inputs)
+        self.fits.append(fitted)
+        return fitted
+
+    def finish(self) -> list[StageRecord]:
+        """Every stage this run used, including fits another run sharing the cache finished meanwhile."""
+        for fitted in self.fits:
+            fitted.record_if_cached()
+        return self.records
 
     @property
     def executed(self) -> list[str]:
