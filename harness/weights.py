@@ -12,9 +12,11 @@ from torch import nn
 from harness.errors import UserError
 
 
-def load_state_dict(path: Path, net: nn.Module, what: str, hint: str = "") -> dict[str, torch.Tensor]:
+def load_state_dict(path: Path, net: nn.Module, what: str, hint: str = "",
+                    aliases: dict[str, str] | None = None) -> dict[str, torch.Tensor]:
     """The state dict in `path`, with `net`'s names and shapes (a `state_dict` wrapper and DataParallel's
-    `module.` prefixes are accepted). `what` names the weights in messages; `hint` says what to check."""
+    `module.` prefixes are accepted). `what` names the weights in messages; `hint` says what to check;
+    `aliases` maps another code base's name prefixes to `net`'s (e.g. `{"fc_end.": "head."}`)."""
     if not path.is_file():
         raise UserError(f"{what} weights file {path} does not exist; set `weights` to a local .safetensors or .pt "
                         "file.")
@@ -28,9 +30,16 @@ def load_state_dict(path: Path, net: nn.Module, what: str, hint: str = "") -> di
         state = state["state_dict"]
     if not isinstance(state, dict):
         raise UserError(f"{what} weights file {path} holds a {type(state).__name__}, not a state dict.")
-    state = {k.removeprefix("module."): v for k, v in state.items()}
+    state = {_renamed(k.removeprefix("module."), aliases or {}): v for k, v in state.items()}
     wrong = [k for k, v in net.state_dict().items() if k not in state or tuple(state[k].shape) != tuple(v.shape)]
     if wrong:
         raise UserError(f"{what} weights file {path} does not match the configured model ({len(wrong)} tensors "
                         f"missing or of another shape, e.g. '{wrong[0]}'){hint}.")
     return state
+
+
+def _renamed(key: str, aliases: dict[str, str]) -> str:
+    for prefix, ours in aliases.items():
+        if key.startswith(prefix):
+            return ours + key[len(prefix):]
+    return key

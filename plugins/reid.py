@@ -39,6 +39,9 @@ PRESETS = {
     "cpu": dict(backbone="resnet18", lr=2e-3, batch_size=64, patience=20, max_epochs=100),
 }
 
+#: EchoNet-Synthetic's re-ID checkpoints name the backbone `model` and the head `fc_end` (outside-formats.md §3).
+ECHONET_SYNTHETIC_NAMES = {"model.": "backbone.", "fc_end.": "head."}
+
 
 def normalise_videos(x: torch.Tensor) -> torch.Tensor:
     """Per-video min-max to [-1, 1] over the whole clip (T x C x H x W), as the seed code's "pmone"."""
@@ -97,7 +100,8 @@ class Siamese(ReIdFilter):
     def _build(self, in_channels: int) -> SiameseNetwork:
         net = SiameseNetwork(self.config.setting("backbone"), in_channels, self.config.features)
         if self.config.weights:
-            state = load_state_dict(Path(self.config.weights), net, "re-ID", "; check `backbone` and `features`")
+            state = load_state_dict(Path(self.config.weights), net, "re-ID", "; check `backbone` and `features`",
+                                    aliases=ECHONET_SYNTHETIC_NAMES)
             net.load_state_dict(state, strict=True)
         return net
 

@@ -162,3 +162,32 @@ def test_reid_study_tests_every_model_on_its_own_and_the_other_view(tiny_run, tm
     assert all(0 <= t["auc"] <= 1 and t["auc_low"] <= t["auc"] <= t["auc_high"] for t in study["tests"])
     md = (out / "leaderboard.md").read_text()
     assert "Cross-dataset" in md and "AUC per head" in md and "longer per epoch in image space" in md
+
+
+@pytest.mark.parametrize("wrapped", [False, True])
+def test_echonet_synthetic_checkpoint_loads_as_published(registry, tmp_path, wrapped):
+    """Their layout: backbone `model` (ResNet-50, 4-channel conv1, fc 2048 -> 128), head `fc_end` (128 -> 1); a plain
+    state dict, or a resumable checkpoint dict holding it under `state_dict`."""
+    import torchvision
+
+    class TheirSiamese(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.model = torchvision.models.resnet50(weights=None)
+            self.model.conv1 = torch.nn.Conv2d(4, 64, kernel_size=7, stride=2, padding=3, bias=False)
+            self.model.fc = torch.nn.Linear(2048, 128)
+            self.fc_end = torch.nn.Linear(128, 1)
+
+    torch.manual_seed(3)
+    theirs = TheirSiamese().eval()
+    state = theirs.state_dict()
+    path = tmp_path / "dynamic_best_network.pth"
+    torch.save({"state_dict": state, "optimizer": {}, "best_loss": 0.1, "num_bad_epochs": 0} if wrapped else state,
+               path)
+    spec = tiny_spec(tmp_path, reid={"args": {"preset": "paper-latent", "weights": str(path)}})
+    config = validate_spec(spec, registry).configs["reid"]
+    ours = Siamese(config)._build(4).eval()
+    x = torch.randn(3, 4, 14, 14)
+    with torch.no_grad():
+        np.testing.assert_allclose(ours.embed(x), torch.sigmoid(theirs.model(x)), atol=1e-6)
+        assert torch.equal(ours.head.weight, theirs.fc_end.weight) and torch.equal(ours.head.bias, theirs.fc_end.bias)
