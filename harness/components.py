@@ -29,7 +29,7 @@ if TYPE_CHECKING:
     import torch
 
     from harness.context import RunContext
-    from harness.data import Condition, LatentSet, SampleSet, VideoSet
+    from harness.data import Condition, LatentSet, PixelSamples, SampleSet, VideoSet
 
 
 class ComponentConfig(BaseModel):
@@ -115,8 +115,17 @@ class Encoder(Component):
 
 
 class Generator(Component):
-    """A video generator working in the encoder's space."""
+    """A video generator.
 
+    It returns clips in the run's encoder space (`output = "latent"`, a `SampleSet`), or pixel clips
+    (`output = "pixels"`, a `PixelSamples` of uint8 grayscale `[N, T, H, W]` or RGB `[N, T, H, W, 3]` at the
+    run's clip size, length and fps, `ctx.clip`), which the core converts to the dataset's grayscale and encodes
+    with the run's encoder as a cached stage. Choose latents for a model trained in the run's own latent space
+    (it skips a decode and re-encode); pixels for anything else: a model with its own autoencoder, or videos made
+    elsewhere.
+    """
+
+    output: ClassVar[Literal["latent", "pixels"]] = "latent"
     #: True when samples are (variations of) real videos, e.g. a copying control: their frames never go into
     #: figures, which may be published.
     shows_real_frames: ClassVar[bool] = False
@@ -128,16 +137,17 @@ class Generator(Component):
         """
 
     @abc.abstractmethod
-    def sample(self, conditions: list[Condition], ctx: RunContext) -> SampleSet:
+    def sample(self, conditions: list[Condition], ctx: RunContext) -> SampleSet | PixelSamples:
         """One video per condition.
 
         :param conditions: the requested videos (sample id, seed, EF), identical for every row of a benchmark.
-        :returns: a SampleSet in the order of `conditions` (build it with `SampleSet.from_conditions`), each clip
-            of the training latents' shape `[T, C, h, w]` and finite. A sample must be a deterministic function of
-            the fitted state and its `Condition.seed`. A generator that draws in batches records a `batch`
-            provenance column (samples drawn together); `harness regenerate` redraws a whole batch, since batched
-            arithmetic only reproduces with the same batch. Output of the wrong count, shape or with NaNs is the
-            row's error, not a crash.
+        :returns: in the order of `conditions`, a SampleSet (`SampleSet.from_conditions`) whose clips have the
+            training latents' shape `[T, C, h, w]` and are finite, or for `output = "pixels"` a PixelSamples
+            (`PixelSamples.from_conditions`) of `ctx.clip`'s frames, size and fps. A sample must be a
+            deterministic function of the fitted state and its `Condition.seed`. A generator that draws in batches
+            records a `batch` provenance column (samples drawn together); `harness regenerate` redraws a whole
+            batch, since batched arithmetic only reproduces with the same batch. Output of the wrong count, shape
+            or with NaNs is the row's error, not a crash.
         """
 
     @property

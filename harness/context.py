@@ -1,8 +1,8 @@
 """The run context handed to every component: device, seeds, cache, progress, and typed access to the run's parts.
 
-Components never pick their own device or seed. The parts of the run a component may use (the dataset, the
-encoder, the privacy filter) are typed accessors; the encoder and the filter are made ready (their cached state
-loaded) on first use, so a warm run that never touches them never loads a model.
+Components never pick their own device or seed. The parts of the run a component may use (the dataset, its clip
+settings, the encoder, the privacy filter) are typed accessors; the encoder and the filter are made ready (their
+cached state loaded) on first use, so a warm run that never touches them never loads a model.
 """
 
 from __future__ import annotations
@@ -23,6 +23,7 @@ from harness.hashing import derive_seed
 
 if TYPE_CHECKING:
     from harness.components import Dataset, Encoder, PrivacyCheck
+    from harness.data import ClipSpec
 
 
 def resolve_device(name: str) -> torch.device:
@@ -57,13 +58,14 @@ class RunContext:
     cache: ArtifactCache
     show_progress: bool = True
     _dataset: Dataset | None = None
+    _clip: ClipSpec | None = None
     _encoder: Callable[[], Encoder] | None = None
     _privacy_filter: PrivacyCheck | None = None
 
-    def using(self, *, dataset: Dataset | None = None, encoder: Callable[[], Encoder] | None = None,
-              privacy_filter: PrivacyCheck | None = None) -> RunContext:
+    def using(self, *, dataset: Dataset | None = None, clip: ClipSpec | None = None,
+              encoder: Callable[[], Encoder] | None = None, privacy_filter: PrivacyCheck | None = None) -> RunContext:
         """A context that also offers the given parts of the run (`encoder` is a thunk that makes it ready)."""
-        changes = {"_dataset": dataset, "_encoder": encoder, "_privacy_filter": privacy_filter}
+        changes = {"_dataset": dataset, "_clip": clip, "_encoder": encoder, "_privacy_filter": privacy_filter}
         return replace(self, **{k: v for k, v in changes.items() if v is not None})
 
     @property
@@ -76,6 +78,13 @@ class RunContext:
         if self._dataset is None:
             raise RuntimeError("the run's dataset is not loaded yet")
         return self._dataset
+
+    @property
+    def clip(self) -> ClipSpec:
+        """The clips of the run (frames, height, width, fps): what a pixel-space generator must produce."""
+        if self._clip is None:
+            raise RuntimeError("the run's clips are not known before its data is loaded")
+        return self._clip
 
     @property
     def encoder(self) -> Encoder:

@@ -126,13 +126,7 @@ class SampleSet(LatentSet):
         :param provenance: further per-sample provenance columns (a value or one per sample), e.g. `sampler`,
             `steps`, `model_hash`, `batch`.
         """
-        ids = [c.sample_id for c in conditions]
-        requested = [c.ef for c in conditions]
-        table = pd.DataFrame({"video_id": ids, "patient_id": "",
-                              "ef": np.asarray(requested if ef is None else ef, dtype=float),
-                              "split": "synthetic", "fps": float(fps), "source_file": ""})
-        records = pd.DataFrame({"sample_id": ids, "seed": [c.seed for c in conditions], "requested_ef": requested,
-                                "source_ids": [";".join(s) for s in sources] if sources else "", **provenance})
+        table, records = _records(conditions, fps, ef, sources, provenance)
         return cls(np.asarray(latents).astype(np.float16), table, records)
 
     def save(self, folder: Path) -> None:
@@ -143,6 +137,83 @@ class SampleSet(LatentSet):
     def load(cls, folder: Path) -> SampleSet:
         base = LatentSet.load(folder)
         return cls(base.latents, base.table, _load_table(folder / "provenance.json"))
+
+
+def _records(conditions: list[Condition], fps: float, ef, sources: list[list[str]] | None,
+             provenance: dict[str, object]) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """The table and provenance of generated clips, one row per condition, in order."""
+    ids = [c.sample_id for c in conditions]
+    requested = [c.ef for c in conditions]
+    table = pd.DataFrame({"video_id": ids, "patient_id": "", "ef": np.asarray(requested if ef is None else ef,
+                                                                              dtype=float),
+                          "split": "synthetic", "fps": float(fps), "source_file": ""})
+    records = pd.DataFrame({"sample_id": ids, "seed": [c.seed for c in conditions], "requested_ef": requested,
+                            "source_ids": [";".join(s) for s in sources] if sources else "", **provenance})
+    return table, records
+
+
+#: ITU-R BT.601 luma: RGB video (EchoNet stores grey echo in three equal channels) to the datasets' grayscale.
+LUMA = np.array([0.299, 0.587, 0.114])
+
+
+@dataclass
+class PixelSamples:
+    """A pixel-space generator's output: uint8 clips, grayscale `[N, T, H, W]` or RGB `[N, T, H, W, 3]`, with the
+    table and provenance of a SampleSet. The core checks them against the run's clips and encodes them."""
+
+    frames: np.ndarray
+    table: pd.DataFrame
+    provenance: pd.DataFrame
+
+    @classmethod
+    def from_conditions(cls, frames: np.ndarray, conditions: list[Condition], *, fps: float,
+                        ef: np.ndarray | list[float] | None = None, sources: list[list[str]] | None = None,
+                        **provenance: object) -> PixelSamples:
+        """Like `SampleSet.from_conditions`, for uint8 pixel clips at the run's size, length and fps (`ctx.clip`)."""
+        table, records = _records(conditions, fps, ef, sources, provenance)
+        return cls(np.asarray(frames), table, records)
+
+    def __len__(self) -> int:
+        return len(self.frames)
+
+    def grayscale(self) -> PixelSamples:
+        """The clips in the datasets' channels (grayscale), rounded to uint8."""
+        if self.frames.ndim == 4:
+            return self
+        grey = np.rint(np.asarray(self.frames, dtype=np.float32) @ LUMA.astype(np.float32))
+        return PixelSamples(np.clip(grey, 0, 255).astype(np.uint8), self.table, self.provenance)
+
+    def videos(self) -> VideoSet:
+        return VideoSet(self.grayscale().frames, self.table)
+
+    def save(self, folder: Path) -> None:
+        self.videos().save(folder)
+        _save_table(self.provenance, folder / "provenance.json")
+
+    @classmethod
+    def load(cls, folder: Path) -> PixelSamples:
+        videos = VideoSet.load(folder)
+        return cls(videos.frames, videos.table, _load_table(folder / "provenance.json"))
+
+
+def load_samples(folder: Path) -> SampleSet | PixelSamples:
+    """A generator's stored output, latent or pixel."""
+    return PixelSamples.load(folder) if (folder / "frames.npy").is_file() else SampleSet.load(folder)
+
+
+@dataclass(frozen=True)
+class ClipSpec:
+    """The clips a run works with, which a pixel-space generator must produce: `[frames, height, width]` at `fps`."""
+
+    frames: int
+    height: int
+    width: int
+    fps: float
+
+    @classmethod
+    def of(cls, videos: VideoSet) -> ClipSpec:
+        _, frames, height, width = videos.frames.shape
+        return cls(frames, height, width, float(videos.table["fps"].iloc[0]))
 
 
 @dataclass(frozen=True)

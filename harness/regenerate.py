@@ -17,7 +17,7 @@ import torch
 
 from harness.cache import ArtifactCache
 from harness.context import RunContext
-from harness.data import Condition, SampleSet
+from harness.data import ClipSpec, Condition, PixelSamples, SampleSet, load_samples
 from harness.errors import UserError
 from harness.plugins import Registry
 
@@ -64,7 +64,7 @@ def regenerate(run_dir: Path, sample_id: str, registry: Registry, cache: Artifac
         raise UserError(f"row '{row['generator']}' was sampled through the run's privacy filter, which regenerate "
                         "cannot rebuild yet; re-run the spec to reproduce it.")
     generator.load_state(fit.path / "state")
-    samples = SampleSet.load(stored.path)
+    samples = load_samples(stored.path)
     provenance = samples.provenance.astype({"sample_id": str})
     index = int(np.flatnonzero(provenance["sample_id"] == sample_id)[0])
     group = (np.flatnonzero(provenance["batch"] == provenance["batch"][index]) if "batch" in provenance
@@ -72,9 +72,16 @@ def regenerate(run_dir: Path, sample_id: str, registry: Registry, cache: Artifac
     conditions = [Condition(str(r.sample_id), int(r.seed), float(r.requested_ef))
                   for r in provenance.iloc[group].itertuples()]
     ctx = RunContext(device=torch.device("cpu"), seed=manifest["seed"], cache=cache, show_progress=False)
+    if isinstance(samples, PixelSamples):
+        ctx = ctx.using(clip=ClipSpec.of(samples.videos()))
     redrawn = generator.sample(conditions, ctx)
-    new = np.asarray(redrawn.latents[int(np.flatnonzero(group == index)[0])])
-    old = np.asarray(samples.latents[index])
+    new = _values(redrawn)[int(np.flatnonzero(group == index)[0])]
+    old = _values(samples)[index]
     return {"row": row["generator"], "sample_id": sample_id, "redrawn_with": len(group),
             "identical": bool(np.array_equal(new, old)),
             "max_abs_diff": float(np.abs(new.astype(np.float32) - old.astype(np.float32)).max())}
+
+
+def _values(samples: SampleSet | PixelSamples) -> np.ndarray:
+    """What a generator stored: latents, or its pixels in the datasets' grayscale."""
+    return np.asarray(samples.grayscale().frames if isinstance(samples, PixelSamples) else samples.latents)

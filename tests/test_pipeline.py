@@ -13,7 +13,7 @@ import torch
 from harness.cache import ArtifactCache
 from harness.components import ComponentConfig, Dataset, Encoder, Generator, ReIdFilter, Task
 from harness.context import RunContext
-from harness.data import LatentSet, SampleSet, VideoSet
+from harness.data import LatentSet, PixelSamples, SampleSet, VideoSet
 from harness.errors import GeneratorOutputError, Ineligible, UserError
 from harness.pipeline.encoding import encode_real
 from harness.pipeline.real_data import load_real_data
@@ -108,6 +108,25 @@ class StubCopy(Generator):
                                          sources=[[ids[i]] for i in idx])
 
 
+class StubPixelCopy(Generator):
+    """Returns training videos as RGB pixels (three equal channels, as EchoNet stores echo)."""
+
+    output = "pixels"
+
+    class Config(ComponentConfig):
+        size: int | None = None  # another size than the run's, to be rejected
+
+    def fit(self, data, ctx):
+        self.frames = ctx.encoder.decode(data["train"], ctx).frames
+
+    def sample(self, conditions, ctx):
+        assert (ctx.clip.frames, ctx.clip.height, ctx.clip.width, ctx.clip.fps) == (4, 8, 8, 25.0)
+        frames = np.repeat(np.asarray(self.frames)[[c.seed % len(self.frames) for c in conditions], ..., None], 3, -1)
+        if self.config.size:
+            frames = frames[:, :, : self.config.size, : self.config.size]
+        return PixelSamples.from_conditions(frames, conditions, fps=ctx.clip.fps)
+
+
 class StubBroken(Generator):
     def sample(self, conditions, ctx):
         return SampleSet.from_conditions(np.zeros((len(conditions), 1, 1, 2, 2)), conditions, fps=25.0)
@@ -126,7 +145,7 @@ def real_phases(ctx):
     stages = Stages(ctx.cache)
     data = load_real_data(stages, chosen(StubDataset), ctx)
     encoded = encode_real(stages, chosen(StubEncoder), data, ctx.using(dataset=data.dataset))
-    return stages, data, encoded, ctx.using(dataset=data.dataset, encoder=encoded.encoder.get)
+    return stages, data, encoded, ctx.using(dataset=data.dataset, clip=data.clip, encoder=encoded.encoder.get)
 
 
 # ---------------------------------------------------------------------------------------------- the stage primitive
@@ -227,6 +246,23 @@ def test_reid_and_row_phases_with_stubs(ctx):
     row, table = result.row, result.table
     assert row["error"] is None and row["n_returned"] == 8 and row["memorised_pct"] == 100.0
     assert (table["nearest_pred"] == table["source_ids"]).all() and result.arrays.is_file()
+
+
+def test_pixel_space_generator_is_encoded_and_scored_like_a_latent_one(ctx):
+    stages, data, encoded, ctx = real_phases(ctx)
+    reid = fit_reid(stages, chosen(StubReId), encoded, PrivacySpec(bootstrap_resamples=50), ctx)
+    asked = conditions(6, encoded.latents["train"].value, ConditionSpec(), ctx)
+    pixels = run_row(stages, RowRequest("pixels", chosen(StubPixelCopy), "h", asked, []), encoded, reid, None, ctx)
+    latent = run_row(stages, RowRequest("latent", chosen(StubCopy), "h", asked, []), encoded, reid, None, ctx)
+    assert pixels.row["error"] is None and set(pixels.row["artifacts"]) == {"generator-fit", "samples",
+                                                                            "encode-samples"}
+    # RGB with three equal channels -> the same grey clips -> the same latents and metrics as the latent copy
+    for key in ("memorised_pct", "recall", "fd"):
+        assert pixels.row[key] == latent.row[key]
+    wrong = run_row(stages, RowRequest("wrong", chosen(StubPixelCopy, size=6), "h", asked, []), encoded, reid, None,
+                    ctx)
+    assert wrong.row["error"] == ("the generator returned clips of 4 frames of 6x6 pixels; the run's clips are 4 "
+                                  "frames of 8x8 (ctx.clip).")
 
 
 def test_a_broken_generator_is_its_rows_error(ctx):

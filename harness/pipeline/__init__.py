@@ -73,7 +73,7 @@ def run_generators(resolved: ResolvedSpec, stages: Stages, choose: Choose, ctx: 
     spec = resolved.spec
     # 1. real data
     data = load_real_data(stages, choose("datasets", spec.dataset.plugin, "dataset"), ctx)
-    ctx = ctx.using(dataset=data.dataset)
+    ctx = ctx.using(dataset=data.dataset, clip=data.clip)
     # 2. encoding
     encoded = encode_real(stages, choose("encoders", spec.encoder.plugin, "encoder"), data, ctx)
     ctx = ctx.using(encoder=encoded.encoder.get)

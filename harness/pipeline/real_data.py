@@ -8,7 +8,7 @@ from typing import Any
 
 from harness.components import Dataset
 from harness.context import RunContext
-from harness.data import VideoSet
+from harness.data import ClipSpec, VideoSet
 from harness.errors import UserError
 from harness.pipeline.stages import Chosen, Stages, Stored
 
@@ -20,6 +20,10 @@ class RealData:
     dataset: Dataset
     videos: dict[str, Stored[VideoSet]]
     reports: dict[str, dict[str, Any]]  # per split: videos read, skipped
+
+    @property
+    def clip(self) -> ClipSpec:
+        return ClipSpec.of(self.videos["train"].value)
 
 
 def load_real_data(stages: Stages, chosen: Chosen[Dataset], ctx: RunContext) -> RealData:

@@ -18,7 +18,7 @@ import pandas as pd
 
 from harness.components import Generator, RowFeatures, RowMetric
 from harness.context import RunContext
-from harness.data import Condition, LatentSet, SampleSet
+from harness.data import ClipSpec, Condition, LatentSet, PixelSamples, SampleSet
 from harness.downstream import adherence, learned_real_videos, select
 from harness.errors import GeneratorOutputError, Ineligible, UserError
 from harness.evaluation import row_metrics
@@ -71,22 +71,29 @@ def run_row(stages: Stages, request: RowRequest, encoded: Encoded, reid: ReidMod
     generator = stages.fit("generator-fit", request.generator, _fit, train=latents["train"], val=latents["val"],
                            ctx=ctx)
     filtered_by = {"privacy": reid} if reid is not None and generator.component.uses_privacy_filter else {}
+    pixels = request.generator.factory.output == "pixels"
+    expected = {"clip": ctx.clip} if pixels else {"clip_shape": list(latents["train"].value.clip_shape)}
     base = {"generator": request.name, "plugin": request.generator.name, "generator_hash": request.generator_hash,
             "n_samples": len(request.conditions)}
+    artifacts = {"generator-fit": generator.key}
     try:
-        sampled = stages.run("samples", _sample, generator=generator, conditions=request.conditions,
-                             clip_shape=list(latents["train"].value.clip_shape), ctx=ctx, **filtered_by)
+        produced = sampled = stages.run("samples", _sample, generator=generator, conditions=request.conditions,
+                                        ctx=ctx, **expected, **filtered_by)
+        artifacts["samples"] = produced.key
+        if pixels:  # from here on, every stage is the same as for a latent generator
+            sampled = stages.run("encode-samples", _encode_samples, encoder=encoded.encoder,
+                                 pixels=Stored(produced.key, PixelSamples.load(produced.path)), ctx=ctx)
+            artifacts["encode-samples"] = sampled.key
     except (UserError, GeneratorOutputError, Ineligible) as exc:
         log.info("generator %s failed: %s", request.name, exc)
-        return RowResult({**base, "artifacts": {"generator-fit": generator.key}, "error": str(exc)}, None)
+        return RowResult({**base, "artifacts": artifacts, "error": str(exc)}, None)
     except Exception as exc:  # a plugin bug: isolate it to its row, keep the traceback in the log
         log.info("generator %s raised:\n%s", request.name, traceback.format_exc())
-        return RowResult({**base, "artifacts": {"generator-fit": generator.key},
+        return RowResult({**base, "artifacts": artifacts,
                           "error": f"{type(exc).__name__}: {exc} (traceback in run.log)"}, None)
     samples = Stored(sampled.key, SampleSet.load(sampled.path))
-    row = {**base, "artifacts": {"generator-fit": generator.key, "samples": samples.key},
-           "n_returned": len(samples.value),
-           "sample_seconds_per_video": round(sampled.meta["sample_seconds_per_video"], 5), "error": None}
+    row = {**base, "artifacts": artifacts, "n_returned": len(samples.value),
+           "sample_seconds_per_video": round(produced.meta["sample_seconds_per_video"], 5), "error": None}
     table, per_sample, out = samples.value.provenance, None, {}
     try:
         # 2. privacy, recall, consistency and fidelity against the real reference
@@ -169,13 +176,16 @@ def _fit(generator: Generator, train: Stored[LatentSet], val: Stored[LatentSet],
     generator.fit({"train": train.value, "val": val.value}, ctx)
 
 
-def _sample(folder: Path, generator, conditions: list[Condition], clip_shape: list[int], ctx: RunContext,
-            privacy: ReidModel | None = None) -> dict[str, float]:
+def _sample(folder: Path, generator, conditions: list[Condition], ctx: RunContext, clip_shape: list[int] | None = None,
+            clip: ClipSpec | None = None, privacy: ReidModel | None = None) -> dict[str, float]:
     model = generator.get()
     start = time.perf_counter()
     samples = model.sample(conditions, ctx)
     seconds = time.perf_counter() - start
-    check_samples(samples, len(conditions), tuple(clip_shape))
+    if clip is not None:
+        samples = check_pixels(samples, len(conditions), clip)
+    else:
+        check_samples(samples, len(conditions), tuple(clip_shape))
     samples.save(folder)
     return {"sample_seconds_per_video": seconds / max(len(conditions), 1)}
 
@@ -193,6 +203,35 @@ def check_samples(samples: SampleSet, n: int, clip_shape: tuple[int, ...]) -> No
     if bad.any():
         raise GeneratorOutputError(f"the generator returned NaN or infinite values in {int(bad.sum())} of "
                                    f"{n} samples.")
+
+
+def check_pixels(samples: PixelSamples, n: int, clip: ClipSpec) -> PixelSamples:
+    """Pixel clips as the run's clips (grayscale uint8 of its length, size and fps), or one sentence why not."""
+    if not isinstance(samples, PixelSamples):
+        raise GeneratorOutputError(f"the pixel-space generator returned {type(samples).__name__}, not PixelSamples.")
+    if len(samples) != n:
+        raise GeneratorOutputError(f"the generator returned {len(samples)} samples for {n} requested.")
+    frames = samples.frames
+    wanted = f"uint8 [N, {clip.frames}, {clip.height}, {clip.width}] or [N, {clip.frames}, {clip.height}, " \
+             f"{clip.width}, 3]"
+    rgb = frames.ndim == 5 and frames.shape[-1] == 3
+    if frames.dtype != np.uint8 or not (frames.ndim == 4 or rgb):
+        raise GeneratorOutputError(f"the generator returned {frames.dtype} pixels of shape {list(frames.shape)}; "
+                                   f"the run needs {wanted}.")
+    if tuple(frames.shape[1:4]) != (clip.frames, clip.height, clip.width):
+        raise GeneratorOutputError(f"the generator returned clips of {frames.shape[1]} frames of {frames.shape[2]}x"
+                                   f"{frames.shape[3]} pixels; the run's clips are {clip.frames} frames of "
+                                   f"{clip.height}x{clip.width} (ctx.clip).")
+    fps = samples.table["fps"].to_numpy(dtype=float)
+    if not np.allclose(fps, clip.fps):
+        raise GeneratorOutputError(f"the generator returned clips at {fps[~np.isclose(fps, clip.fps)][0]:g} fps; "
+                                   f"the run's clips are at {clip.fps:g} fps (ctx.clip).")
+    return samples.grayscale()
+
+
+def _encode_samples(folder: Path, encoder, pixels: Stored[PixelSamples], ctx: RunContext) -> None:
+    latents = encoder.get().encode(pixels.value.videos(), ctx)
+    SampleSet(latents.latents, latents.table, pixels.value.provenance).save(folder)
 
 
 def _row_metrics(folder: Path, features, reid: ReidModel, samples: Stored[SampleSet], row: str,
