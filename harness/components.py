@@ -150,6 +150,15 @@ class Generator(Component):
             or with NaNs is the row's error, not a crash.
         """
 
+    def existing_samples(self, ctx: RunContext) -> list[Condition] | None:
+        """For a generator whose videos already exist (e.g. a folder of them): one condition per video, which
+        replace the benchmark's requested ones for its row. None (the default): the benchmark's conditions."""
+        return None
+
+    def report(self) -> dict[str, Any]:
+        """Counts worth putting in the row's results (e.g. `{"skipped": 2}` unreadable files)."""
+        return {}
+
     @property
     def uses_privacy_filter(self) -> bool:
         """True when samples depend on the run's re-ID model (`ctx.privacy_filter`); they are keyed by it."""

@@ -34,6 +34,7 @@ class ResultRow(BaseModel):
     generator_hash: str
     n_samples: int
     artifacts: dict[str, str]  # cache keys of the generator's fit and samples (for `harness regenerate`)
+    generator_report: dict[str, Any] | None = None  # what the generator counted, e.g. skipped unreadable files
     n_returned: int | None = None
     sample_seconds_per_video: float | None = None
     error: str | None

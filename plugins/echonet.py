@@ -91,8 +91,9 @@ def resize_clip(frames: np.ndarray, size: int) -> np.ndarray:
 
 
 def load_clips(table: pd.DataFrame, fps: float | None, length: int, size: int, progress) -> tuple[VideoSet, dict]:
-    """Decode every listed video; unreadable ones are skipped, counted and named in the report."""
-    clips, keep, rates, skipped, padded = [], [], [], [], 0
+    """Decode every listed video into the run's clips (real videos and folders of generated ones alike); the
+    table gains each file's own fps and frame count. Unreadable ones are skipped, counted and named in the report."""
+    clips, keep, rates, sources, skipped, padded = [], [], [], [], [], 0
     for i, row in enumerate(progress(table.itertuples(), desc="decoding videos", total=len(table))):
         try:
             frames, native_fps = read_avi(Path(row.source_file))
@@ -106,8 +107,10 @@ def load_clips(table: pd.DataFrame, fps: float | None, length: int, size: int, p
         clips.append(resize_clip(clip, size))
         keep.append(i)
         rates.append(float(fps or src_fps))
+        sources.append((float(src_fps), len(frames)))
     out = table.iloc[keep].copy()
     out["fps"] = rates
+    out["source_fps"], out["source_frames"] = [s[0] for s in sources], [s[1] for s in sources]
     frames = np.stack(clips) if clips else np.zeros((0, length, size, size), np.uint8)
     report = {"videos": len(keep), "skipped": len(skipped), "skipped_files": skipped, "padded": padded}
     return VideoSet(frames, out), report

@@ -77,7 +77,9 @@ def run_row(stages: Stages, request: RowRequest, encoded: Encoded, reid: ReidMod
             "n_samples": len(request.conditions)}
     artifacts = {"generator-fit": generator.key}
     try:
-        produced = sampled = stages.run("samples", _sample, generator=generator, conditions=request.conditions,
+        asked = generator.component.existing_samples(ctx) or request.conditions
+        base["n_samples"] = len(asked)
+        produced = sampled = stages.run("samples", _sample, generator=generator, conditions=asked,
                                         ctx=ctx, **expected, **filtered_by)
         artifacts["samples"] = produced.key
         if pixels:  # from here on, every stage is the same as for a latent generator
@@ -92,6 +94,8 @@ def run_row(stages: Stages, request: RowRequest, encoded: Encoded, reid: ReidMod
         return RowResult({**base, "artifacts": artifacts,
                           "error": f"{type(exc).__name__}: {exc} (traceback in run.log)"}, None)
     samples = Stored(sampled.key, SampleSet.load(sampled.path))
+    if generator.component.report():
+        base["generator_report"] = generator.component.report()
     row = {**base, "artifacts": artifacts, "n_returned": len(samples.value),
            "sample_seconds_per_video": round(produced.meta["sample_seconds_per_video"], 5), "error": None}
     table, per_sample, out = samples.value.provenance, None, {}
