@@ -54,6 +54,17 @@ def _parser(registry: Registry) -> argparse.ArgumentParser:
     gc.add_argument("--leftovers-only", action="store_true", help="only remove partial writes of killed runs")
     gc.add_argument("--dry-run", action="store_true")
 
+    export = sub.add_parser("export", help="write a row's privacy-compliant samples as an EchoNet-format dataset")
+    export.add_argument("run_dir", type=Path)
+    export.add_argument("--row", required=True, help="the row (generator name) to export")
+    export.add_argument("--out", type=Path, required=True, help="the dataset folder to create")
+    export.add_argument("--include-memorised", action="store_true",
+                        help="also export the samples above τ, marked in FileList.csv's Memorised column")
+    export.add_argument("--ef", choices=["requested", "measured"], default="requested",
+                        help="FileList's EF: the requested one, or the real-trained regressor's measurement")
+    export.add_argument("--split", default="1,0,0", help="TRAIN,VAL,TEST shares, assigned by hashed sample id")
+    export.add_argument("--no-progress", action="store_true")
+
     regen = sub.add_parser("regenerate", help="redraw one sample from its provenance and compare it bit for bit")
     regen.add_argument("run_dir", type=Path)
     regen.add_argument("sample_id")
@@ -181,6 +192,27 @@ def cmd_run(args) -> int:
     return 2 if errors else 0
 
 
+def cmd_export(args) -> int:
+    from harness.export import ExportOptions, export_row
+
+    try:
+        shares = tuple(float(x) for x in args.split.split(","))
+    except ValueError:
+        shares = ()
+    if len(shares) != 3 or min(shares) < 0 or abs(sum(shares) - 1) > 1e-6:
+        raise UserError(f"--split {args.split}: give three non-negative TRAIN,VAL,TEST shares summing to 1, e.g. "
+                        "0.8,0.1,0.1.")
+    started = time.perf_counter()
+    options = ExportOptions(args.include_memorised, args.ef, shares)
+    report = export_row(args.run_dir, args.row, args.out, get_registry(), _cache(args), options,
+                        progress=not args.no_progress)
+    seconds = time.perf_counter() - started
+    print(f"exported {report['kept']} samples of row '{args.row}' ({report['removed']} memorised removed) to "
+          f"{args.out}/ in {seconds:.1f}s ({report['kept'] / seconds:.1f} videos/s): Videos/, FileList.csv, "
+          "privacy.json.")
+    return 0
+
+
 def cmd_regenerate(args) -> int:
     from harness.regenerate import regenerate
 
@@ -282,7 +314,7 @@ def cmd_cache(args) -> int:
 
 
 COMMANDS = {"run": cmd_run, "validate": cmd_validate, "plugins": cmd_plugins, "bench": cmd_bench,
-            "regenerate": cmd_regenerate, "leaderboard": cmd_leaderboard, "cache": cmd_cache}
+            "regenerate": cmd_regenerate, "export": cmd_export, "leaderboard": cmd_leaderboard, "cache": cmd_cache}
 
 
 def main(argv: list[str] | None = None) -> int:
