@@ -64,7 +64,7 @@ def export_row(run_dir: Path, row_name: str, out: Path, registry: Registry, cach
     if not keep.any():
         raise UserError(f"every sample of row '{row_name}' is memorised (P_max above τ), so nothing passes the "
                         "privacy filter; --include-memorised exports them marked.")
-    clips, fps = _pixels(row, manifest, registry, cache, np.flatnonzero(keep))
+    clips, fps = _pixels(row, manifest, registry, cache, np.flatnonzero(keep), progress)
     chosen = table[keep].reset_index(drop=True)
     ef = chosen["measured_ef" if options.ef == "measured" else "requested_ef"].to_numpy(dtype=float)
     filelist = pd.DataFrame({"FileName": chosen["sample_id"], "EF": np.round(ef, 3), "ESV": 0, "EDV": 0,
@@ -95,7 +95,7 @@ def _read_run(run_dir: Path) -> tuple[dict[str, Any], dict[str, Any]]:
 
 
 def _pixels(row: dict[str, Any], manifest: dict[str, Any], registry: Registry, cache: ArtifactCache,
-            indices: np.ndarray) -> tuple[np.ndarray, float]:
+            indices: np.ndarray, progress: bool) -> tuple[np.ndarray, float]:
     """The chosen samples as uint8 grey clips `[n, T, H, W]`, and their fps."""
     stored = cache.get("samples", row["artifacts"].get("samples", ""))
     if stored is None:
@@ -105,15 +105,13 @@ def _pixels(row: dict[str, Any], manifest: dict[str, Any], registry: Registry, c
     fps = float(samples.table["fps"].iloc[0])
     if isinstance(samples, PixelSamples):
         return np.asarray(samples.frames)[indices], fps
-    return _decode(samples, manifest, registry, cache, indices), fps
+    return _decode(samples, manifest, registry, cache, indices, progress), fps
 
 
 def _decode(samples: SampleSet, manifest: dict[str, Any], registry: Registry, cache: ArtifactCache,
-            indices: np.ndarray) -> np.ndarray:
-    """Decode latent samples with the run's own fitted encoder."""
-    import torch
-
-    from harness.context import RunContext
+            indices: np.ndarray, progress: bool) -> np.ndarray:
+    """Decode latent samples with the run's own fitted encoder (on the GPU when there is one)."""
+    from harness.context import RunContext, resolve_device
 
     spec = manifest["resolved_spec"]["encoder"]
     factory = registry.get("encoders", spec["plugin"]).factory
@@ -125,9 +123,10 @@ def _decode(samples: SampleSet, manifest: dict[str, Any], registry: Registry, ca
                         "--cache first.")
     if fit.meta.get("saved"):  # an encoder that saved nothing (identity) decodes without state
         encoder.load_state(fit.path / "state")
-    ctx = RunContext(torch.device("cpu"), manifest["seed"], cache, show_progress=False)
+    ctx = RunContext(resolve_device("auto"), manifest["seed"], cache, show_progress=False)
     chunks = np.array_split(indices, max(1, len(indices) // 32))
-    return np.concatenate([encoder.decode(samples.subset(chunk), ctx).frames for chunk in chunks])
+    return np.concatenate([encoder.decode(samples.subset(chunk), ctx).frames
+                           for chunk in tqdm(chunks, desc="decoding samples", disable=not progress, leave=False)])
 
 
 def _split(sample_id: str, shares: tuple[float, float, float]) -> str:
