@@ -148,6 +148,7 @@ class ArtifactCache:
             (tmp / META).write_text(json.dumps(record, indent=1, default=str))
             try:
                 os.rename(tmp, final)
+                self._verified.add(final)  # hashed just now, from the files written
             except OSError:
                 if not (final / META).is_file():
                     raise

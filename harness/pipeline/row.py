@@ -94,8 +94,9 @@ def run_row(stages: Stages, request: RowRequest, encoded: Encoded, reid: ReidMod
         return RowResult({**base, "artifacts": artifacts,
                           "error": f"{type(exc).__name__}: {exc} (traceback in run.log)"}, None)
     samples = Stored(sampled.key, SampleSet.load(sampled.path))
-    if generator.component.report():
-        base["generator_report"] = generator.component.report()
+    report = generator.component.report()
+    if report:
+        base["generator_report"] = report
     row = {**base, "artifacts": artifacts, "n_returned": len(samples.value),
            "sample_seconds_per_video": round(produced.meta["sample_seconds_per_video"], 5), "error": None}
     table, per_sample, out = samples.value.provenance, None, {}

@@ -16,13 +16,11 @@ from dataclasses import asdict, dataclass, field, is_dataclass
 from pathlib import Path
 from typing import Any, Generic, TypeVar
 
-import numpy as np
 from pydantic import BaseModel
 
 from harness.cache import Artifact, ArtifactCache
 from harness.components import Component, ComponentConfig
 from harness.errors import Ineligible, UserError
-from harness.hashing import stable_hash
 from harness.monitor import StageMonitor
 from harness.plugins import Registry
 
@@ -38,8 +36,6 @@ def identity(value: Any) -> Any:
         return value.cache_identity
     if isinstance(value, BaseModel):
         return value.model_dump(mode="json")
-    if isinstance(value, np.ndarray):
-        return {"array": stable_hash([value.dtype.str, value.shape, value.tobytes().hex()], 24)}
     if is_dataclass(value) and not isinstance(value, type):
         return asdict(value)
     if isinstance(value, dict):
