@@ -185,7 +185,8 @@ def cmd_run(args) -> int:
               "(reid.args) or check the data.", file=sys.stderr)
     skipped = results["dataset"]["skipped_videos"]
     if skipped:
-        print(f"warning: {skipped} unreadable videos were skipped (listed in results.json).", file=sys.stderr)
+        print(f"warning: {skipped} unreadable videos or videos without a valid EF were skipped (listed in "
+              "results.json).", file=sys.stderr)
     print(f"Done in {time.perf_counter() - started:.1f}s: {len(results['rows'])} rows ({len(errors)} failed), "
           f"{len(outcome.executed)} stages computed; outputs in {run_dir}/ (results.json, leaderboard.md, "
           "manifest.json, run.log).")

@@ -14,7 +14,7 @@ from harness.components import Command, ComponentConfig, Dataset
 from harness.context import RunContext
 from harness.data import VideoSet
 from harness.errors import UserError
-from harness_plugins.echonet import load_clips, read_filelist, resolve_root
+from harness_plugins.echonet import drop_invalid_ef, load_clips, read_filelist, resolve_root
 from harness_plugins.phantom.writers import (
     TEST_FOLD,
     TRAIN_FOLDS,
@@ -50,10 +50,12 @@ class _FolderDataset(Dataset):
     def load(self, split: str, ctx: RunContext) -> VideoSet:
         root = self._root(ctx)
         table = read_filelist(root, self._fold_splits(), patient_from_name=self.dialect == "pediatric")
-        table = table[table["split"] == split]
+        table, invalid_ef = drop_invalid_ef(table[table["split"] == split], root / "FileList.csv")
         if self.config.max_videos:
             table = table.iloc[: self.config.max_videos]
         videos, report = load_clips(table, self.config.fps, self.config.clip_length, self.config.size, ctx.progress)
+        if invalid_ef:  # counted like unreadable videos
+            report.update(skipped=report["skipped"] + len(invalid_ef), invalid_ef_files=invalid_ef)
         self._reports[split] = report
         return videos
 

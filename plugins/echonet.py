@@ -58,10 +58,20 @@ def read_filelist(root: Path, fold_splits: dict[int, str], patient_from_name: bo
     fps = raw["FPS"].astype(float) if "FPS" in raw.columns else np.nan
     patient = stems.str.split("-").str[0] if patient_from_name else stems
     table = pd.DataFrame({
-        "video_id": stems, "patient_id": patient, "ef": raw["EF"].astype(float), "split": split, "fps": fps,
+        "video_id": stems, "patient_id": patient, "ef": pd.to_numeric(raw["EF"], errors="coerce"), "split": split,
+        "fps": pd.to_numeric(fps, errors="coerce"),
         "source_file": [str(root / "Videos" / f"{s}.avi") for s in stems],
     })
     return table[table["split"].notna()].reset_index(drop=True)
+
+
+def drop_invalid_ef(table: pd.DataFrame, path: Path) -> tuple[pd.DataFrame, list[str]]:
+    """Rows whose EF is missing, not a number or outside 0-100 are skipped with a warning; their files are named."""
+    valid = table["ef"].between(0, 100)
+    bad = table.loc[~valid, "source_file"].map(lambda f: Path(f).name).tolist()
+    for (name, ef) in zip(bad, table.loc[~valid, "ef"], strict=True):
+        log.warning("skipping %s: %s gives it EF %s (a percentage within 0-100 is needed)", name, path, ef)
+    return table[valid].reset_index(drop=True), bad
 
 
 def _split_name(value, fold_splits: dict[int, str]) -> str | None:

@@ -70,6 +70,37 @@ def test_corrupt_video_is_skipped_and_reported(folders, ctx, tmp_path):
     assert report["skipped"] == 1 and report["skipped_files"] == [f"{victim}.avi"]
 
 
+def test_rows_without_a_valid_ef_are_skipped_and_counted(folders, ctx, tmp_path, caplog):
+    import shutil
+
+    root = tmp_path / "copy"
+    shutil.copytree(folders / "dynamic", root)
+    files = pd.read_csv(root / "FileList.csv")
+    train = files.index[files["Split"] == "TRAIN"]
+    files["EF"] = files["EF"].astype(object)
+    files.loc[train[:4], "EF"] = [np.nan, "n/a", 120.0, -3.0]
+    files.to_csv(root / "FileList.csv", index=False)
+    ds = EchoNetDynamic(EchoNetDynamic.Config(root=root, fps=25, clip_length=8))
+    loaded = ds.load("train", ctx)
+    assert len(loaded) == 1 and loaded.table["ef"].between(0, 100).all()
+    report = ds.load_report()["train"]
+    assert report["skipped"] == 4 and report["invalid_ef_files"] == [f"{f}.avi" for f in files["FileName"][train[:4]]]
+    assert sum("a percentage within 0-100" in r.message for r in caplog.records) == 4
+    assert len(ds.load("test", ctx)) == 3  # other splits untouched
+
+
+def test_filelist_with_a_byte_order_mark_loads(folders, ctx, tmp_path):
+    import shutil
+
+    root = tmp_path / "bom"
+    shutil.copytree(folders / "dynamic", root)
+    text = (root / "FileList.csv").read_text()
+    (root / "FileList.csv").write_text(text, encoding="utf-8-sig")
+    assert (root / "FileList.csv").read_bytes().startswith(b"\xef\xbb\xbf")
+    ds = EchoNetDynamic(EchoNetDynamic.Config(root=root, fps=25, clip_length=8))
+    assert len(ds.load("train", ctx)) == 5
+
+
 def test_wrong_root_and_missing_column_are_one_sentence(folders, ctx, tmp_path):
     with pytest.raises(UserError, match="does not exist"):
         EchoNetDynamic(EchoNetDynamic.Config(root=tmp_path / "nope")).load("train", ctx)

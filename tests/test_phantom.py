@@ -44,6 +44,21 @@ def test_dynamic_tracings(dynamic_folder):
     assert list(tracings.columns) == ["FileName", "X1", "Y1", "X2", "Y2", "Frame"]
     assert tracings["FileName"].str.endswith(".avi").all()
     assert (tracings.groupby("FileName")["Frame"].nunique() == 2).all()  # ED and ES
+    for _, rows in tracings.groupby("FileName", sort=False):
+        first, last = (rows[rows["Frame"] == f] for f in rows["Frame"].unique())
+        # EchoNet's loader reads the first traced frame as ES and the last as ED (the larger LV)
+        assert _chord_area(first) < _chord_area(last)
+
+
+def _shoelace(x: np.ndarray, y: np.ndarray) -> float:
+    return 0.5 * abs(float(np.dot(x, np.roll(y, 1)) - np.dot(y, np.roll(x, 1))))
+
+
+def _chord_area(rows: pd.DataFrame) -> float:
+    """Area of the outline the chords' two ends trace (one side down, the other back up)."""
+    x = np.concatenate([rows["X1"].to_numpy(), rows["X2"].to_numpy()[::-1]])
+    y = np.concatenate([rows["Y1"].to_numpy(), rows["Y2"].to_numpy()[::-1]])
+    return _shoelace(x, y)
 
 
 def test_pediatric_layout(tmp_path):
@@ -55,6 +70,10 @@ def test_pediatric_layout(tmp_path):
     assert set(files["Split"]) <= set(range(10)) and {8, 9} <= set(files["Split"])
     tracings = pd.read_csv(tmp_path / "VolumeTracings.csv")
     assert list(tracings.columns) == ["FileName", "X", "Y", "Frame"]
+    for _, rows in tracings.groupby("FileName", sort=False):
+        first, last = (rows[rows["Frame"] == f] for f in rows["Frame"].unique())
+        assert _shoelace(first["X"].to_numpy(), first["Y"].to_numpy()) < _shoelace(last["X"].to_numpy(),
+                                                                                     last["Y"].to_numpy())
     frames, fps = read_avi(tmp_path / "Videos" / files["FileName"][0])
     assert frames.shape == (12, 112, 112) and fps == pytest.approx(40.0)
 

@@ -1,7 +1,8 @@
 """Write a simulated cohort to disk in EchoNet-Dynamic's or EchoNet-Pediatric's exact layout.
 
 Dynamic: `Videos/<FileName>.avi`, `FileList.csv` (FileName without `.avi`, Split TRAIN/VAL/TEST) and
-`VolumeTracings.csv` (FileName with `.avi`, line pairs X1,Y1,X2,Y2 on the ED and ES frames).
+`VolumeTracings.csv` (FileName with `.avi`, line pairs X1,Y1,X2,Y2 on the ES frame, then the ED frame: EchoNet's
+loader takes a file's first traced frame as end-systole and its last as end-diastole).
 Pediatric: FileName `<patient>-<accession>-<instance>.avi`, integer Split folds 0-9, point tracings X,Y.
 """
 
@@ -68,6 +69,12 @@ def _render_all(videos, view, n_frames, fps, folder: Path, name_of, progress: bo
         write_avi(folder / "Videos" / name_of(video), frames, fps)
 
 
+def _traced_frames(patient: Patient, n_frames: int, fps: float) -> tuple[int, int]:
+    """The traced frames in EchoNet's order: end-systole first, end-diastole last."""
+    ed, es = ed_es_frames(patient, n_frames, fps)
+    return es, ed
+
+
 def _fmt(value: float) -> str:
     return repr(float(value))
 
@@ -89,7 +96,7 @@ def write_dynamic(folder: Path, videos: list[CohortVideo], view: str, n_frames: 
         out.writerow(["FileName", "X1", "Y1", "X2", "Y2", "Frame"])
         for v in videos:
             c = contraction(v.patient, n_frames, fps)
-            for frame in ed_es_frames(v.patient, n_frames, fps):
+            for frame in _traced_frames(v.patient, n_frames, fps):
                 for x1, y1, x2, y2 in lv_chords(v.patient, float(c[frame])):
                     out.writerow([f"{v.file_stem}.avi", f"{x1:.4f}", f"{y1:.4f}", f"{x2:.4f}", f"{y2:.4f}", frame])
 
@@ -122,6 +129,6 @@ def write_pediatric(folder: Path, videos: list[CohortVideo], view: str, n_frames
         out.writerow(["FileName", "X", "Y", "Frame"])
         for v in videos:
             c = contraction(v.patient, n_frames, fps)
-            for frame in ed_es_frames(v.patient, n_frames, fps):
+            for frame in _traced_frames(v.patient, n_frames, fps):
                 for x, y in lv_contour(v.patient, float(c[frame])):
                     out.writerow([name_of(v), f"{x:.4f}", f"{y:.4f}", frame])
