@@ -19,13 +19,14 @@ import pandas as pd
 
 from harness.errors import Ineligible
 from harness.metrics.columns import Column
+from harness.metrics.intervals import Bootstrap
 
 #: The first synthetic strategy listed gives the table's EF columns.
 COLUMNS = [
-    Column("ef_r2", "EF R²", "↑"),
-    Column("ef_mae", "EF MAE", "↓", 2),
-    Column("adherence_mae", "EF adherence MAE", "↓", 2),
-    Column("adherence_corr", "EF adherence r", "↑"),
+    Column("ef_r2", "EF R²", "↑", interval=True),
+    Column("ef_mae", "EF MAE", "↓", 2, interval=True),
+    Column("adherence_mae", "EF adherence MAE", "↓", 2, interval=True),
+    Column("adherence_corr", "EF adherence r", "↑", interval=True),
 ]
 
 
@@ -70,13 +71,31 @@ def learned_real_videos(per_sample: pd.DataFrame, train_ids: list[str], head: st
     return indices
 
 
-def adherence(requested: np.ndarray, measured: np.ndarray) -> dict[str, float | int | None]:
-    """Requested vs measured label: mean absolute error and Pearson correlation (None when undefined)."""
+def adherence(requested: np.ndarray, measured: np.ndarray, boot: Bootstrap) -> dict[str, float | int | None]:
+    """Requested vs measured label: mean absolute error and Pearson correlation (None when undefined), each with
+    a bootstrap interval over the samples."""
     requested, measured = np.asarray(requested, dtype=float), np.asarray(measured, dtype=float)
     ok = np.isfinite(requested) & np.isfinite(measured)
     requested, measured = requested[ok], measured[ok]
-    if len(requested) == 0:
+    n = len(requested)
+    if n == 0:
         return {"mae": None, "corr": None, "n": 0}
-    spread = requested.std() > 0 and measured.std() > 0
-    corr = float(np.corrcoef(requested, measured)[0, 1]) if len(requested) > 1 and spread else None
-    return {"mae": float(np.mean(np.abs(requested - measured))), "corr": corr, "n": int(len(requested))}
+    rng, maes, corrs = boot.rng(4), [], []
+    for size in boot.chunks(n):
+        idx = rng.integers(0, n, (size, n))
+        maes.append(np.abs(requested[idx] - measured[idx]).mean(axis=1))
+        corrs.append(_pearson(requested[idx], measured[idx]))
+    out: dict[str, float | int | None] = {"mae": float(np.mean(np.abs(requested - measured))), "n": int(n)}
+    out["mae_low"], out["mae_high"] = boot.interval(np.concatenate(maes))
+    corr = float(_pearson(requested[None], measured[None])[0])
+    out["corr"] = corr if corr == corr else None
+    if out["corr"] is not None:
+        out["corr_low"], out["corr_high"] = boot.interval(np.concatenate(corrs))
+    return out
+
+
+def _pearson(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """Pearson correlation of each row pair (NaN where a row is constant)."""
+    a, b = a - a.mean(axis=1, keepdims=True), b - b.mean(axis=1, keepdims=True)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return (a * b).sum(axis=1) / np.sqrt((a * a).sum(axis=1) * (b * b).sum(axis=1))

@@ -18,9 +18,11 @@ import torch
 from harness.metrics.columns import Column
 from harness.metrics.consistency import consistency_curve
 from harness.metrics.fidelity import frechet_distance, prdc
+from harness.metrics.intervals import Bootstrap, distinct_interval, frechet_interval, memorised_interval
 from harness.metrics.pairs import HEADS, max_scores
 from harness.metrics.privacy import (
     appearances,
+    expected_distinct,
     generative_recall,
     irs_infinity,
     memorised_fraction,
@@ -28,16 +30,16 @@ from harness.metrics.privacy import (
 )
 
 COLUMNS = [
-    Column("memorised_pct", "memorised %", "↓", 1, needs_reid=True),
-    Column("tau", "τ", "", 3, needs_reid=True),
-    Column("recall", "recall", "↑", needs_reid=True),
-    Column("recall_after_filter", "recall after filter", "↑", needs_reid=True),
-    Column("reference_recall", "real recall", "", 3),
-    Column("irs_inf", "IRS∞", "↑", needs_reid=True),
+    Column("memorised_pct", "memorised %", "↓", 1, needs_reid=True, interval=True),
+    Column("tau", "τ", "", 3, needs_reid=True, interval=True),
+    Column("recall", "recall", "↑", needs_reid=True, interval=True),
+    Column("recall_after_filter", "recall after filter", "↑", needs_reid=True, interval=True),
+    Column("reference_recall", "real recall", "", 3, interval=True),
+    Column("irs_inf", "IRS∞", "↑", needs_reid=True, interval=True),
     Column("consistency", "consistency", "↑"),
     Column("consistency_gap_abs", "consistency gap to real", "↓",
            read=lambda row: _abs(row.get("consistency_gap")), derived_from="consistency_gap"),
-    Column("fd", "Fréchet distance", "↓"),
+    Column("fd", "Fréchet distance", "↓", interval=True),
     Column("precision", "precision", "↑"),
     Column("knn_recall", "k-NN recall", "↑"),
     Column("density", "density", "↑"),
@@ -63,6 +65,7 @@ class Reference:
     percentile: float = 95.0
     calibration: str = "test-to-train"
     knn: int = 5
+    boot: Bootstrap = Bootstrap()
 
     def pmax(self, query: torch.Tensor, head: str, ref: torch.Tensor | None = None):
         ref = self.train_first if ref is None else ref
@@ -107,13 +110,21 @@ def reference_stats(ref: Reference) -> dict[str, Any]:
         pmax_train, _ = ref.pmax(ref.train_first, head, ref=ref.test_first)  # EchoNet-Synthetic's direction
         heads[head] = {"tau_test_to_train": privacy_threshold(pmax_test.cpu().numpy(), ref.percentile),
                        "tau_train_to_test": privacy_threshold(pmax_train.cpu().numpy(), ref.percentile),
-                       "pmax_test": pmax_test.cpu().numpy(), "nearest_test": nearest_test.cpu().numpy()}
+                       "pmax_test": pmax_test.cpu().numpy(), "pmax_train": pmax_train.cpu().numpy(),
+                       "nearest_test": nearest_test.cpu().numpy()}
     main = heads[ref.head]
     key = "tau_test_to_train" if ref.calibration == "test-to-train" else "tau_train_to_test"
     irs = irs_infinity(main["nearest_test"], n_train)
+    calibration = main["pmax_test" if ref.calibration == "test-to-train" else "pmax_train"]
+    rng = ref.boot.rng(0)
+    taus = [np.percentile(calibration[rng.integers(0, len(calibration), (size, len(calibration)))], ref.percentile,
+                          axis=1) for size in ref.boot.chunks(len(calibration))]
+    tau_low, tau_high = ref.boot.interval(np.concatenate(taus))
     return {
         "heads": heads,
         "tau": main[key],
+        "tau_low": tau_low, "tau_high": tau_high,
+        "calibration_pmax": calibration,  # the P_max values that set tau (resampled for the intervals)
         "tau_test_to_train": main["tau_test_to_train"],
         "tau_train_to_test": main["tau_train_to_test"],
         "test_memorised_pct": 100 * memorised_fraction(main["pmax_test"], main[key]),
@@ -140,7 +151,7 @@ def row_metrics(first: torch.Tensor, frames: torch.Tensor, ref: Reference, stats
         per_sample[f"pmax_{head}"] = pmax
         per_sample[f"nearest_{head}"] = [ref.train_ids[i] for i in nearest]
         if head == ref.head:
-            main_pmax, main_nearest = pmax, nearest
+            main_pmax, main_nearest, main_head = pmax, nearest, h
     memorised = main_pmax > stats["tau"]
     counts = appearances(main_nearest, n_train)
     per_sample["memorised"] = memorised
@@ -153,13 +164,27 @@ def row_metrics(first: torch.Tensor, frames: torch.Tensor, ref: Reference, stats
     train_np, first_np = ref.train_first.double().cpu().numpy(), first.double().cpu().numpy()
     fidelity = (prdc(ref.train_first.double(), first.double(), k=ref.knn)
                 if min(n, n_train) > ref.knn else {k: None for k in ("precision", "recall", "density", "coverage")})
+    boot, test_nearest = ref.boot, main_head["nearest_test"]
+    memorised_low, memorised_high = memorised_interval(main_pmax, stats["calibration_pmax"], ref.percentile, boot)
+    other_low, other_high = memorised_interval(main_pmax, main_head["pmax_train"], ref.percentile, boot)
+    recall_low, recall_high = distinct_interval(main_nearest, n_train, boot)
+    kept_low, kept_high = (distinct_interval(kept, n_train, boot, denominator=min(n_train, n)) if len(kept)
+                           else (0.0, 0.0))
+    # the real test videos' recall at this row's sample count, so that rows and reference compare
+    real_low, real_high = distinct_interval(test_nearest, n_train, boot, queries=n)
+    fd = frechet_distance(train_np, first_np) if min(n, n_train) > 1 else None
+    fd_low, fd_high = frechet_interval(train_np, first_np, fd, boot) if fd is not None else (None, None)
     metrics = {
-        "tau": stats["tau"],
+        "tau": stats["tau"], "tau_low": stats["tau_low"], "tau_high": stats["tau_high"],
         "memorised_pct": 100 * float(memorised.mean()),
+        "memorised_pct_low": memorised_low, "memorised_pct_high": memorised_high,
         "memorised_pct_train_to_test": 100 * memorised_fraction(main_pmax, stats["tau_train_to_test"]),
-        "recall": generative_recall(main_nearest, n_train),
+        "memorised_pct_train_to_test_low": other_low, "memorised_pct_train_to_test_high": other_high,
+        "recall": generative_recall(main_nearest, n_train), "recall_low": recall_low, "recall_high": recall_high,
         "recall_after_filter": len(np.unique(kept)) / min(n_train, n),
-        "reference_recall": stats["reference_recall"],
+        "recall_after_filter_low": kept_low, "recall_after_filter_high": kept_high,
+        "reference_recall": expected_distinct(test_nearest, n) / min(n_train, n),
+        "reference_recall_low": real_low, "reference_recall_high": real_high,
         "irs_inf": irs["value"], "irs_inf_low": irs["low"], "irs_inf_high": irs["high"],
         "reference_irs_inf": stats["reference_irs_inf"],
         "learned_videos": int((counts > 0).sum()),
@@ -168,7 +193,7 @@ def row_metrics(first: torch.Tensor, frames: torch.Tensor, ref: Reference, stats
         "consistency_gap": float(np.mean(curves["corr"]) - np.mean(real["corr"])) if curves else None,
         "consistency_head": float(np.mean(curves["pred"])) if curves else None,
         "consistency_swap": float(np.mean(swap["corr"])) if swap else None,
-        "fd": frechet_distance(train_np, first_np) if min(n, n_train) > 1 else None,
+        "fd": fd, "fd_low": fd_low, "fd_high": fd_high,
         "precision": fidelity["precision"], "knn_recall": fidelity["recall"],
         "density": fidelity["density"], "coverage": fidelity["coverage"],
         "heads": by_head,

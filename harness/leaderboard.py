@@ -82,15 +82,24 @@ def collect_rows(results: list[dict[str, Any]], allow_mixed: bool = False) -> tu
     return frame, hashes
 
 
-def table(frame: pd.DataFrame, shown: list[Column], mixed: bool) -> pd.DataFrame:
+def table(frame: pd.DataFrame, shown: list[Column], mixed: bool, inline_intervals: bool) -> pd.DataFrame:
+    """The displayed table: one column per metric, its interval inline (`value [lo, hi]`, for Markdown) or in
+    two columns of its own (`<header> low`, `<header> high`, for CSV)."""
     present = [c for c in shown if c.source in frame.columns]
     records = frame.to_dict("records")
-    out = pd.DataFrame({c.header: [c.value(r) for r in records] for c in present}, index=frame.index)
+    columns: dict[str, list[Any]] = {}
+    for c in present:
+        values = [_rounded(c.value(r), c.digits) for r in records]
+        bounds = [tuple(_rounded(b, c.digits) for b in c.bounds(r)) for r in records]
+        if c.interval and inline_intervals:
+            values = [_with_interval(v, low, high, c.digits) for v, (low, high) in zip(values, bounds, strict=True)]
+        columns[c.header] = values
+        if c.interval and not inline_intervals:
+            columns[f"{c.header} low"] = [low for low, _ in bounds]
+            columns[f"{c.header} high"] = [high for _, high in bounds]
+    out = pd.DataFrame(columns, index=frame.index)
     if mixed:
         out.insert(0, "benchmark", frame["benchmark_hash"])
-    for c in present:
-        if c.digits and pd.api.types.is_numeric_dtype(out[c.header]) and not pd.api.types.is_bool_dtype(out[c.header]):
-            out[c.header] = out[c.header].astype(float).round(c.digits)
     if "privacy_reliable" in frame.columns:
         unreliable = frame["privacy_reliable"].eq(False).to_numpy()
         for c in present:
@@ -100,8 +109,35 @@ def table(frame: pd.DataFrame, shown: list[Column], mixed: bool) -> pd.DataFrame
     return out.astype(object).where(out.notna(), "")
 
 
+def _rounded(value: Any, digits: int) -> Any:
+    if digits and isinstance(value, float) and value == value:
+        return round(float(value), digits)
+    return value
+
+
+def _with_interval(value: Any, low: Any, high: Any, digits: int) -> Any:
+    if not isinstance(value, float) or value != value or low is None or high is None:
+        return value
+    return f"{value:.{digits}f} [{low:.{digits}f}, {high:.{digits}f}]"
+
+
 def _interval(value: float, low: float, high: float) -> str:
     return f"{value:.3f} [{low:.3f}, {high:.3f}]"
+
+
+def interval_note(reid: dict[str, Any], downstream: dict[str, Any] | None) -> str:
+    """How every `[lo, hi]` in the main table was drawn, said once."""
+    if "intervals" not in reid:  # results written before intervals existed
+        return ""
+    text = (f"Intervals `[lo, hi]`: {reid['intervals']}. Memorised % and τ resample the real videos that set τ "
+            "together with the samples (τ recomputed every time, so its own uncertainty is included); recall, "
+            "recall after filter and real recall resample the estimated population of nearest training videos, "
+            "unseen ones included (Chao et al. 2014), and real recall is the real test videos' recall at the row's "
+            "sample count (rarefied or extrapolated); the Fréchet distance resamples both feature sets; IRS∞ is the "
+            "occupancy model's ~95 % range; EF adherence resamples the samples.")
+    if downstream:
+        text += f" EF R² and MAE: {downstream['real_full']['interval']} of the real test split."
+    return text + "\n\n"
 
 
 def utility_tables(results: list[dict[str, Any]]) -> str:
@@ -259,7 +295,7 @@ def render(results: list[dict[str, Any]], fmt: str, allow_mixed: bool = False, b
         return render_study(results[0], fmt)
     frame, hashes = collect_rows(results, allow_mixed)
     every = columns(results)
-    shown = table(frame, every, mixed=len(hashes) > 1)
+    shown = table(frame, every, mixed=len(hashes) > 1, inline_intervals=fmt == "md")
     bench = results[0]["benchmark"]
     if fmt == "md":
         title = f"## {bench['title']}\n\nbenchmark `{', '.join(hashes)}` · seed {bench['seed']} · " \
@@ -269,6 +305,7 @@ def render(results: list[dict[str, Any]], fmt: str, allow_mixed: bool = False, b
         if reid:
             note = (f"privacy: head `{reid['head']}`, τ = {reid['percentile']:g}th percentile "
                     f"({reid['calibration']}); real test videos above τ: {reid['test_memorised_pct']:.1f} %\n\n")
+            note += interval_note(reid, results[0].get("downstream"))
             if not all(r["reid"].get("reliable", True) for r in results if r.get("reid")):
                 note += "**The re-ID model did not learn (validation AUC below the spec's minimum): privacy " \
                         "columns are unreliable.**\n\n"

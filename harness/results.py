@@ -40,11 +40,23 @@ class ResultRow(BaseModel):
     error: str | None
     # privacy, coverage, consistency, fidelity (harness.evaluation)
     tau: float | None = None
+    tau_low: float | None = None
+    tau_high: float | None = None
     memorised_pct: float | None = None
+    memorised_pct_low: float | None = None
+    memorised_pct_high: float | None = None
     memorised_pct_train_to_test: float | None = None
+    memorised_pct_train_to_test_low: float | None = None
+    memorised_pct_train_to_test_high: float | None = None
     recall: float | None = None
+    recall_low: float | None = None
+    recall_high: float | None = None
     recall_after_filter: float | None = None
-    reference_recall: float | None = None
+    recall_after_filter_low: float | None = None
+    recall_after_filter_high: float | None = None
+    reference_recall: float | None = None  # the real test videos' recall at this row's sample count
+    reference_recall_low: float | None = None
+    reference_recall_high: float | None = None
     irs_inf: float | None = None
     irs_inf_low: float | None = None
     irs_inf_high: float | None = None
@@ -56,6 +68,8 @@ class ResultRow(BaseModel):
     consistency_head: float | None = None
     consistency_swap: float | None = None
     fd: float | None = None
+    fd_low: float | None = None
+    fd_high: float | None = None
     precision: float | None = None
     knn_recall: float | None = None
     density: float | None = None
@@ -66,9 +80,17 @@ class ResultRow(BaseModel):
     utility: dict[str, dict[str, Any]] | None = None
     adherence: dict[str, float | int | None] | None = None
     ef_r2: float | None = None
+    ef_r2_low: float | None = None
+    ef_r2_high: float | None = None
     ef_mae: float | None = None
+    ef_mae_low: float | None = None
+    ef_mae_high: float | None = None
     adherence_mae: float | None = None
+    adherence_mae_low: float | None = None
+    adherence_mae_high: float | None = None
     adherence_corr: float | None = None
+    adherence_corr_low: float | None = None
+    adherence_corr_high: float | None = None
     privacy_reliable: bool | None = None
     recon_psnr_db: float | None = None
 

@@ -24,6 +24,7 @@ from pydantic import (
 
 from harness.errors import UserError
 from harness.hashing import stable_hash
+from harness.metrics.intervals import Bootstrap
 from harness.metrics.pairs import HEADS
 from harness.plugins import Registry, unknown_name_message
 
@@ -54,8 +55,13 @@ class PrivacySpec(_Strict):
     head: Literal[HEADS] = "pred"
     consistency_videos: PositiveInt = Field(1000, description="videos per row whose every frame is embedded")
     knn: PositiveInt = Field(5, description="k of the k-NN precision/recall/density/coverage")
-    bootstrap_resamples: PositiveInt = 10_000
+    bootstrap_resamples: PositiveInt = Field(2000, description="resamples behind every interval of the privacy, "
+                                                               "coverage and fidelity numbers and the re-ID AUC")
+    interval_level: float = Field(95.0, gt=50, lt=100, description="two-sided level of those intervals, percent")
     min_val_auc: float = Field(0.6, ge=0, le=1, description="below this the re-ID model is marked unreliable")
+
+    def bootstrap(self, seed: int) -> Bootstrap:
+        return Bootstrap(self.bootstrap_resamples, self.interval_level, seed)
 
 
 class ConditionSpec(_Strict):

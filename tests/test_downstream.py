@@ -10,6 +10,7 @@ from scipy.stats import pearsonr
 from harness.downstream import adherence, learned_real_videos, select
 from harness.errors import Ineligible
 from harness.leaderboard import render
+from harness.metrics.intervals import Bootstrap
 from tests.conftest import run_cli, tiny_spec
 
 # six samples: s2 and s5 are memorised; compliant samples learned t0 (three times) and t1 (once)
@@ -45,10 +46,11 @@ def test_adherence_matches_scipy():
     rng = np.random.default_rng(1)
     requested = rng.uniform(10, 90, 50)
     measured = requested + rng.normal(0, 5, 50)
-    out = adherence(requested, measured)
+    out = adherence(requested, measured, Bootstrap(resamples=200))
     assert out["n"] == 50 and out["mae"] == pytest.approx(np.abs(requested - measured).mean())
     assert out["corr"] == pytest.approx(pearsonr(requested, measured)[0], abs=1e-12)
-    assert adherence([50.0, 50.0], [40.0, 60.0])["corr"] is None  # constant requests: correlation undefined
+    constant = adherence([50.0, 50.0], [40.0, 60.0], Bootstrap(resamples=200))
+    assert constant["corr"] is None  # constant requests: correlation undefined
 
 
 def test_tiny_run_has_utility_rows_and_errors_per_strategy(tiny_run):

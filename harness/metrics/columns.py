@@ -22,6 +22,8 @@ class Column:
     #: How the value is read from a results row (default: `row[key]`), and the row field it comes from.
     read: Callable[[dict[str, Any]], Any] | None = None
     derived_from: str | None = None
+    #: The row also holds `<key>_low` and `<key>_high`, the value's interval.
+    interval: bool = False
 
     @property
     def header(self) -> str:
@@ -33,3 +35,7 @@ class Column:
 
     def value(self, row: dict[str, Any]) -> Any:
         return self.read(row) if self.read is not None else row.get(self.key)
+
+    def bounds(self, row: dict[str, Any]) -> tuple[Any, Any]:
+        """The interval's ends (None when the row has none)."""
+        return (row.get(f"{self.key}_low"), row.get(f"{self.key}_high")) if self.interval else (None, None)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import numpy as np
+from scipy.special import gammaln
 
 
 def privacy_threshold(pmax_reference: np.ndarray, percentile: float = 95.0) -> float:
@@ -21,6 +22,29 @@ def generative_recall(nearest: np.ndarray, n_train: int) -> float:
     if len(nearest) == 0:
         raise ValueError("generative recall needs at least one query")
     return len(np.unique(nearest)) / min(n_train, len(nearest))
+
+
+def expected_distinct(nearest: np.ndarray, queries: int) -> float:
+    """Distinct nearest videos expected among `queries` queries like these, so that sets of different sizes compare.
+
+    Fewer queries than given: rarefaction (Hurlbert 1971), the exact mean over subsets drawn without replacement.
+    More: Chao et al. (2014)'s extrapolation from the singletons and doubletons (Chao1 for the unseen videos).
+    """
+    counts = np.bincount(np.asarray(nearest, dtype=np.int64))
+    counts = counts[counts > 0].astype(np.float64)
+    n, seen = int(counts.sum()), len(counts)
+    if queries == n:
+        return float(seen)
+    if queries < n:
+        rest = n - counts
+        log_missed = np.where(rest >= queries, gammaln(rest + 1) - gammaln(np.maximum(rest - queries, 0) + 1)
+                              - gammaln(n + 1) + gammaln(n - queries + 1), -np.inf)
+        return float((1.0 - np.exp(log_missed)).sum())
+    f1, f2 = float((counts == 1).sum()), float((counts == 2).sum())
+    unseen = (n - 1) / n * (f1 * (f1 - 1) / 2 if f2 == 0 else f1 * f1 / (2 * f2))
+    if unseen == 0:
+        return float(seen)
+    return float(seen + unseen * (1.0 - (1.0 - f1 / (n * unseen + f1)) ** (queries - n)))
 
 
 def appearances(nearest: np.ndarray, n_train: int) -> np.ndarray:

@@ -89,11 +89,12 @@ def run_generators(resolved: ResolvedSpec, stages: Stages, choose: Choose, ctx: 
                              spec.downstream, ctx)
     # 5. one row per generator, all asked for the same videos
     metrics = [choose("metrics", ref.plugin, f"metrics.{ref.plugin}") for ref in spec.metrics]
+    boot = spec.privacy.bootstrap(ctx.seed_for("bootstrap"))
     rows = []
     for entry in spec.generators:
         asked = conditions(resolved.n_samples(entry), encoded.latents["train"].value, spec.conditions, ctx)
         request = RowRequest(entry.row_name, choose("generators", entry.plugin, f"generators.{entry.row_name}"),
-                             resolved.generator_hash(entry.row_name), asked, metrics)
+                             resolved.generator_hash(entry.row_name), asked, metrics, boot)
         rows.append(run_row(stages, request, encoded, reid, task, ctx))
     # 6. per-sample tables and figures
     for row in rows:

@@ -75,7 +75,7 @@ def fit_reid(stages: Stages, chosen: Chosen[ReIdFilter], encoded: Encoded, priva
         train_first=features["train"].first, train_ids=latents["train"].value.table["video_id"].astype(str).tolist(),
         test_first=features["test"].first, test_frames=features["test"].frames, weight=head.value.weight,
         bias=head.value.bias, head=privacy.head, percentile=privacy.percentile, calibration=privacy.calibration,
-        knn=privacy.knn)
+        knn=privacy.knn, boot=privacy.bootstrap(ctx.seed_for("bootstrap")))
     stats = reference_stats(reference)
     report = reid.meta.get("report", {})
     val_auc = report.get("val_auc")
@@ -84,8 +84,9 @@ def fit_reid(stages: Stages, chosen: Chosen[ReIdFilter], encoded: Encoded, priva
         log.warning("the re-ID model failed to learn (validation AUC %.3f < %.2f)", val_auc, privacy.min_val_auc)
     summary = {"plugin": chosen.name, "training": report, "reliable": reliable, "test": quality,
                "head": privacy.head, "calibration": privacy.calibration, "percentile": privacy.percentile,
-               **{k: stats[k] for k in ("tau", "tau_test_to_train", "tau_train_to_test", "test_memorised_pct",
-                                        "reference_recall", "reference_irs_inf")},
+               "intervals": reference.boot.describe(),
+               **{k: stats[k] for k in ("tau", "tau_low", "tau_high", "tau_test_to_train", "tau_train_to_test",
+                                        "test_memorised_pct", "reference_recall", "reference_irs_inf")},
                "consistency_real": float(np.mean(stats["consistency_real"]["corr"])),
                "consistency_real_head": float(np.mean(stats["consistency_real"]["pred"]))}
     return ReidModel(reid, head, reference, stats, summary, privacy)

@@ -24,6 +24,7 @@ from harness.errors import GeneratorOutputError, Ineligible, UserError
 from harness.evaluation import row_metrics
 from harness.figures import tsne_coordinates
 from harness.metrics.columns import Column
+from harness.metrics.intervals import Bootstrap
 from harness.pipeline.encoding import Encoded
 from harness.pipeline.reid import ReidModel, embed
 from harness.pipeline.stages import Chosen, Stages, Stored
@@ -43,6 +44,7 @@ class RowRequest:
     generator_hash: str
     conditions: list[Condition]
     metrics: list[Chosen[RowMetric]]
+    boot: Bootstrap  # how the row's intervals are drawn
 
 
 @dataclass(frozen=True)
@@ -109,7 +111,7 @@ def run_row(stages: Stages, request: RowRequest, encoded: Encoded, reid: ReidMod
         # 3. downstream utility under every strategy, and adherence to the requested label
         if task is not None:
             utility, measured, out["ef_predictions"] = downstream_utility(stages, samples, per_sample, reid, task,
-                                                                          ctx)
+                                                                          request.boot, ctx)
             row.update(utility)
             table["measured_ef"] = measured
         # 4. frames for the filmstrip (generated rows only: a copying control's frames are real patients)
@@ -137,7 +139,7 @@ def privacy_metrics(stages: Stages, request: RowRequest, samples: Stored[SampleS
 
 
 def downstream_utility(stages: Stages, samples: Stored[SampleSet], per_sample: pd.DataFrame | None,
-                       reid: ReidModel | None, task: RealTask, ctx: RunContext
+                       reid: ReidModel | None, task: RealTask, boot: Bootstrap, ctx: RunContext
                        ) -> tuple[dict[str, Any], np.ndarray, Path | None]:
     """Adherence to the requested label, and the task trained on this row's samples under every strategy."""
     spec = task.spec
@@ -164,10 +166,11 @@ def downstream_utility(stages: Stages, samples: Stored[SampleSet], per_sample: p
             log.info("downstream %s: %s", strategy, exc)
             utility[strategy] = {"n_train": 0, "error": str(exc)}
     requested = samples.value.provenance["requested_ef"].to_numpy(dtype=float)
-    out = {"utility": utility, "adherence": adherence(requested, measured.value)}
+    out = {"utility": utility, "adherence": adherence(requested, measured.value, boot)}
     if first is not None and utility[first]["error"] is None:
-        out.update(ef_r2=utility[first]["r2"], ef_mae=utility[first]["mae"])
-    out.update(adherence_mae=out["adherence"]["mae"], adherence_corr=out["adherence"]["corr"])
+        out.update({f"ef_{k}{end}": utility[first][f"{k}{end}"]
+                    for k in ("r2", "mae") for end in ("", "_low", "_high")})
+    out.update({f"adherence_{k}": v for k, v in out["adherence"].items() if k != "n"})
     return out, measured.value, predictions
 
 

@@ -1,0 +1,139 @@
+"""Bootstrap intervals for the headline numbers of a row, each built so that it covers at its nominal level.
+
+- Memorised % resamples the real videos that set τ and the samples together, and recomputes τ every time, so the
+  interval holds τ's own uncertainty (with 60 test videos the 95th percentile rests on the top three).
+- Counts of distinct nearest training videos (recall, recall after the filter, the real reference) cannot be
+  bootstrapped by resampling the queries: a resample repeats queries, so it always finds fewer distinct videos.
+  They are resampled from the estimated population the queries came from instead, including the training videos
+  not yet seen (Chao et al. 2014, Ecological Monographs 84: the "bootstrap assemblage"), at most N_train of them.
+- The Fréchet distance resamples both feature sets; its resamples are biased upwards (repeated rows shrink the
+  covariance), so the interval is the spread of the resamples around their mean, placed at the observed value.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from harness.metrics.privacy import expected_distinct
+
+
+@dataclass(frozen=True)
+class Bootstrap:
+    """How intervals are drawn: resamples, level (percent, two-sided) and the seed of the draws."""
+
+    resamples: int = 2000
+    level: float = 95.0
+    seed: int = 0
+    #: Bound on the index matrix of one chunk of resamples (entries), so memory stays flat at any size.
+    chunk_entries: int = 4_000_000
+
+    @property
+    def percentiles(self) -> tuple[float, float]:
+        tail = (100.0 - self.level) / 2
+        return tail, 100.0 - tail
+
+    def describe(self) -> str:
+        low, high = self.percentiles
+        return f"{low:g}th-{high:g}th percentile of {self.resamples} bootstrap resamples"
+
+    def rng(self, *salt: int) -> np.random.Generator:
+        return np.random.default_rng([self.seed, *salt])
+
+    def chunks(self, per_resample: int):
+        """Sizes of successive chunks of resamples, each holding at most `chunk_entries` drawn indices."""
+        step = max(1, self.chunk_entries // max(per_resample, 1))
+        for start in range(0, self.resamples, step):
+            yield min(step, self.resamples - start)
+
+    def interval(self, replicates: np.ndarray) -> tuple[float, float]:
+        low, high = np.nanpercentile(np.asarray(replicates, dtype=np.float64), self.percentiles)
+        return float(low), float(high)
+
+    def centred(self, observed: float, replicates: np.ndarray) -> tuple[float, float]:
+        """The replicates' spread around their own mean, placed at the observed value (for biased resamples)."""
+        replicates = np.asarray(replicates, dtype=np.float64)
+        low, high = self.interval(replicates - np.nanmean(replicates))
+        return observed + low, observed + high
+
+
+def memorised_interval(pmax: np.ndarray, pmax_calibration: np.ndarray, percentile: float,
+                       boot: Bootstrap) -> tuple[float, float]:
+    """Interval of the memorised share (in %), resampling the samples and the videos that set τ together."""
+    pmax = np.asarray(pmax, dtype=np.float64)
+    calibration = np.asarray(pmax_calibration, dtype=np.float64)
+    rng, draws = boot.rng(1), []
+    for size in boot.chunks(len(pmax) + len(calibration)):
+        tau = np.percentile(calibration[rng.integers(0, len(calibration), (size, len(calibration)))], percentile,
+                            axis=1)
+        draws.append((pmax[rng.integers(0, len(pmax), (size, len(pmax)))] > tau[:, None]).mean(axis=1))
+    low, high = boot.interval(np.concatenate(draws))
+    return 100 * low, 100 * high
+
+
+def _assemblage(counts: np.ndarray, limit: int) -> np.ndarray:
+    """Probabilities of the population the queries were drawn from: the seen videos, shrunk by the estimated
+    coverage, and the unseen ones (Chao1 estimate, at most `limit` videos in all) sharing what is left."""
+    counts = counts[counts > 0].astype(np.float64)
+    n, seen = counts.sum(), len(counts)
+    f1, f2 = float((counts == 1).sum()), float((counts == 2).sum())
+    if n < 2 or f1 == 0:
+        return counts / n
+    unseen = (n - 1) / n * (f1 * (f1 - 1) / 2 if f2 == 0 else f1 * f1 / (2 * f2))
+    unseen = min(math.ceil(unseen), max(limit - seen, 0))
+    # sample coverage (Chao & Jost 2012): the probability mass of the videos that were seen
+    ratio = (n - 1) * f1 / ((n - 1) * f1 + 2 * f2) if f2 > 0 else (n - 1) * (f1 - 1) / ((n - 1) * (f1 - 1) + 2)
+    coverage = 1.0 - f1 / n * ratio
+    if unseen == 0 or coverage >= 1.0:
+        return counts / n
+    p = counts / n
+    shrink = (1.0 - coverage) / float((p * np.exp(-n * p)).sum())
+    seen_p = np.maximum(p * (1.0 - shrink * np.exp(-n * p)), 0.0)
+    return np.concatenate([seen_p, np.full(unseen, (1.0 - coverage) / unseen)]) / (seen_p.sum() + 1.0 - coverage)
+
+
+def distinct_interval(nearest: np.ndarray, n_train: int, boot: Bootstrap, queries: int | None = None,
+                      denominator: int | None = None) -> tuple[float, float]:
+    """Interval of a recall: distinct nearest training videos among `queries` draws like these (default: as many
+    as given; see `expected_distinct`) over `denominator` (default min(N_train, queries))."""
+    nearest = np.asarray(nearest, dtype=np.int64)
+    if len(nearest) == 0:
+        raise ValueError("a recall interval needs at least one query")
+    queries = len(nearest) if queries is None else queries
+    denominator = min(n_train, queries) if denominator is None else denominator
+    p = _assemblage(np.bincount(nearest), n_train)
+    rng, draws = boot.rng(2), []
+    for size in boot.chunks(len(p)):
+        draws.append((rng.multinomial(queries, p, size=size) > 0).sum(axis=1))
+    low, high = boot.centred(expected_distinct(nearest, queries), np.concatenate(draws))
+    return max(low, 1.0) / denominator, min(high, min(n_train, queries)) / denominator
+
+
+def _batched_frechet(real: torch.Tensor, fake: torch.Tensor) -> torch.Tensor:
+    """Fréchet distance of each pair of feature sets `[B, N, D]`, via Tr (S_r^½ S_f S_r^½)^½ (symmetric)."""
+    mu_r, mu_f = real.mean(1), fake.mean(1)
+    xr, xf = real - mu_r[:, None], fake - mu_f[:, None]
+    s_r = xr.transpose(1, 2) @ xr / (real.shape[1] - 1)
+    s_f = xf.transpose(1, 2) @ xf / (fake.shape[1] - 1)
+    vals, vecs = torch.linalg.eigh(s_r)
+    root = vecs @ torch.diag_embed(vals.clamp_min(0).sqrt()) @ vecs.transpose(1, 2)
+    cross = torch.linalg.eigvalsh(root @ s_f @ root).clamp_min(0).sqrt().sum(1)
+    trace = torch.diagonal(s_r, dim1=1, dim2=2).sum(1) + torch.diagonal(s_f, dim1=1, dim2=2).sum(1)
+    return ((mu_r - mu_f) ** 2).sum(1) + trace - 2 * cross
+
+
+def frechet_interval(real: np.ndarray, fake: np.ndarray, observed: float, boot: Bootstrap) -> tuple[float, float]:
+    """Interval of the Fréchet distance, resampling the real and the generated features together."""
+    real_t = torch.as_tensor(np.asarray(real), dtype=torch.float64)
+    fake_t = torch.as_tensor(np.asarray(fake), dtype=torch.float64)
+    per_resample = (len(real_t) + len(fake_t)) * real_t.shape[1]
+    rng, draws = boot.rng(3), []
+    for size in boot.chunks(per_resample):
+        ir = torch.from_numpy(rng.integers(0, len(real_t), (size, len(real_t))))
+        jf = torch.from_numpy(rng.integers(0, len(fake_t), (size, len(fake_t))))
+        draws.append(_batched_frechet(real_t[ir], fake_t[jf]).numpy())
+    low, high = boot.centred(observed, np.concatenate(draws))
+    return max(low, 0.0), high

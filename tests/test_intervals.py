@@ -1,0 +1,104 @@
+"""Intervals cover at their nominal level on simulated draws whose true value is known."""
+
+import itertools
+
+import numpy as np
+import pytest
+from scipy import stats
+
+from harness.metrics.fidelity import frechet_distance
+from harness.metrics.intervals import Bootstrap, distinct_interval, frechet_interval, memorised_interval
+from harness.metrics.privacy import expected_distinct
+
+TAU_TRUE = stats.norm.ppf(0.95)  # real P_max ~ N(0, 1): the 95th percentile of the population
+
+
+def _memorised_draw(rng, n_calibration: int, n_samples: int, copied: float):
+    """Real test P_max, and samples of which a share `copied` are copies scoring far above any real video."""
+    calibration = rng.standard_normal(n_calibration)
+    copies = rng.random(n_samples) < copied
+    samples = np.where(copies, rng.normal(4.0, 0.3, n_samples), rng.standard_normal(n_samples))
+    truth = 100 * (copied * stats.norm.sf(TAU_TRUE, 4.0, 0.3) + (1 - copied) * 0.05)
+    return calibration, samples, truth
+
+
+@pytest.mark.parametrize(("n_calibration", "copied"), [(60, 0.0), (60, 0.5), (300, 0.05)])
+def test_memorised_interval_covers_the_known_share(n_calibration, copied):
+    rng, hits = np.random.default_rng(7), 0
+    for rep in range(200):
+        calibration, samples, truth = _memorised_draw(rng, n_calibration, 200, copied)
+        low, high = memorised_interval(samples, calibration, 95.0, Bootstrap(resamples=400, seed=rep))
+        hits += low <= truth <= high
+    assert hits / 200 >= 0.87  # nominal 0.95 (0.90-0.955 on these draws); 200 simulated runs
+
+
+def test_memorised_interval_needs_the_uncertainty_of_tau():
+    """With 60 calibration videos, an interval that holds τ fixed covers far too rarely: τ's own spread matters."""
+    rng, joint, fixed = np.random.default_rng(3), 0, 0
+    boot = Bootstrap(resamples=400)
+    for rep in range(200):
+        calibration, samples, truth = _memorised_draw(rng, 60, 200, 0.0)
+        low, high = memorised_interval(samples, calibration, 95.0, Bootstrap(resamples=400, seed=rep))
+        joint += low <= truth <= high
+        tau = np.percentile(calibration, 95.0)
+        draws = (samples[boot.rng(rep).integers(0, 200, (400, 200))] > tau).mean(axis=1)
+        low, high = boot.interval(100 * draws)
+        fixed += low <= truth <= high
+    assert joint / 200 >= 0.87 and fixed / 200 < 0.8
+
+
+@pytest.mark.parametrize(("n_train", "n", "alpha"), [(200, 200, 1.0), (200, 200, 0.2), (200, 60, 1.0),
+                                                      (1000, 300, 0.5)])
+def test_recall_interval_covers_the_expected_recall(n_train, n, alpha):
+    """A generator drawing nearest training videos from a Dirichlet distribution: the interval covers the recall
+    expected at this sample count, 1 - sum (1 - p_i)^n over min(N_train, n)."""
+    rng, hits = np.random.default_rng(11), 0
+    p = rng.dirichlet(np.full(n_train, alpha))
+    expected = (1 - (1 - p) ** n).sum() / min(n_train, n)
+    for rep in range(150):
+        low, high = distinct_interval(rng.choice(n_train, n, p=p), n_train, Bootstrap(resamples=400, seed=rep))
+        hits += low <= expected <= high
+    assert hits / 150 >= 0.86  # nominal 0.95 (0.91-0.96 on these draws)
+
+
+def test_expected_distinct_rarefies_exactly_and_extrapolates():
+    nearest = np.array([0, 0, 1])
+    # subsets of two: {0, 0} -> 1, {0, 1} -> 2 (twice)
+    assert expected_distinct(nearest, 2) == pytest.approx(5 / 3)
+    assert expected_distinct(nearest, 3) == 2
+    rng = np.random.default_rng(0)
+    many = rng.integers(0, 30, 12)
+    subsets = [len(set(c)) for c in itertools.combinations(many.tolist(), 4)]
+    assert expected_distinct(many, 4) == pytest.approx(np.mean(subsets))
+    p = rng.dirichlet(np.ones(200))
+    drawn = rng.choice(200, 150, p=p)
+    assert expected_distinct(drawn, 300) > len(np.unique(drawn))  # more queries find more videos
+    assert expected_distinct(drawn, 300) == pytest.approx((1 - (1 - p) ** 300).sum(), rel=0.15)
+
+
+def test_frechet_interval_covers_the_estimate_expected_at_this_size():
+    """The interval is the sampling spread of the estimate at these sizes (its bias is the estimator's own)."""
+    rng, dim, n = np.random.default_rng(5), 8, 150
+    shift = np.full(dim, 0.15)
+
+    def draw():
+        return rng.standard_normal((n, dim)), rng.standard_normal((n, dim)) + shift
+
+    expected = np.mean([frechet_distance(*draw()) for _ in range(400)])
+    hits = 0
+    for rep in range(100):
+        real, fake = draw()
+        observed = frechet_distance(real, fake)
+        low, high = frechet_interval(real, fake, observed, Bootstrap(resamples=300, seed=rep))
+        assert low <= observed <= high
+        hits += low <= expected <= high
+    assert hits / 100 >= 0.88
+
+
+def test_chunks_bound_memory_and_cover_every_resample():
+    boot = Bootstrap(resamples=1000, chunk_entries=30_000)
+    sizes = list(boot.chunks(200))
+    assert sum(sizes) == 1000 and max(sizes) * 200 <= 30_000
+    calibration, samples = np.random.default_rng(0).standard_normal(60), np.random.default_rng(1).standard_normal(80)
+    small = memorised_interval(samples, calibration, 95.0, boot)
+    assert small == memorised_interval(samples, calibration, 95.0, boot)  # seeded: reproducible
