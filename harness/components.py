@@ -78,11 +78,17 @@ class Dataset(Component):
     def load(self, split: str, ctx: RunContext) -> VideoSet:
         """Fixed-length clips of one split.
 
-        :param split: `train`, `val` or `test`.
+        :param split: one of `splits()`.
         :returns: uint8 clips `[N, T, H, W]` at the configured fps and length, with their table (`video_id`,
             `patient_id`, `ef`, ...). Unreadable videos are skipped and counted in `load_report`; a folder that is
             missing or wrong is a UserError naming the setting.
         """
+
+    def splits(self) -> tuple[str, ...]:
+        """The splits the run loads: `train` (fitting), `val` (model selection), `test` (τ and evaluation), and
+        optionally `holdout`: real videos used for none of those, which the holdout control returns so that its row
+        is a fair real reference (as many videos as it has samples)."""
+        return ("train", "val", "test")
 
     def load_report(self) -> dict[str, Any]:
         """Per split, counts worth putting in the results (e.g. `{"test": {"videos": 60, "skipped": 1}}`)."""
@@ -129,11 +135,14 @@ class Generator(Component):
     #: True when samples are (variations of) real videos, e.g. a copying control: their frames never go into
     #: figures, which may be published.
     shows_real_frames: ClassVar[bool] = False
+    #: The real splits `fit` receives (those of them the dataset has); the test split is never among them, it is
+    #: reserved for calibration and evaluation.
+    splits: ClassVar[tuple[str, ...]] = ("train", "val")
 
     def fit(self, data: dict[str, LatentSet], ctx: RunContext) -> None:
         """Train or index the training data (optional). Called only when no cached state exists.
 
-        :param data: `train` and `val` latent sets; the test split is reserved for calibration and evaluation.
+        :param data: the latent sets of `splits`, by name.
         """
 
     @abc.abstractmethod

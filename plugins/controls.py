@@ -1,13 +1,17 @@
 """Control generators: rows that make every other row interpretable and check the metrics themselves.
 
 copy          training videos (optionally with noise)      -> memorised ~100 %, recall ~1
-holdout       real held-out (val) videos, not used for tau  -> memorised ~5 %, recall ~ real reference
+holdout       real held-out videos, used neither for tau nor  -> memorised ~5 %, recall ~ real reference
+              for model selection (the dataset's `holdout`
+              split; its `val` split when it has none)
 collapse      variations of only k training videos          -> recall <= k / N_train
 phantom-fresh new patients from the phantom's distribution  -> ideal generator, needs dataset echo-phantom
 noise         Gaussian latents                              -> worst fidelity, no utility
 """
 
 from __future__ import annotations
+
+import logging
 
 import numpy as np
 from pydantic import Field, PositiveInt
@@ -17,6 +21,8 @@ from harness.components import ComponentConfig, Generator, SimulatesPatients
 from harness.context import RunContext
 from harness.data import Condition, LatentSet, SampleSet
 from harness.errors import UserError
+
+log = logging.getLogger("harness")
 
 
 class _FromRealVideos(Generator):
@@ -61,12 +67,29 @@ class Copy(_FromRealVideos):
 
 
 class Holdout(_FromRealVideos):
-    """Real validation videos: never trained on and never used to set tau, so they must score like real data."""
+    """Real held-out videos: never trained on, never used to set tau or to select a model, so they must score like
+    the real test videos. With fewer videos than samples some repeat, and its recall is no longer comparable with
+    the real reference: the report says how large the pool is."""
+
+    version = "2"  # 2: the dataset's holdout split when it has one
+    splits = ("train", "val", "holdout")
 
     def _pool(self, data, ctx):
-        if len(data["val"]) == 0:
-            raise UserError("holdout: the dataset's val split is empty; the holdout control needs held-out videos.")
-        return data["val"]
+        self.source = "holdout" if "holdout" in data else "val"
+        if len(data[self.source]) == 0:
+            raise UserError(f"holdout: the dataset's {self.source} split is empty; the holdout control needs "
+                            "held-out videos.")
+        return data[self.source]
+
+    def fit_report(self):
+        return {"pool_split": self.source, "pool_videos": len(self.pool)}
+
+    def sample(self, conditions, ctx):
+        if len(conditions) > len(self.pool):
+            log.warning("holdout: %d held-out videos for %d samples, so videos repeat and the row's recall is not "
+                        "comparable with the real reference; give the dataset a larger holdout split",
+                        len(self.pool), len(conditions))
+        return super().sample(conditions, ctx)
 
 
 class Collapse(_FromRealVideos):

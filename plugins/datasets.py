@@ -16,6 +16,7 @@ from harness.data import VideoSet
 from harness.errors import UserError
 from harness_plugins.echonet import drop_invalid_ef, load_clips, read_filelist, resolve_root
 from harness_plugins.phantom.writers import (
+    HOLDOUT_FOLD,
     TEST_FOLD,
     TRAIN_FOLDS,
     VAL_FOLD,
@@ -85,6 +86,11 @@ class EchoNetPediatric(_FolderDataset):
         train_folds: list[int] = list(TRAIN_FOLDS)
         val_folds: list[int] = [VAL_FOLD]
         test_folds: list[int] = [TEST_FOLD]
+        holdout_folds: list[int] = Field([], description="folds held out from everything (the holdout control's "
+                                                         "pool); none by default")
+
+    def splits(self):
+        return ("train", "val", "test", "holdout") if self.config.holdout_folds else super().splits()
 
     def _root(self, ctx):
         root = self.config.root
@@ -95,13 +101,13 @@ class EchoNetPediatric(_FolderDataset):
     def _fold_splits(self):
         c = self.config
         return {**{f: "train" for f in c.train_folds}, **{f: "val" for f in c.val_folds},
-                **{f: "test" for f in c.test_folds}}
+                **{f: "test" for f in c.test_folds}, **{f: "holdout" for f in c.holdout_folds}}
 
 
 class EchoPhantom(_FolderDataset):
     """Simulated echocardiograms with ground truth, written in EchoNet format then read by the same loader."""
 
-    version = "2"  # bump whenever the simulator's output changes
+    version = "3"  # bump whenever the simulator's output changes (3: ES traced first; holdout split)
 
     class Config(ClipConfig):
         view: Literal["a4c", "psax"] = "a4c"
@@ -109,6 +115,7 @@ class EchoPhantom(_FolderDataset):
         n_train: PositiveInt = 200
         n_val: PositiveInt = 40
         n_test: PositiveInt = 60
+        n_holdout: int = Field(0, ge=0, description="videos held out from everything, for the holdout control")
         n_frames: PositiveInt = Field(96, description="frames per written video")
         written_fps: PositiveFloat = 50.0
         twin_fraction: float = Field(0.08, ge=0, le=0.5, description="share of patients that nearly "
@@ -118,8 +125,11 @@ class EchoPhantom(_FolderDataset):
     def dialect(self) -> str:  # type: ignore[override]
         return self.config.format
 
+    def splits(self):
+        return ("train", "val", "test", "holdout") if self.config.n_holdout else super().splits()
+
     def _fold_splits(self):
-        return {**{f: "train" for f in TRAIN_FOLDS}, VAL_FOLD: "val", TEST_FOLD: "test"}
+        return {**{f: "train" for f in TRAIN_FOLDS}, VAL_FOLD: "val", TEST_FOLD: "test", HOLDOUT_FOLD: "holdout"}
 
     def write(self, folder: Path, seed: int, counts: dict[str, int], prefix: str, progress: bool,
               efs: list[float] | None = None) -> None:
@@ -130,7 +140,7 @@ class EchoPhantom(_FolderDataset):
 
     def _root(self, ctx):
         c = self.config
-        counts = {"TRAIN": c.n_train, "VAL": c.n_val, "TEST": c.n_test}
+        counts = {"TRAIN": c.n_train, "VAL": c.n_val, "TEST": c.n_test, "HOLDOUT": c.n_holdout}
         key = {"config": c.model_dump(mode="json"), "seed": ctx.seed_for("echo-phantom"), "version": self.version}
         return ctx.cached_folder(
             "echo-phantom", key,
@@ -161,6 +171,7 @@ class WritePhantom(Command):
         parser.add_argument("--n-train", type=int, default=200)
         parser.add_argument("--n-val", type=int, default=40)
         parser.add_argument("--n-test", type=int, default=60)
+        parser.add_argument("--n-holdout", type=int, default=0)
         parser.add_argument("--n-frames", type=int, default=96)
         parser.add_argument("--fps", type=float, default=50.0)
         parser.add_argument("--twin-fraction", type=float, default=0.08)
@@ -169,14 +180,14 @@ class WritePhantom(Command):
     def __call__(self, args: argparse.Namespace) -> int:
         try:
             config = EchoPhantom.Config(view=args.view, format=args.format, n_train=args.n_train, n_val=args.n_val,
-                                        n_test=args.n_test, n_frames=args.n_frames, written_fps=args.fps,
-                                        twin_fraction=args.twin_fraction)
+                                        n_test=args.n_test, n_holdout=args.n_holdout, n_frames=args.n_frames,
+                                        written_fps=args.fps, twin_fraction=args.twin_fraction)
         except ValidationError as err:
             first = err.errors()[0]
             flag = {"written_fps": "fps"}.get(str(first["loc"][0]), str(first["loc"][0])).replace("_", "-")
             raise UserError(f"harness data phantom: --{flag}: {first['msg']}.") from None
         phantom = EchoPhantom(config)
-        counts = {"TRAIN": args.n_train, "VAL": args.n_val, "TEST": args.n_test}
+        counts = {"TRAIN": args.n_train, "VAL": args.n_val, "TEST": args.n_test, "HOLDOUT": args.n_holdout}
         started = time.perf_counter()
         phantom.write(args.out, args.seed, counts, "PH", progress=True)
         total, seconds = sum(counts.values()), time.perf_counter() - started

@@ -21,7 +21,7 @@ from harness.errors import UserError
 from harness.videoio import VideoReadError, read_avi
 
 log = logging.getLogger("harness")
-SPLIT_NAMES = {"TRAIN": "train", "VAL": "val", "TEST": "test"}
+SPLIT_NAMES = {"TRAIN": "train", "VAL": "val", "TEST": "test", "HOLDOUT": "holdout"}
 
 
 def resolve_root(root: Path | None, env_var: str, dataset: str) -> Path:

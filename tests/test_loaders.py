@@ -70,6 +70,20 @@ def test_corrupt_video_is_skipped_and_reported(folders, ctx, tmp_path):
     assert report["skipped"] == 1 and report["skipped_files"] == [f"{victim}.avi"]
 
 
+def test_a_holdout_split_loads_in_both_dialects(ctx, tmp_path):
+    videos = build_cohort(5, {**COUNTS, "HOLDOUT": 4}, 0.0)
+    write_dynamic(tmp_path / "dynamic", videos, "a4c", n_frames=12, fps=50.0, progress=False)
+    write_pediatric(tmp_path / "pediatric", videos, "a4c", n_frames=12, fps=50.0, progress=False)
+    dynamic = EchoNetDynamic(EchoNetDynamic.Config(root=tmp_path / "dynamic", fps=25, clip_length=4))
+    assert len(dynamic.load("holdout", ctx)) == 4 and len(dynamic.load("test", ctx)) == 3
+    pediatric = EchoNetPediatric(EchoNetPediatric.Config(root=tmp_path / "pediatric", fps=25, clip_length=4,
+                                                         holdout_folds=[10]))
+    assert pediatric.splits() == ("train", "val", "test", "holdout")
+    same = [np.sort(d.load("holdout", ctx).table["ef"].to_numpy()) for d in (dynamic, pediatric)]
+    np.testing.assert_allclose(*same)  # the same four patients
+    assert EchoNetPediatric(EchoNetPediatric.Config(root=tmp_path / "pediatric")).splits() == ("train", "val", "test")
+
+
 def test_rows_without_a_valid_ef_are_skipped_and_counted(folders, ctx, tmp_path, caplog):
     import shutil
 

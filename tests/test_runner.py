@@ -71,13 +71,19 @@ def _stage_path(run: dict, stage: str) -> Path:
 
 def test_control_samples_are_what_they_claim(tiny_run):
     train = LatentSet.load(_stage_path(tiny_run, "encode-train"))
-    val = LatentSet.load(_stage_path(tiny_run, "encode-val"))
+    splits = {s: LatentSet.load(_stage_path(tiny_run, f"encode-{s}")).table["video_id"]
+              for s in ("val", "test", "holdout")}
     samples = _samples_by_row(tiny_run)
     index = {v: i for i, v in enumerate(train.table["video_id"])}
     copy = samples["copy"]
     for i, src in enumerate(copy.provenance["source_ids"]):
         np.testing.assert_array_equal(copy.latents[i], train.latents[index[src]])
-    assert set(samples["holdout"].provenance["source_ids"]) <= set(val.table["video_id"])
+    # the holdout control's pool is the split no model, threshold or selection sees, and it is large enough
+    held_out = set(samples["holdout"].provenance["source_ids"])
+    assert held_out <= set(splits["holdout"]) and not held_out & (set(splits["val"]) | set(splits["test"]))
+    assert held_out.isdisjoint(train.table["video_id"]) and len(held_out) == len(samples["holdout"])
+    holdout = next(r for r in tiny_run["results"]["rows"] if r["generator"] == "holdout")
+    assert holdout["generator_report"] == {"pool_split": "holdout", "pool_videos": 30}
     assert samples["collapse"].provenance["source_ids"].nunique() <= 2  # k = 2 in the tiny spec
     assert set(copy.provenance.columns) >= {"sample_id", "seed", "requested_ef", "source_ids"}
 

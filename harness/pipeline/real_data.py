@@ -12,8 +12,6 @@ from harness.data import ClipSpec, VideoSet
 from harness.errors import UserError
 from harness.pipeline.stages import Chosen, Stages, Stored
 
-SPLITS = ("train", "val", "test")
-
 
 @dataclass(frozen=True)
 class RealData:
@@ -28,11 +26,12 @@ class RealData:
 
 def load_real_data(stages: Stages, chosen: Chosen[Dataset], ctx: RunContext) -> RealData:
     videos, reports = {}, {}
-    for split in SPLITS:
+    dataset = chosen.create()
+    for split in dataset.splits():
         artifact = stages.run(f"dataset-{split}", _load_split, external=True, dataset=chosen, split=split, ctx=ctx)
         videos[split] = Stored(artifact.key, VideoSet.load(artifact.path))
         reports[split] = artifact.meta["report"]
-    return RealData(chosen.create(), videos, reports)
+    return RealData(dataset, videos, reports)
 
 
 def _load_split(folder: Path, dataset: Chosen[Dataset], split: str, ctx: RunContext) -> dict[str, Any]:

@@ -70,8 +70,8 @@ def run_row(stages: Stages, request: RowRequest, encoded: Encoded, reid: ReidMod
             task: RealTask | None, ctx: RunContext) -> RowResult:
     # 1. the generator's samples (its fit runs only when they are not cached)
     latents = encoded.latents
-    generator = stages.fit("generator-fit", request.generator, _fit, train=latents["train"], val=latents["val"],
-                           ctx=ctx)
+    generator = stages.fit("generator-fit", request.generator, _fit, ctx=ctx,
+                           data={s: latents[s] for s in request.generator.factory.splits if s in latents})
     filtered_by = {"privacy": reid} if reid is not None and generator.component.uses_privacy_filter else {}
     pixels = request.generator.factory.output == "pixels"
     expected = {"clip": ctx.clip} if pixels else {"clip_shape": list(latents["train"].value.clip_shape)}
@@ -96,7 +96,7 @@ def run_row(stages: Stages, request: RowRequest, encoded: Encoded, reid: ReidMod
         return RowResult({**base, "artifacts": artifacts,
                           "error": f"{type(exc).__name__}: {exc} (traceback in run.log)"}, None)
     samples = Stored(sampled.key, SampleSet.load(sampled.path))
-    report = generator.component.report()
+    report = {**generator.meta.get("report", {}), **generator.component.report()}
     if report:
         base["generator_report"] = report
     row = {**base, "artifacts": artifacts, "n_returned": len(samples.value),
@@ -180,8 +180,8 @@ def filmstrip(stages: Stages, encoded: Encoded, samples: Stored[SampleSet], ctx:
     return artifact.path / "frames.npy"
 
 
-def _fit(generator: Generator, train: Stored[LatentSet], val: Stored[LatentSet], ctx: RunContext) -> None:
-    generator.fit({"train": train.value, "val": val.value}, ctx)
+def _fit(generator: Generator, data: dict[str, Stored[LatentSet]], ctx: RunContext) -> None:
+    generator.fit({split: stored.value for split, stored in data.items()}, ctx)
 
 
 def _sample(folder: Path, generator, conditions: list[Condition], ctx: RunContext, clip_shape: list[int] | None = None,

@@ -4,6 +4,7 @@ Dynamic: `Videos/<FileName>.avi`, `FileList.csv` (FileName without `.avi`, Split
 `VolumeTracings.csv` (FileName with `.avi`, line pairs X1,Y1,X2,Y2 on the ES frame, then the ED frame: EchoNet's
 loader takes a file's first traced frame as end-systole and its last as end-diastole).
 Pediatric: FileName `<patient>-<accession>-<instance>.avi`, integer Split folds 0-9, point tracings X,Y.
+A cohort may also hold a HOLDOUT split (videos no model or threshold ever sees): Split `HOLDOUT`, or fold 10.
 """
 
 from __future__ import annotations
@@ -30,8 +31,8 @@ from harness_plugins.phantom.simulator import (
     sample_patients,
 )
 
-SPLITS = ("TRAIN", "VAL", "TEST")
-TRAIN_FOLDS, VAL_FOLD, TEST_FOLD = tuple(range(8)), 8, 9
+SPLITS = ("TRAIN", "VAL", "TEST", "HOLDOUT")
+TRAIN_FOLDS, VAL_FOLD, TEST_FOLD, HOLDOUT_FOLD = tuple(range(8)), 8, 9, 10
 
 
 @dataclass(frozen=True)
@@ -102,7 +103,8 @@ def write_dynamic(folder: Path, videos: list[CohortVideo], view: str, n_frames: 
 
 
 def pediatric_fold(split: str, index: int) -> int:
-    return {"VAL": VAL_FOLD, "TEST": TEST_FOLD}.get(split, TRAIN_FOLDS[index % len(TRAIN_FOLDS)])
+    return {"VAL": VAL_FOLD, "TEST": TEST_FOLD, "HOLDOUT": HOLDOUT_FOLD}.get(split,
+                                                                         TRAIN_FOLDS[index % len(TRAIN_FOLDS)])
 
 
 def write_pediatric(folder: Path, videos: list[CohortVideo], view: str, n_frames: int, fps: float,
