@@ -268,9 +268,12 @@ def cmd_plugins(args) -> int:
 
 
 def cmd_leaderboard(args) -> int:
-    from harness.leaderboard import load_results, publish_figures, render
+    from harness.leaderboard import load_results, mixed_environments, publish_figures, render
 
     results = load_results(args.runs)
+    warning = mixed_environments(results)
+    if warning:
+        print(warning, file=sys.stderr)
     if args.out and args.format == "md":
         publish_figures(results, args.out)
     text = render(results, args.format, args.allow_mixed, base=args.out)

@@ -16,6 +16,7 @@ from tabulate import tabulate
 
 from harness import downstream, evaluation
 from harness.cache import atomic_write_bytes
+from harness.environment import device_label
 from harness.errors import UserError
 from harness.metrics import reconstruction
 from harness.metrics.columns import Column
@@ -25,6 +26,9 @@ from harness.results import ResultRow
 #: The row's identity and bookkeeping; the metric columns are declared next to the code that computes them.
 HEAD = [Column("generator", "generator"), Column("plugin", "plugin"), Column("n_samples", "samples")]
 TAIL = [Column("generator_hash", "config hash"), Column("error", "error")]
+#: Where each row's numbers were made (CSV and JSON; Markdown says it once per run, under the tables).
+PROVENANCE = [Column("harness_version", "harness version"), Column("git_revision", "revision"),
+              Column("device", "device"), Column("seed", "seed")]
 BUILTIN = [*evaluation.COLUMNS, *downstream.COLUMNS, *reconstruction.COLUMNS, *COST_COLUMNS]
 
 
@@ -77,9 +81,55 @@ def collect_rows(results: list[dict[str, Any]], allow_mixed: bool = False) -> tu
                                 f"follow the results schema ({where}: {first['msg']}); re-run the benchmark to "
                                 "rewrite it.") from None
             bench = result["benchmark"]["benchmark_hash"]
-            rows[(bench, one["generator"], one["generator_hash"])] = {**one, "benchmark_hash": bench}
+            rows[(bench, one["generator"], one["generator_hash"])] = {**one, "benchmark_hash": bench,
+                                                                      **_row_provenance(result)}
     frame = pd.DataFrame(list(rows.values()))
     return frame, hashes
+
+
+def _row_provenance(result: dict[str, Any]) -> dict[str, Any]:
+    record = result.get("environment") or {}
+    return {"harness_version": record.get("harness_version", result.get("harness_version")),
+            "git_revision": record.get("git_revision"), "device": device_label(record) if record else None,
+            "seed": record.get("seed", result["benchmark"].get("seed"))}
+
+
+def mixed_environments(results: list[dict[str, Any]]) -> str | None:
+    """One line when the runs come from different harness versions or devices (their numbers then agree only
+    within intervals), else None."""
+    versions = sorted({str(_row_provenance(r)["harness_version"]) for r in results})
+    devices = sorted({str(_row_provenance(r)["device"]) for r in results})
+    differ = [f"harness versions ({', '.join(versions)})" if len(versions) > 1 else "",
+              f"devices ({'; '.join(devices)})" if len(devices) > 1 else ""]
+    differ = [d for d in differ if d]
+    if not differ:
+        return None
+    return (f"warning: these rows come from different {' and '.join(differ)}; compare their numbers only within "
+            "their intervals.")
+
+
+def provenance(results: list[dict[str, Any]]) -> str:
+    """How each run's numbers were made: harness version and revision, device, torch build, packages, seed."""
+    lines, packages = [], set()
+    for result in results:
+        record = result.get("environment")
+        if not record:
+            continue
+        torch_build = record["torch_build"]
+        revision = (record["git_revision"] or "not a checkout")[:12] + (" (modified)" if record["git_dirty"] else "")
+        lines.append({"run": f"{result['benchmark']['name']}-{result['benchmark']['spec_hash'][:8]}",
+                      "harness": record["harness_version"], "revision": revision, "device": device_label(record),
+                      "torch": f"{torch_build['version']} ({torch_build['cpu_capability']})",
+                      "python": record["python"], "seed": record["seed"]})
+        packages.add(", ".join(f"{k} {v}" for k, v in record["packages"].items()))
+    if not lines:
+        return ""
+    return ("\n### How these numbers were made\n\n"
+            + tabulate(pd.DataFrame(lines), headers="keys", tablefmt="github", showindex=False) + "\n\n"
+            + "".join(f"Packages: {p}.\n" for p in sorted(packages))
+            + "\nThe same record (revision, packages, device and thread count) and seed reproduce these numbers bit "
+            "for bit; another machine, GPU or thread count trains slightly different models, so its numbers agree only "
+            "within the intervals.\n")
 
 
 def table(frame: pd.DataFrame, shown: list[Column], mixed: bool, inline_intervals: bool) -> pd.DataFrame:
@@ -295,9 +345,9 @@ def render(results: list[dict[str, Any]], fmt: str, allow_mixed: bool = False, b
         return render_study(results[0], fmt)
     frame, hashes = collect_rows(results, allow_mixed)
     every = columns(results)
-    shown = table(frame, every, mixed=len(hashes) > 1, inline_intervals=fmt == "md")
     bench = results[0]["benchmark"]
     if fmt == "md":
+        shown = table(frame, every, mixed=len(hashes) > 1, inline_intervals=True)
         title = f"## {bench['title']}\n\nbenchmark `{', '.join(hashes)}` · seed {bench['seed']} · " \
                 f"dataset `{bench['dataset']}` · encoder `{bench['encoder']}`\n\n"
         note = ""
@@ -317,12 +367,18 @@ def render(results: list[dict[str, Any]], fmt: str, allow_mixed: bool = False, b
                         "the real test split. "
             note += "EF adherence: requested EF vs the EF a regressor trained on real data measures in the sample.\n\n"
         return (title + note + tabulate(shown, headers="keys", tablefmt="github", showindex=False) + "\n"
-                + reid_tables(results) + utility_tables(results) + figure_links(results, base or Path.cwd()))
+                + reid_tables(results) + utility_tables(results) + figure_links(results, base or Path.cwd())
+                + provenance(results))
     if fmt == "csv":
-        return shown.to_csv(index=False)
+        return table(frame, [*every, *PROVENANCE], mixed=len(hashes) > 1, inline_intervals=False).to_csv(index=False)
     if fmt == "json":
+        runs = [{"run": f"{r['benchmark']['name']}-{r['benchmark']['spec_hash'][:8]}",
+                 "benchmark_hash": r["benchmark"]["benchmark_hash"], "environment": r.get("environment")}
+                for r in results]
         payload = {"benchmark_hashes": hashes, "title": bench["title"],
-                   "columns": [{"key": c.key, "header": c.header, "direction": c.direction} for c in every],
-                   "rows": json.loads(frame.to_json(orient="records"))}
+                   "columns": [{"key": c.key, "header": c.header, "direction": c.direction,
+                                **({"interval": [f"{c.key}_low", f"{c.key}_high"]} if c.interval else {})}
+                               for c in every],
+                   "rows": json.loads(frame.to_json(orient="records")), "runs": runs}
         return json.dumps(payload, indent=2, ensure_ascii=False) + "\n"
     raise UserError(f"unknown leaderboard format '{fmt}'; use md, csv or json.")

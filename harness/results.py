@@ -1,15 +1,11 @@
-"""The two files every run writes: `results.json` (versioned schema, rows typed by `ResultRow`) and
-`manifest.json` (provenance: spec, packages, revision, device, threads, and what every stage cost)."""
+"""The two files every run writes: `results.json` (versioned schema, rows typed by `ResultRow`, and the record of
+the environment) and `manifest.json` (provenance: spec, environment, and what every stage cost)."""
 
 from __future__ import annotations
 
 import json
-import platform
-import subprocess
-import sys
 import time
 from dataclasses import asdict
-from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 from typing import Any
 
@@ -20,8 +16,6 @@ from harness.cache import atomic_write_text
 from harness.spec import ResolvedSpec
 
 RESULTS_SCHEMA_VERSION = 1
-PACKAGES = ("reid-harness", "torch", "torchvision", "diffusers", "numpy", "pandas", "scikit-learn", "pluggy",
-            "pydantic", "av")
 
 
 class ResultRow(BaseModel):
@@ -98,13 +92,15 @@ class ResultRow(BaseModel):
         return self.model_dump(exclude_unset=True)
 
 
-def build_results(resolved: ResolvedSpec, dataset_reports: dict[str, Any], encoder: dict[str, Any],
-                  rows: list[dict[str, Any]], reid: dict[str, Any] | None, downstream: dict[str, Any] | None,
-                  figures: dict[str, str], metrics: list[dict[str, Any]]) -> dict[str, Any]:
+def build_results(resolved: ResolvedSpec, environment: dict[str, Any], dataset_reports: dict[str, Any],
+                  encoder: dict[str, Any], rows: list[dict[str, Any]], reid: dict[str, Any] | None,
+                  downstream: dict[str, Any] | None, figures: dict[str, str], metrics: list[dict[str, Any]]
+                  ) -> dict[str, Any]:
     spec = resolved.spec
     results = {
         "schema_version": RESULTS_SCHEMA_VERSION,
         "harness_version": __version__,
+        "environment": environment,  # what made these numbers (harness.environment)
         "benchmark": {
             "name": spec.name,
             "benchmark_hash": resolved.benchmark_hash,
@@ -128,25 +124,8 @@ def build_results(resolved: ResolvedSpec, dataset_reports: dict[str, Any], encod
     return results
 
 
-def _versions() -> dict[str, str]:
-    out = {}
-    for name in PACKAGES:
-        try:
-            out[name] = version(name)
-        except PackageNotFoundError:
-            pass
-    return out
-
-
-def _git_revision() -> str | None:
-    try:
-        done = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True, timeout=5)
-    except (OSError, subprocess.SubprocessError):
-        return None
-    return done.stdout.strip() or None if done.returncode == 0 else None
-
-
-def build_manifest(resolved: ResolvedSpec, ctx, stages, started: float, threads: int) -> dict[str, Any]:
+def build_manifest(resolved: ResolvedSpec, ctx, stages, started: float, environment: dict[str, Any]
+                   ) -> dict[str, Any]:
     return {
         "spec_file": resolved.source,
         "spec_hash": resolved.spec_hash,
@@ -154,11 +133,7 @@ def build_manifest(resolved: ResolvedSpec, ctx, stages, started: float, threads:
         "resolved_spec": resolved.resolved(),
         "seed": ctx.seed,
         "device": str(ctx.device),
-        "threads": threads,
-        "python": sys.version.split()[0],
-        "platform": platform.platform(),
-        "packages": _versions(),
-        "git_revision": _git_revision(),
+        "environment": environment,
         "started": time.strftime("%Y-%m-%dT%H:%M:%S", time.localtime(started)),
         "wall_seconds": round(time.time() - started, 3),
         # per stage: whether this run computed it, and what computing it cost (stored with the artifact)

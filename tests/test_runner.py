@@ -8,6 +8,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 
 from harness.cache import ArtifactCache
 from harness.data import LatentSet, SampleSet
@@ -36,9 +37,15 @@ def test_run_writes_results_manifest_and_log(tiny_run):
     assert all(r["error"] is None and r["n_returned"] == 30 for r in results["rows"])
     assert results["encoder"]["latent_shape"] == [8, 4, 14, 14]
     manifest = json.loads((out / "manifest.json").read_text())
-    for field in ("spec_hash", "benchmark_hash", "resolved_spec", "packages", "device", "seed", "stages"):
+    for field in ("spec_hash", "benchmark_hash", "resolved_spec", "environment", "device", "seed", "stages"):
         assert field in manifest
-    assert manifest["packages"]["torch"] and manifest["device"] == "cpu"
+    record = results["environment"]
+    assert manifest["environment"] == record and manifest["device"] == "cpu"
+    assert record["packages"]["torch"] and record["torch_build"]["version"] == torch.__version__
+    assert record["device"]["type"] == "cpu" and record["device"]["name"] and record["device"]["threads"] >= 1
+    assert record["seed"] == 0 and record["harness_version"] == results["harness_version"]
+    if (ROOT / ".git").exists():  # a checkout records its commit
+        assert len(record["git_revision"]) == 40 and isinstance(record["git_dirty"], bool)
     assert all({"seconds", "peak_rss_mb"} <= set(s) for s in manifest["stages"])
     assert "stage encoder-fit started" in (out / "run.log").read_text()
     assert f"outputs in {out}" in tiny_run["stdout"]

@@ -20,6 +20,7 @@ import torch
 
 from harness.cache import ArtifactCache, atomic_write_text
 from harness.context import RunContext, resolve_device, set_threads
+from harness.environment import environment
 from harness.errors import UserError
 from harness.figures import render_downstream_figures, render_figures
 from harness.pipeline.encoding import Encoded, encode_real
@@ -60,15 +61,16 @@ def run(resolved: ResolvedSpec, registry: Registry, cache: ArtifactCache, run_di
     def choose(role: str, plugin: str, config_key: str) -> Chosen:
         return Chosen.from_registry(registry, role, plugin, resolved.configs[config_key])
 
+    record = environment(ctx.device, threads, ctx.seed)
     phases = run_study if resolved.spec.reid_study is not None else run_generators
-    results = phases(resolved, stages, choose, ctx, run_dir)
-    manifest = build_manifest(resolved, ctx, stages, started, threads)
+    results = phases(resolved, record, stages, choose, ctx, run_dir)
+    manifest = build_manifest(resolved, ctx, stages, started, record)
     write_run(run_dir, results, manifest)
     return RunOutcome(results, manifest)
 
 
-def run_generators(resolved: ResolvedSpec, stages: Stages, choose: Choose, ctx: RunContext,
-                   run_dir: Path) -> dict[str, Any]:
+def run_generators(resolved: ResolvedSpec, record: dict[str, Any], stages: Stages, choose: Choose,
+                   ctx: RunContext, run_dir: Path) -> dict[str, Any]:
     """The benchmark: the real reference, then one row per generator."""
     spec = resolved.spec
     # 1. real data
@@ -105,7 +107,7 @@ def run_generators(resolved: ResolvedSpec, stages: Stages, choose: Choose, ctx: 
     figures = draw_figures(run_dir / "figures", rows, reid, task, encoded, spec.privacy.head)
     declared = [{"key": m.name, "label": m.factory.label, "direction": m.factory.direction,
                  "digits": m.factory.digits} for m in metrics]
-    return build_results(resolved, data.reports, encoded.summary, [r.row for r in rows],
+    return build_results(resolved, record, data.reports, encoded.summary, [r.row for r in rows],
                          reid.summary if reid else None, task.summary if task else None, figures, declared)
 
 
@@ -124,7 +126,7 @@ def draw_figures(folder: Path, rows: list[RowResult], reid: ReidModel | None, ta
     return figures
 
 
-def run_study(resolved: ResolvedSpec, stages: Stages, choose: Choose, ctx: RunContext,
+def run_study(resolved: ResolvedSpec, record: dict[str, Any], stages: Stages, choose: Choose, ctx: RunContext,
               run_dir: Path) -> dict[str, Any]:
     """Train every re-ID variant, test it on its own test split and (with `cross`) on the other variants'."""
     spec, variants = resolved.spec, []
@@ -140,7 +142,7 @@ def run_study(resolved: ResolvedSpec, stages: Stages, choose: Choose, ctx: RunCo
                                  resolved.configs[f"{prefix}.dataset"].model_dump(mode="json"), data, encoded, reid))
     # 4. every model on its own and the other test splits
     tests = study_tests(stages, variants, spec.reid_study.cross, spec.privacy, ctx)
-    results = build_results(resolved, {}, {}, [], None, None, {}, [])
+    results = build_results(resolved, record, {}, {}, [], None, None, {}, [])
     results["study"] = {"variants": [v.summary for v in variants], "tests": tests}
     return results
 
