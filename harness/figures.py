@@ -1,6 +1,7 @@
 """The seed paper's figures for a run: P_max histograms with tau (Fig. 4), t-SNE of re-ID features with learned
 training videos marked (Fig. 5), temporal-consistency curves with the swap control (Fig. 6), appearances per
-training video; and EF predicted vs true on the real test split, and filmstrips of generated videos.
+training video; the headline numbers of every row with their intervals; and EF predicted vs true on the real test
+split, and filmstrips of generated videos.
 Drawn from cached arrays named by their keys, so a warm run does not redraw them.
 """
 
@@ -16,7 +17,7 @@ import numpy as np
 from harness.cache import atomic_write_bytes, atomic_write_text
 from harness.hashing import stable_hash
 
-FIGURES_VERSION = 1  # bump when a figure's drawing changes
+FIGURES_VERSION = 2  # bump when a figure's drawing changes (2: τ's interval; the headline figure)
 
 
 def tsne_coordinates(train: np.ndarray, synthetic: np.ndarray, seed: int, limit: int = 1500) -> np.ndarray:
@@ -74,7 +75,8 @@ def render_figures(folder: Path, stats: dict[str, Any], row_arrays: dict[str, Pa
         return {}
     folder.mkdir(parents=True, exist_ok=True)
     stamp = stable_hash({"rows": {row: str(path) for row, path in row_arrays.items()}, "head": head,
-                         "tau": stats["tau"], "version": FIGURES_VERSION})
+                         "tau": [stats["tau"], stats.get("tau_low"), stats.get("tau_high")],
+                         "version": FIGURES_VERSION})
     done = folder / "figures.json"
     previous = _unchanged(done, stamp)
     if previous is not None:
@@ -89,6 +91,8 @@ def render_figures(folder: Path, stats: dict[str, Any], row_arrays: dict[str, Pa
         ax.hist(real, bins=bins, alpha=0.6, density=True, label="real test")
         ax.hist(a["pmax"], bins=bins, alpha=0.6, density=True, label=row)
         ax.axvline(stats["tau"], color="k", linestyle="--", label="τ")
+        if stats.get("tau_low") is not None:
+            ax.axvspan(stats["tau_low"], stats["tau_high"], color="k", alpha=0.12, label="τ interval")
         ax.set_title(row)
         ax.set_xlabel(f"P_max ({head})")
         ax.legend(fontsize=7)
@@ -135,6 +139,50 @@ def render_figures(folder: Path, stats: dict[str, Any], row_arrays: dict[str, Pa
         ax.set_xlabel("training video (sorted)")
         ax.set_ylabel("appearances")
     out["appearances"] = _save(fig, folder / "appearances.png")
+    atomic_write_text(done, json.dumps({"stamp": stamp, "figures": out}))
+    return out
+
+
+#: The headline panels: (row key, label, the real reference drawn beside each row).
+HEADLINE = (("memorised_pct", "memorised %", None), ("recall", "recall", "reference_recall"),
+            ("fd", "Fréchet distance", None), ("ef_r2", "EF R² (train on samples, test on real)", None))
+
+
+def render_headline_figure(folder: Path, rows: list[dict[str, Any]], nominal_pct: float) -> dict[str, str]:
+    """Each row's headline numbers as points with their interval bars; the real reference beside recall, and the
+    nominal share of real videos above τ as a line beside memorised %."""
+    rows = [r for r in rows if r.get("memorised_pct") is not None]
+    if not rows:
+        return {}
+    folder.mkdir(parents=True, exist_ok=True)
+    keys = [f"{k}{end}" for key, _, ref in HEADLINE for k in (key, ref) if k for end in ("", "_low", "_high")]
+    stamp = stable_hash({"rows": [{k: r.get(k) for k in ["generator", *keys]} for r in rows],
+                         "nominal": nominal_pct, "version": FIGURES_VERSION})
+    done = folder / "headline-figure.json"
+    previous = _unchanged(done, stamp)
+    if previous is not None:
+        return previous
+    panels = [(key, label, ref) for key, label, ref in HEADLINE if any(r.get(key) is not None for r in rows)]
+    fig, axes = _grid(len(panels), size=3.6)
+    y = np.arange(len(rows))
+    for ax, (key, label, ref) in zip(axes, panels, strict=True):
+        for offset, name, colour in ((0.0, key, "tab:blue"), (0.22, ref, "gray")):
+            shown = [i for i, r in enumerate(rows) if name is not None and r.get(name) is not None]
+            if not shown:
+                continue
+            values = np.array([rows[i][name] for i in shown], dtype=float)
+            low = np.array([rows[i].get(f"{name}_low", rows[i][name]) for i in shown], dtype=float)
+            high = np.array([rows[i].get(f"{name}_high", rows[i][name]) for i in shown], dtype=float)
+            ax.errorbar(values, y[shown] + offset, xerr=[values - low, high - values], fmt="o", color=colour,
+                        capsize=3, markersize=4, label="real test, same count" if name == ref else None)
+        if key == "memorised_pct":
+            ax.axvline(nominal_pct, color="k", linestyle="--", linewidth=1, label=f"{nominal_pct:g} % (real, nominal)")
+        ax.set_yticks(y, [r["generator"] for r in rows], fontsize=8)
+        ax.invert_yaxis()
+        ax.set_title(label, fontsize=9)
+        if ax.get_legend_handles_labels()[0]:
+            ax.legend(fontsize=7)
+    out = {"headline": _save(fig, folder / "headline.png")}
     atomic_write_text(done, json.dumps({"stamp": stamp, "figures": out}))
     return out
 

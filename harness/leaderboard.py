@@ -90,7 +90,7 @@ def collect_rows(results: list[dict[str, Any]], allow_mixed: bool = False) -> tu
 def _row_provenance(result: dict[str, Any]) -> dict[str, Any]:
     record = result.get("environment") or {}
     return {"harness_version": record.get("harness_version", result.get("harness_version")),
-            "git_revision": record.get("git_revision"), "device": device_label(record) if record else None,
+            "git_revision": record.get("git_revision"), "device": device_label(record) if record else "unrecorded",
             "seed": record.get("seed", result["benchmark"].get("seed"))}
 
 

@@ -22,7 +22,7 @@ from harness.cache import ArtifactCache, atomic_write_text
 from harness.context import RunContext, resolve_device, set_threads
 from harness.environment import environment
 from harness.errors import UserError
-from harness.figures import render_downstream_figures, render_figures
+from harness.figures import render_downstream_figures, render_figures, render_headline_figure
 from harness.pipeline.encoding import Encoded, encode_real
 from harness.pipeline.real_data import load_real_data
 from harness.pipeline.reid import ReidModel, fit_reid
@@ -118,6 +118,7 @@ def draw_figures(folder: Path, rows: list[RowResult], reid: ReidModel | None, ta
     if reid is not None:
         figures.update(render_figures(folder, reid.stats, {r.row["generator"]: r.arrays for r in rows if r.arrays},
                                       head))
+        figures.update(render_headline_figure(folder, [r.row for r in rows], 100 - reid.privacy.percentile))
     predictions = {"real-full": task.predictions} if task is not None else {}
     predictions.update({r.row["generator"]: r.ef_predictions for r in rows if r.ef_predictions})
     truth = encoded.latents["test"].value.table["ef"].to_numpy(dtype=float)
