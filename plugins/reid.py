@@ -4,6 +4,12 @@ A torchvision ResNet whose first convolution takes the encoder's channels maps a
 the head `Linear(128 -> 1)` on `|f_a - f_b|` gives the logit that two frames come from the same video. It trains
 with BCE-with-logits on one pair per training video per epoch, half positive (two different frames of one video)
 and half negative (frames of two videos), with Adam and early stopping on the validation loss.
+
+The head's weights are kept <= 0 (projected after every step; `monotone_head`), so the logit can only fall as two
+frames' features differ and an exact copy of a training video always scores highest against it. Unconstrained, as
+in the paper, a head can learn positive weights on a few features; then an unrelated pair that differs in those
+features outscores an exact copy, and P_max (a maximum over training videos) rewards difference: on the phantom
+default that sent τ above a copy's own score and the copy control to 1 % memorised.
 """
 
 from __future__ import annotations
@@ -89,6 +95,9 @@ class Siamese(ReIdFilter):
         patience: PositiveInt | None = Field(None, description="epochs without a better validation loss")
         max_epochs: PositiveInt | None = None
         weights: str | None = Field(None, description="local .safetensors or torch state dict to start from")
+        monotone_head: bool = Field(True, description="keep the head's weights <= 0 while training, so the score "
+                                                      "only falls as two frames' features differ; false: the "
+                                                      "paper's unconstrained head")
 
     def __init__(self, config=None):
         super().__init__(config)
@@ -135,6 +144,9 @@ class Siamese(ReIdFilter):
                 opt.zero_grad(set_to_none=True)
                 loss.backward()
                 opt.step()
+                if cfg.monotone_head:
+                    with torch.no_grad():
+                        net.head.weight.clamp_(max=0.0)
             epoch_seconds.append(time.perf_counter() - start)
             val_loss, val_auc = self._validate(net, x_val, val_pairs, ctx)
             if val_loss < best[0]:
