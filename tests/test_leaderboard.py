@@ -20,9 +20,33 @@ def test_markdown_csv_json(tiny_run, tmp_path):
     assert {c["direction"] for c in payload["columns"]} == {"", "↑", "↓"}
     done = run_cli("leaderboard", str(tiny_run["out"]), "--format", "md", "--out", str(tmp_path))
     written = (tmp_path / "leaderboard.md").read_text()
-    assert done.returncode == 0 and written.startswith(md)
+    assert done.returncode == 0 and written.startswith(md.split("\n### How these numbers")[0])
     links = re.findall(r"\]\(([^)]+\.png)\)", written)
-    assert len(links) == 6 and all((tmp_path / link).is_file() for link in links)  # relative to the table
+    assert len(links) == 7 and all((tmp_path / link).is_file() for link in links)  # relative to the table
+    # every headline number with its interval, the method said once, and the record of how it was made
+    assert re.search(r"\| copy +\| copy +\| +30 \| [\d.]+ \[[\d.]+, [\d.]+\]", md)
+    assert md.count("Intervals `[lo, hi]`") == 1 and "How these numbers were made" in md
+    assert results["environment"]["git_revision"] is None or results["environment"]["git_revision"][:12] in md
+    header = csv[0].split(",")
+    assert {"memorised % ↓ low", "memorised % ↓ high", "recall ↑ low", "EF R² ↑ high", "device"} <= set(header)
+    assert payload["runs"][0]["environment"] == results["environment"]
+    assert next(c for c in payload["columns"] if c["key"] == "fd")["interval"] == ["fd_low", "fd_high"]
+
+
+def test_rows_from_different_devices_or_versions_are_flagged(tiny_run, tmp_path):
+    from harness.leaderboard import mixed_environments
+
+    results = tiny_run["results"]
+    assert mixed_environments([results, copy.deepcopy(results)]) is None
+    other = copy.deepcopy(results)
+    other["environment"]["device"]["threads"] += 1
+    other["environment"]["harness_version"] = "9.9.9"
+    warning = mixed_environments([results, other])
+    assert "harness versions" in warning and "devices" in warning and "\n" not in warning
+    (tmp_path / "other").mkdir()
+    (tmp_path / "other" / "results.json").write_text(json.dumps(other))
+    done = run_cli("leaderboard", str(tiny_run["out"]), str(tmp_path / "other"), "--format", "csv")
+    assert done.returncode == 0 and done.stderr.strip() == warning
 
 
 def test_mixed_benchmarks_are_refused_unless_allowed(tiny_run):
