@@ -17,7 +17,7 @@ from harness.pipeline.stages import Chosen, Fitted, Stages, Stored
 
 #: Reconstruction PSNR is measured on the first test videos (a random order): decoding a large test split costs
 #: minutes on a CPU and narrows an aggregate that needs no more.
-RECONSTRUCTION_VIDEOS = 128
+RECONSTRUCTION_VIDEOS = 64
 
 
 @dataclass(frozen=True)
