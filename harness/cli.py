@@ -46,6 +46,11 @@ def _parser(registry: Registry) -> argparse.ArgumentParser:
     board.add_argument("--out", type=Path, default=None, help="folder to write leaderboard.<format> into")
     board.add_argument("--allow-mixed", action="store_true", help="show runs of different benchmarks together")
 
+    comp = sub.add_parser("compare", help="check, row by row, whether a run's numbers lie inside a published table's "
+                                          "intervals")
+    comp.add_argument("reference", type=Path, help="a run directory or a published leaderboard.json")
+    comp.add_argument("run", type=Path, help="the run directory to check")
+
     cache = sub.add_parser("cache", help="inspect or clean the artifact cache")
     cache_sub = cache.add_subparsers(dest="cache_command", required=True)
     cache_sub.add_parser("ls", help="list cached artifacts")
@@ -286,6 +291,18 @@ def cmd_leaderboard(args) -> int:
     return 0
 
 
+def cmd_compare(args) -> int:
+    from tabulate import tabulate
+
+    from harness.compare import compare
+
+    lines = compare(args.reference, args.run)
+    shown = lines.assign(inside=lines["inside"].map({True: "yes", False: "NO"}))
+    print(tabulate(shown, headers="keys", tablefmt="github", showindex=False, floatfmt=".3f"))
+    print(f"{int(lines['inside'].sum())} of {len(lines)} numbers inside the reference's intervals.")
+    return 0
+
+
 def _used_artifacts(runs: Path) -> set[tuple[str, str]]:
     keep = set()
     for manifest in runs.rglob("manifest.json"):
@@ -318,7 +335,8 @@ def cmd_cache(args) -> int:
 
 
 COMMANDS = {"run": cmd_run, "validate": cmd_validate, "plugins": cmd_plugins, "bench": cmd_bench,
-            "regenerate": cmd_regenerate, "export": cmd_export, "leaderboard": cmd_leaderboard, "cache": cmd_cache}
+            "regenerate": cmd_regenerate, "export": cmd_export, "leaderboard": cmd_leaderboard, "compare": cmd_compare,
+            "cache": cmd_cache}
 
 
 def main(argv: list[str] | None = None) -> int:

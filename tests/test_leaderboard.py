@@ -49,6 +49,32 @@ def test_rows_from_different_devices_or_versions_are_flagged(tiny_run, tmp_path)
     assert done.returncode == 0 and done.stderr.strip() == warning
 
 
+def test_compare_checks_a_run_against_published_intervals(tiny_run, tmp_path):
+    from harness.compare import compare
+
+    published = tmp_path / "published"
+    published.mkdir()
+    run_cli("leaderboard", str(tiny_run["out"]), "--format", "json", "--out", str(published))
+    same = compare(published / "leaderboard.json", tiny_run["out"])
+    assert (same["this run"] == same["published"]).all()
+    assert {"memorised %", "recall", "Fréchet distance"} <= set(same["metric"])
+    moved = copy.deepcopy(tiny_run["results"])
+    holdout = next(r for r in moved["rows"] if r["generator"] == "holdout")
+    holdout["fd"] = holdout["fd_high"] + 1.0
+    (tmp_path / "moved").mkdir()
+    (tmp_path / "moved" / "results.json").write_text(json.dumps(moved))
+    lines = compare(published / "leaderboard.json", tmp_path / "moved")
+    changed = lines["this run"] != lines["published"]
+    assert lines.loc[changed, ["generator", "metric"]].values.tolist() == [["holdout", "Fréchet distance"]]
+    assert not lines.loc[changed, "inside"].any()
+    done = run_cli("compare", str(published / "leaderboard.json"), str(tmp_path / "moved"))
+    assert done.returncode == 0 and f"{int(lines['inside'].sum())} of {len(lines)} numbers inside" in done.stdout
+    moved["benchmark"]["benchmark_hash"] = "0" * 16
+    (tmp_path / "moved" / "results.json").write_text(json.dumps(moved))
+    done = run_cli("compare", str(published / "leaderboard.json"), str(tmp_path / "moved"))
+    assert done.returncode == 2 and "only runs of the same spec compare" in done.stderr
+
+
 def test_mixed_benchmarks_are_refused_unless_allowed(tiny_run):
     other = copy.deepcopy(tiny_run["results"])
     other["benchmark"]["benchmark_hash"] = "0" * 16

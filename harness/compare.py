@@ -1,0 +1,54 @@
+"""Does a run reproduce a published table? Row by row, each headline number of the run against the published
+value's interval (the check a researcher makes after running a benchmark on their own machine)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+
+from harness.errors import UserError
+from harness.leaderboard import BUILTIN
+
+HEADLINE = [c for c in BUILTIN if c.interval]
+
+
+def load_rows(path: Path) -> tuple[str, list[dict[str, Any]]]:
+    """The benchmark hash and rows of a run directory (`results.json`) or of a published `leaderboard.json`."""
+    file = path / "results.json" if path.is_dir() else path
+    if not file.is_file():
+        raise UserError(f"{path}: neither a run directory with results.json nor a leaderboard.json.")
+    try:
+        data = json.loads(file.read_text())
+    except json.JSONDecodeError as exc:
+        raise UserError(f"{file}: not valid JSON ({exc}).") from None
+    if "benchmark" in data and "rows" in data:
+        return data["benchmark"]["benchmark_hash"], data["rows"]
+    if len(data.get("benchmark_hashes", [])) == 1 and "rows" in data:
+        return data["benchmark_hashes"][0], data["rows"]
+    raise UserError(f"{file}: not the results of one benchmark (a run's results.json, or a leaderboard.json of one "
+                    "benchmark).")
+
+
+def compare(reference: Path, run: Path) -> pd.DataFrame:
+    """One line per row and headline number present in both: the reference's value and interval, the run's value,
+    and whether it lies inside."""
+    (ref_hash, ref_rows), (run_hash, run_rows) = load_rows(reference), load_rows(run)
+    if ref_hash != run_hash:
+        raise UserError(f"{run} is a run of benchmark {run_hash}, {reference} of {ref_hash}: only runs of the same "
+                        "spec compare.")
+    theirs = {r["generator"]: r for r in run_rows}
+    lines = []
+    for row in ref_rows:
+        other = theirs.get(row["generator"])
+        for column in HEADLINE if other else ():
+            value, (low, high), new = column.value(row), column.bounds(row), column.value(other)
+            if value is None or low is None or new is None:
+                continue
+            lines.append({"generator": row["generator"], "metric": column.label, "published": value,
+                          "low": low, "high": high, "this run": new, "inside": low <= new <= high})
+    if not lines:
+        raise UserError(f"{reference} and {run} share no row with intervals to compare.")
+    return pd.DataFrame(lines)
