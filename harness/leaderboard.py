@@ -95,8 +95,8 @@ def _row_provenance(result: dict[str, Any]) -> dict[str, Any]:
 
 
 def mixed_environments(results: list[dict[str, Any]]) -> str | None:
-    """One line when the runs come from different harness versions or devices (their numbers then agree only
-    within intervals), else None."""
+    """One line when the runs come from different harness versions or devices (models trained there differ beyond
+    what the intervals cover), else None."""
     versions = sorted({str(_row_provenance(r)["harness_version"]) for r in results})
     devices = sorted({str(_row_provenance(r)["device"]) for r in results})
     differ = [f"harness versions ({', '.join(versions)})" if len(versions) > 1 else "",
@@ -104,8 +104,8 @@ def mixed_environments(results: list[dict[str, Any]]) -> str | None:
     differ = [d for d in differ if d]
     if not differ:
         return None
-    return (f"warning: these rows come from different {' and '.join(differ)}; compare their numbers only within "
-            "their intervals.")
+    return (f"warning: these rows come from different {' and '.join(differ)}; their models were trained "
+            "differently, which the intervals do not cover, so rank rows from one environment.")
 
 
 def provenance(results: list[dict[str, Any]]) -> str:
@@ -128,8 +128,9 @@ def provenance(results: list[dict[str, Any]]) -> str:
             + tabulate(pd.DataFrame(lines), headers="keys", tablefmt="github", showindex=False) + "\n\n"
             + "".join(f"Packages: {p}.\n" for p in sorted(packages))
             + "\nThe same record (revision, packages, device and thread count) and seed reproduce these numbers bit "
-            "for bit; another machine, GPU or thread count trains slightly different models, so its numbers agree only "
-            "within the intervals.\n")
+            "for bit. Another machine, GPU or thread count trains every model slightly differently, which the "
+            "intervals (they resample videos, not training) do not cover: `harness compare` shows where such a run "
+            "lands.\n")
 
 
 def table(frame: pd.DataFrame, shown: list[Column], mixed: bool, inline_intervals: bool) -> pd.DataFrame:
@@ -184,7 +185,8 @@ def interval_note(reid: dict[str, Any], downstream: dict[str, Any] | None) -> st
             "recall after filter and real recall resample the estimated population of nearest training videos, "
             "unseen ones included (Chao et al. 2014), and real recall is the real test videos' recall at the row's "
             "sample count (rarefied or extrapolated); the Fréchet distance resamples both feature sets; IRS∞ is the "
-            "occupancy model's ~95 % range; EF adherence resamples the samples.")
+            "occupancy model's ~95 % range; EF adherence resamples the samples. All resample videos, not the "
+            "training of the models (see the record below).")
     if downstream:
         text += f" EF R² and MAE: {downstream['real_full']['interval']} of the real test split."
     return text + "\n\n"
