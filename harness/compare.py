@@ -3,32 +3,25 @@ value's interval (the check a researcher makes after running a benchmark on thei
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Any
 
 import pandas as pd
 
 from harness.errors import UserError
-from harness.leaderboard import BUILTIN
+from harness.leaderboard import BUILTIN, load_results
 
 HEADLINE = [c for c in BUILTIN if c.interval]
 
 
 def load_rows(path: Path) -> tuple[str, list[dict[str, Any]]]:
     """The benchmark hash and rows of a run directory (`results.json`) or of a published `leaderboard.json`."""
-    file = path / "results.json" if path.is_dir() else path
-    if not file.is_file():
-        raise UserError(f"{path}: neither a run directory with results.json nor a leaderboard.json.")
-    try:
-        data = json.loads(file.read_text())
-    except json.JSONDecodeError as exc:
-        raise UserError(f"{file}: not valid JSON ({exc}).") from None
+    data = load_results([path])[0]
     if "benchmark" in data and "rows" in data:
         return data["benchmark"]["benchmark_hash"], data["rows"]
     if len(data.get("benchmark_hashes", [])) == 1 and "rows" in data:
         return data["benchmark_hashes"][0], data["rows"]
-    raise UserError(f"{file}: not the results of one benchmark (a run's results.json, or a leaderboard.json of one "
+    raise UserError(f"{path}: not the results of one benchmark (a run's results.json, or a leaderboard.json of one "
                     "benchmark).")
 
 

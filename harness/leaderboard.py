@@ -52,7 +52,8 @@ def load_results(paths: list[Path]) -> list[dict[str, Any]]:
     for path in paths:
         file = path / "results.json" if path.is_dir() else path
         if not file.is_file():
-            raise UserError(f"{path}: no results.json here; pass run directories written by `harness run`.")
+            raise UserError(f"{path}: no results.json here; pass run directories written by `harness run` (or a "
+                            "results or leaderboard JSON file).")
         try:
             result = json.loads(file.read_text())
         except json.JSONDecodeError as exc:
