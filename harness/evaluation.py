@@ -2,7 +2,8 @@
 
 `reference_stats` computes everything that depends only on the real data (tau, the real test->train recall, the
 real consistency curves); `row_metrics` compares one row's samples with it. Both work on feature tensors and run
-on whatever device those tensors are on.
+on whatever device those tensors are on. With several re-ID models (`Reference.replicates`), the privacy and recall
+numbers are their mean (`harness.metrics.intervals.pooled`); everything else comes from the first model.
 """
 
 from __future__ import annotations
@@ -18,11 +19,10 @@ import torch
 from harness.metrics.columns import Column
 from harness.metrics.consistency import consistency_curve
 from harness.metrics.fidelity import frechet_distance, prdc
-from harness.metrics.intervals import Bootstrap, distinct_interval, frechet_interval, memorised_interval
+from harness.metrics.intervals import Bootstrap, Estimate, frechet_interval, memorised_estimate, pooled, recall_estimate
 from harness.metrics.pairs import HEADS, max_scores
 from harness.metrics.privacy import (
     appearances,
-    expected_distinct,
     generative_recall,
     irs_infinity,
     memorised_fraction,
@@ -66,6 +66,8 @@ class Reference:
     calibration: str = "test-to-train"
     knn: int = 5
     boot: Bootstrap = Bootstrap()
+    #: more re-ID models of the run, trained from other seeds: their first-frame features and head (the rest unused)
+    replicates: tuple[Reference, ...] = ()
 
     def pmax(self, query: torch.Tensor, head: str, ref: torch.Tensor | None = None):
         ref = self.train_first if ref is None else ref
@@ -99,64 +101,105 @@ def _curves(frames: torch.Tensor, ref: Reference, swap: bool = False) -> dict[st
             for head in ("pred", "corr")}
 
 
+def _calibrate(ref: Reference, head: str) -> dict[str, Any]:
+    """P_max and nearest training video of every real test video, P_max of every training video against the test
+    videos (EchoNet-Synthetic's direction), and τ under both calibrations."""
+    pmax_test, nearest_test = (t.cpu().numpy() for t in ref.pmax(ref.test_first, head))
+    pmax_train = ref.pmax(ref.train_first, head, ref=ref.test_first)[0].cpu().numpy()
+    return {"tau_test_to_train": privacy_threshold(pmax_test, ref.percentile),
+            "tau_train_to_test": privacy_threshold(pmax_train, ref.percentile),
+            "pmax_test": pmax_test, "pmax_train": pmax_train, "nearest_test": nearest_test}
+
+
+def _calibration(ref: Reference, calibrated: dict[str, Any]) -> tuple[float, np.ndarray]:
+    """τ under the reference's calibration and the P_max values that set it."""
+    if ref.calibration == "test-to-train":
+        return calibrated["tau_test_to_train"], calibrated["pmax_test"]
+    return calibrated["tau_train_to_test"], calibrated["pmax_train"]
+
+
+def _with_tau(ref: Reference, calibrated: dict[str, Any]) -> dict[str, Any]:
+    return {**calibrated, "tau": _calibration(ref, calibrated)[0]}
+
+
 def reference_stats(ref: Reference) -> dict[str, Any]:
     """tau under both calibrations for every head, the real test->train recall, real consistency curves."""
     _check_features(ref.train_first, "training features")
     _check_features(ref.test_frames, "test features")
     n_train = len(ref.train_first)
-    heads: dict[str, Any] = {}
-    for head in HEADS:
-        pmax_test, nearest_test = ref.pmax(ref.test_first, head)
-        pmax_train, _ = ref.pmax(ref.train_first, head, ref=ref.test_first)  # EchoNet-Synthetic's direction
-        heads[head] = {"tau_test_to_train": privacy_threshold(pmax_test.cpu().numpy(), ref.percentile),
-                       "tau_train_to_test": privacy_threshold(pmax_train.cpu().numpy(), ref.percentile),
-                       "pmax_test": pmax_test.cpu().numpy(), "pmax_train": pmax_train.cpu().numpy(),
-                       "nearest_test": nearest_test.cpu().numpy()}
+    heads = {head: _calibrate(ref, head) for head in HEADS}
     main = heads[ref.head]
-    key = "tau_test_to_train" if ref.calibration == "test-to-train" else "tau_train_to_test"
+    tau, calibration = _calibration(ref, main)
     irs = irs_infinity(main["nearest_test"], n_train)
-    calibration = main["pmax_test" if ref.calibration == "test-to-train" else "pmax_train"]
     rng = ref.boot.rng(0)
     taus = [np.percentile(calibration[rng.integers(0, len(calibration), (size, len(calibration)))], ref.percentile,
                           axis=1) for size in ref.boot.chunks(len(calibration))]
     tau_low, tau_high = ref.boot.interval(np.concatenate(taus))
     return {
         "heads": heads,
-        "tau": main[key],
+        "tau": tau,
         "tau_low": tau_low, "tau_high": tau_high,
         "calibration_pmax": calibration,  # the P_max values that set tau (resampled for the intervals)
         "tau_test_to_train": main["tau_test_to_train"],
         "tau_train_to_test": main["tau_train_to_test"],
-        "test_memorised_pct": 100 * memorised_fraction(main["pmax_test"], main[key]),
+        "test_memorised_pct": 100 * memorised_fraction(main["pmax_test"], tau),
         "reference_recall": generative_recall(main["nearest_test"], n_train),
         "reference_irs_inf": irs["value"],
         "consistency_real": _curves(ref.test_frames, ref),
         "consistency_real_swap": _curves(ref.test_frames, ref, swap=True) if len(ref.test_frames) > 1 else None,
+        "replicates": [_with_tau(ref, _calibrate(replicate, ref.head)) for replicate in ref.replicates],
     }
 
 
+#: the numbers every re-ID model of the run measures, pooled over the models, with the range each lies in
+POOLED = {"memorised_pct": (0.0, 100.0), "memorised_pct_train_to_test": (0.0, 100.0), "recall": (0.0, 1.0),
+          "recall_after_filter": (0.0, 1.0), "reference_recall": (0.0, 1.0)}
+
+
+def _privacy_estimates(pmax: np.ndarray, nearest: np.ndarray, ref: Reference, calibrated: dict[str, Any]
+                       ) -> tuple[dict[str, Estimate], np.ndarray]:
+    """One re-ID model's privacy and recall numbers for a row, and which samples it finds memorised."""
+    n_train, n, boot = len(ref.train_first), len(pmax), ref.boot
+    tau, calibration = _calibration(ref, calibrated)
+    memorised = pmax > tau
+    return {
+        "memorised_pct": memorised_estimate(pmax, calibration, ref.percentile, boot),
+        "memorised_pct_train_to_test": memorised_estimate(pmax, calibrated["pmax_train"], ref.percentile, boot),
+        "recall": recall_estimate(nearest, n_train, boot),
+        "recall_after_filter": recall_estimate(nearest[~memorised], n_train, boot, denominator=min(n_train, n)),
+        # the real test videos' recall at this row's sample count, so that rows and reference compare
+        "reference_recall": recall_estimate(calibrated["nearest_test"], n_train, boot, queries=n),
+    }, memorised
+
+
 def row_metrics(first: torch.Tensor, frames: torch.Tensor, ref: Reference, stats: dict[str, Any],
-                sample_ids: list[str]) -> tuple[dict[str, Any], pd.DataFrame, dict[str, np.ndarray]]:
-    """Metrics of one row, its per-sample table, and the arrays its figures need."""
+                sample_ids: list[str], replicate_first: tuple[torch.Tensor, ...] = ()
+                ) -> tuple[dict[str, Any], pd.DataFrame, dict[str, np.ndarray]]:
+    """Metrics of one row, its per-sample table, and the arrays its figures need (`replicate_first`: the samples'
+    first-frame features under each of `ref.replicates`)."""
     _check_features(first, "the samples' re-ID features")
     n_train, n = len(ref.train_first), len(first)
     per_sample = pd.DataFrame({"sample_id": sample_ids})
     by_head: dict[str, Any] = {}
     for head in HEADS:
         pmax, nearest = (t.cpu().numpy() for t in ref.pmax(first, head))
-        h = stats["heads"][head]
-        tau = h["tau_test_to_train"] if ref.calibration == "test-to-train" else h["tau_train_to_test"]
+        tau = _calibration(ref, stats["heads"][head])[0]
         by_head[head] = {"tau": tau, "memorised_pct": 100 * memorised_fraction(pmax, tau),
                          "recall": generative_recall(nearest, n_train)}
         per_sample[f"pmax_{head}"] = pmax
         per_sample[f"nearest_{head}"] = [ref.train_ids[i] for i in nearest]
         if head == ref.head:
-            main_pmax, main_nearest, main_head = pmax, nearest, h
-    memorised = main_pmax > stats["tau"]
+            main_pmax, main_nearest = pmax, nearest
+    estimates, memorised = _privacy_estimates(main_pmax, main_nearest, ref, stats["heads"][ref.head])
+    models = [(estimates, memorised)]
+    for replicate, calibrated, features in zip(ref.replicates, stats["replicates"], replicate_first, strict=True):
+        pmax, nearest = (t.cpu().numpy() for t in replicate.pmax(features, ref.head))
+        models.append(_privacy_estimates(pmax, nearest, ref, calibrated))
     counts = appearances(main_nearest, n_train)
     per_sample["memorised"] = memorised
+    if len(models) > 1:
+        per_sample["memorised_models"] = np.mean([flags for _, flags in models], axis=0)
     per_sample["appearances"] = counts[main_nearest]
-    kept = main_nearest[~memorised]
     irs = irs_infinity(main_nearest, n_train)
     curves = _curves(frames, ref) if frames.shape[1] > 1 else None
     swap = _curves(frames, ref, swap=True) if curves and len(frames) > 1 else None
@@ -164,27 +207,14 @@ def row_metrics(first: torch.Tensor, frames: torch.Tensor, ref: Reference, stats
     train_np, first_np = ref.train_first.double().cpu().numpy(), first.double().cpu().numpy()
     fidelity = (prdc(ref.train_first.double(), first.double(), k=ref.knn)
                 if min(n, n_train) > ref.knn else {k: None for k in ("precision", "recall", "density", "coverage")})
-    boot, test_nearest = ref.boot, main_head["nearest_test"]
-    memorised_low, memorised_high = memorised_interval(main_pmax, stats["calibration_pmax"], ref.percentile, boot)
-    other_low, other_high = memorised_interval(main_pmax, main_head["pmax_train"], ref.percentile, boot)
-    recall_low, recall_high = distinct_interval(main_nearest, n_train, boot)
-    kept_low, kept_high = (distinct_interval(kept, n_train, boot, denominator=min(n_train, n)) if len(kept)
-                           else (0.0, 0.0))
-    # the real test videos' recall at this row's sample count, so that rows and reference compare
-    real_low, real_high = distinct_interval(test_nearest, n_train, boot, queries=n)
     fd = frechet_distance(train_np, first_np) if min(n, n_train) > 1 else None
-    fd_low, fd_high = frechet_interval(train_np, first_np, fd, boot) if fd is not None else (None, None)
-    metrics = {
-        "tau": stats["tau"], "tau_low": stats["tau_low"], "tau_high": stats["tau_high"],
-        "memorised_pct": 100 * float(memorised.mean()),
-        "memorised_pct_low": memorised_low, "memorised_pct_high": memorised_high,
-        "memorised_pct_train_to_test": 100 * memorised_fraction(main_pmax, stats["tau_train_to_test"]),
-        "memorised_pct_train_to_test_low": other_low, "memorised_pct_train_to_test_high": other_high,
-        "recall": generative_recall(main_nearest, n_train), "recall_low": recall_low, "recall_high": recall_high,
-        "recall_after_filter": len(np.unique(kept)) / min(n_train, n),
-        "recall_after_filter_low": kept_low, "recall_after_filter_high": kept_high,
-        "reference_recall": expected_distinct(test_nearest, n) / min(n_train, n),
-        "reference_recall_low": real_low, "reference_recall_high": real_high,
+    fd_low, fd_high = frechet_interval(train_np, first_np, fd, ref.boot) if fd is not None else (None, None)
+    metrics: dict[str, Any] = {"tau": stats["tau"], "tau_low": stats["tau_low"], "tau_high": stats["tau_high"]}
+    for key, limits in POOLED.items():
+        estimate = pooled([model[key] for model, _ in models], ref.boot, limits)
+        metrics[key] = estimate.value
+        metrics[f"{key}_low"], metrics[f"{key}_high"] = estimate.interval(ref.boot)
+    metrics.update({
         "irs_inf": irs["value"], "irs_inf_low": irs["low"], "irs_inf_high": irs["high"],
         "reference_irs_inf": stats["reference_irs_inf"],
         "learned_videos": int((counts > 0).sum()),
@@ -197,7 +227,7 @@ def row_metrics(first: torch.Tensor, frames: torch.Tensor, ref: Reference, stats
         "precision": fidelity["precision"], "knn_recall": fidelity["recall"],
         "density": fidelity["density"], "coverage": fidelity["coverage"],
         "heads": by_head,
-    }
+    })
     arrays = {"pmax": main_pmax, "nearest": main_nearest, "appearances": counts,
               "features": first_np.astype(np.float32)}
     if curves:

@@ -129,9 +129,9 @@ def provenance(results: list[dict[str, Any]]) -> str:
             + tabulate(pd.DataFrame(lines), headers="keys", tablefmt="github", showindex=False) + "\n\n"
             + "".join(f"Packages: {p}.\n" for p in sorted(packages))
             + "\nThe same record (revision, packages, device and thread count) and seed reproduce these numbers bit "
-            "for bit. Another machine, GPU or thread count trains every model slightly differently, which the "
-            "intervals (they resample videos, not training) do not cover: `harness compare` shows where such a run "
-            "lands.\n")
+            "for bit. Another machine, GPU or thread count trains every model slightly differently; only the "
+            "numbers averaged over several re-ID models (`privacy.reid_seeds`) have intervals that include such "
+            "variation: `harness compare` shows where another environment's run lands.\n")
 
 
 def table(frame: pd.DataFrame, shown: list[Column], mixed: bool, inline_intervals: bool) -> pd.DataFrame:
@@ -186,8 +186,15 @@ def interval_note(reid: dict[str, Any], downstream: dict[str, Any] | None) -> st
             "recall after filter and real recall resample the estimated population of nearest training videos, "
             "unseen ones included (Chao et al. 2014), and real recall is the real test videos' recall at the row's "
             "sample count (rarefied or extrapolated); the Fréchet distance resamples both feature sets; IRS∞ is the "
-            "occupancy model's ~95 % range; EF adherence resamples the samples. All resample videos, not the "
-            "training of the models (see the record below).")
+            "occupancy model's ~95 % range; EF adherence resamples the samples.")
+    models = reid.get("models", 1)
+    if models > 1:
+        text += (f" Memorised %, recall, recall after filter and real recall are the mean over {models} re-ID models "
+                 "trained from different seeds, and their intervals add the spread between the models (variance / "
+                 f"{models}) to the resampling; τ, IRS∞ and the per-sample P_max come from the first model. The "
+                 "other intervals resample videos, not the training of the models (see the record below).")
+    else:
+        text += " All resample videos, not the training of the models (see the record below)."
     if downstream:
         text += f" EF R² and MAE: {downstream['real_full']['interval']} of the real test split."
     return text + "\n\n"

@@ -59,6 +59,10 @@ class PrivacySpec(_Strict):
                                                                "coverage and fidelity numbers and the re-ID AUC")
     interval_level: float = Field(95.0, gt=50, lt=100, description="two-sided level of those intervals, percent")
     min_val_auc: float = Field(0.6, ge=0, le=1, description="below this the re-ID model is marked unreliable")
+    reid_seeds: PositiveInt = Field(1, description="re-ID models trained from different seeds: memorised % and the "
+                                                   "recalls are their mean, and their intervals include the spread "
+                                                   "between the models (another machine trains other models); "
+                                                   "τ, P_max and the filter come from the first")
 
     def bootstrap(self, seed: int) -> Bootstrap:
         return Bootstrap(self.bootstrap_resamples, self.interval_level, seed)

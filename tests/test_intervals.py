@@ -7,7 +7,7 @@ import pytest
 from scipy import stats
 
 from harness.metrics.fidelity import frechet_distance
-from harness.metrics.intervals import Bootstrap, distinct_interval, frechet_interval, memorised_interval
+from harness.metrics.intervals import Bootstrap, frechet_interval, memorised_estimate, pooled, recall_estimate
 from harness.metrics.privacy import expected_distinct
 
 TAU_TRUE = stats.norm.ppf(0.95)  # real P_max ~ N(0, 1): the 95th percentile of the population
@@ -27,7 +27,8 @@ def test_memorised_interval_covers_the_known_share(n_calibration, copied):
     rng, hits = np.random.default_rng(7), 0
     for rep in range(200):
         calibration, samples, truth = _memorised_draw(rng, n_calibration, 200, copied)
-        low, high = memorised_interval(samples, calibration, 95.0, Bootstrap(resamples=400, seed=rep))
+        boot = Bootstrap(resamples=400, seed=rep)
+        low, high = memorised_estimate(samples, calibration, 95.0, boot).interval(boot)
         hits += low <= truth <= high
     assert hits / 200 >= 0.87  # nominal 0.95 (0.90-0.955 on these draws); 200 simulated runs
 
@@ -35,13 +36,13 @@ def test_memorised_interval_covers_the_known_share(n_calibration, copied):
 def test_memorised_interval_needs_the_uncertainty_of_tau():
     """With 60 calibration videos, an interval that holds τ fixed covers far too rarely: τ's own spread matters."""
     rng, joint, fixed = np.random.default_rng(3), 0, 0
-    boot = Bootstrap(resamples=400)
     for rep in range(200):
+        boot = Bootstrap(resamples=400, seed=rep)
         calibration, samples, truth = _memorised_draw(rng, 60, 200, 0.0)
-        low, high = memorised_interval(samples, calibration, 95.0, Bootstrap(resamples=400, seed=rep))
+        low, high = memorised_estimate(samples, calibration, 95.0, boot).interval(boot)
         joint += low <= truth <= high
         tau = np.percentile(calibration, 95.0)
-        draws = (samples[boot.rng(rep).integers(0, 200, (400, 200))] > tau).mean(axis=1)
+        draws = (samples[boot.rng(9).integers(0, 200, (400, 200))] > tau).mean(axis=1)
         low, high = boot.interval(100 * draws)
         fixed += low <= truth <= high
     assert joint / 200 >= 0.87 and fixed / 200 < 0.8
@@ -56,7 +57,8 @@ def test_recall_interval_covers_the_expected_recall(n_train, n, alpha):
     p = rng.dirichlet(np.full(n_train, alpha))
     expected = (1 - (1 - p) ** n).sum() / min(n_train, n)
     for rep in range(150):
-        low, high = distinct_interval(rng.choice(n_train, n, p=p), n_train, Bootstrap(resamples=400, seed=rep))
+        boot = Bootstrap(resamples=400, seed=rep)
+        low, high = recall_estimate(rng.choice(n_train, n, p=p), n_train, boot).interval(boot)
         hits += low <= expected <= high
     assert hits / 150 >= 0.86  # nominal 0.95 (0.91-0.96 on these draws)
 
@@ -100,5 +102,39 @@ def test_chunks_bound_memory_and_cover_every_resample():
     sizes = list(boot.chunks(200))
     assert sum(sizes) == 1000 and max(sizes) * 200 <= 30_000
     calibration, samples = np.random.default_rng(0).standard_normal(60), np.random.default_rng(1).standard_normal(80)
-    small = memorised_interval(samples, calibration, 95.0, boot)
-    assert small == memorised_interval(samples, calibration, 95.0, boot)  # seeded: reproducible
+    small = memorised_estimate(samples, calibration, 95.0, boot).interval(boot)
+    assert small == memorised_estimate(samples, calibration, 95.0, boot).interval(boot)  # seeded: reproducible
+
+
+def test_pooling_re_id_models_covers_what_training_another_model_would_change():
+    """Models that differ in how strongly they score copies (as models trained on other machines do): one model's
+    interval misses the share expected over models far too often; the mean of five, with their spread, covers it."""
+    big = np.random.default_rng(123)
+    noise = 0.3 * big.standard_normal(2_000_000)
+    tau = np.percentile(big.standard_normal(2_000_000) + noise, 95)
+    strength = big.normal(1.0, 0.35, 2_000_000) * big.normal(1.8, 0.5, 2_000_000)
+    truth = 100 * (0.85 * 0.05 + 0.15 * np.mean(strength + noise[::-1] > tau))
+    single = pooled_hits = 0
+    for rep in range(200):
+        rng, boot = np.random.default_rng(rep), Bootstrap(resamples=400, seed=rep)
+        real, fresh, copies = rng.standard_normal(400), rng.standard_normal(170), rng.normal(1.8, 0.5, 30)
+        models = [memorised_estimate(np.concatenate([fresh, rng.normal(1.0, 0.35) * copies])
+                                     + 0.3 * rng.standard_normal(200),
+                                     real + 0.3 * rng.standard_normal(400), 95.0, boot) for _ in range(5)]
+        low, high = models[0].interval(boot)
+        single += low <= truth <= high
+        low, high = pooled(models, boot, (0.0, 100.0)).interval(boot)
+        pooled_hits += low <= truth <= high
+    assert pooled_hits / 200 >= 0.88 and single / 200 < 0.85  # nominal 0.95: measured 0.97 and 0.71
+
+
+def test_one_model_pools_to_itself_and_several_to_their_mean():
+    boot = Bootstrap(resamples=300)
+    rng = np.random.default_rng(2)
+    models = [memorised_estimate(rng.standard_normal(100) + shift, rng.standard_normal(200), 95.0, boot)
+              for shift in (0.0, 0.5, 1.0)]
+    assert pooled(models[:1], boot, (0.0, 100.0)) is models[0]
+    mean = pooled(models, boot, (0.0, 100.0))
+    assert mean.value == pytest.approx(np.mean([m.value for m in models]))
+    assert np.all((mean.replicates >= 0) & (mean.replicates <= 100))
+    assert np.all(recall_estimate(np.array([], dtype=int), 10, boot).replicates == 0)

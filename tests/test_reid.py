@@ -14,7 +14,7 @@ from harness.leaderboard import render
 from harness.metrics.pairs import max_scores
 from harness.spec import SpecErrors, validate_spec
 from harness_plugins.reid import Siamese, SiameseNetwork, normalise_videos
-from tests.conftest import TINY, merged, tiny_spec
+from tests.conftest import TINY, merged, run_cli, tiny_spec
 
 
 def rows(run: dict) -> dict[str, dict]:
@@ -65,6 +65,30 @@ def test_reid_tables_in_the_leaderboard(tiny_run):
     for phrase in ("memorised % ↓", "recall after filter ↑", "IRS∞ ↑", "Fréchet distance ↓", "coverage ↑",
                    "AUC [95 % CI] ↑", "AUC corr ↑", "s/epoch ↓"):
         assert phrase in md
+
+
+def test_several_re_id_models_pool_their_numbers(tiny_run, tmp_path):
+    """`privacy.reid_seeds: 2` trains a second model from another seed; the privacy and recall numbers are the two
+    models' mean, the per-sample table says how many models flag each sample, and the table says how it pooled."""
+    spec = tiny_spec(tmp_path, privacy={"reid_seeds": 2}, downstream=None)
+    out = tmp_path / "run"
+    done = run_cli("--cache", str(tiny_run["cache"]), "run", str(spec), "--out", str(out), "--no-progress")
+    assert done.returncode == 0, done.stderr
+    results = json.loads((out / "results.json").read_text())
+    reid, single = results["reid"], rows(tiny_run)
+    assert reid["models"] == 2 and len(reid["replicates"]) == 1
+    assert reid["replicates"][0]["tau"] != reid["tau"]  # another seed, another model
+    assert reid["tau"] == tiny_run["results"]["reid"]["tau"]  # the first model is the one-model run's
+    for row in results["rows"]:
+        table = pd.read_csv(out / "samples" / f"{row['generator']}.csv")
+        assert set(table["memorised_models"]) <= {0.0, 0.5, 1.0}
+        assert row["memorised_pct"] == pytest.approx(100 * table["memorised_models"].mean())
+        assert table["memorised"].tolist() == pd.read_csv(
+            tiny_run["out"] / "samples" / f"{row['generator']}.csv")["memorised"].tolist()
+        for key in evaluation.POOLED:
+            assert row[f"{key}_low"] <= row[f"{key}_high"], key
+    assert rows({"results": results})["copy"]["memorised_pct"] == single["copy"]["memorised_pct"] == 100
+    assert "mean over 2 re-ID models" in (out / "leaderboard.md").read_text()
 
 
 def test_exact_copy_scores_the_head_bias_and_finds_itself():
@@ -150,8 +174,6 @@ def test_a_model_that_did_not_learn_marks_privacy_unreliable(tiny_run, registry,
 
 def test_reid_study_tests_every_model_on_its_own_and_the_other_view(tiny_run, tmp_path):
     import yaml
-
-    from tests.conftest import run_cli
 
     psax = merged(yaml.safe_load(TINY.read_text())["dataset"], {"args": {"view": "psax"}})
     image = {"encoder": {"plugin": "identity"}, "reid": {"plugin": "siamese", "args": {"max_epochs": 2}}}

@@ -9,6 +9,8 @@
 - The Fréchet distance resamples both feature sets; its resamples are biased upwards (repeated rows shrink the
   covariance), so the interval is the spread of the resamples around their mean, placed at the observed value.
   The resamples are computed in float32 (twice as fast; their spread agrees with float64's to ~1e-3 relative).
+- A number measured with several re-ID models trained from different seeds (`pooled`) is their mean; its interval
+  adds the spread between the models to the resampling, since another machine would train other models.
 """
 
 from __future__ import annotations
@@ -61,9 +63,21 @@ class Bootstrap:
         return observed + low, observed + high
 
 
-def memorised_interval(pmax: np.ndarray, pmax_calibration: np.ndarray, percentile: float,
-                       boot: Bootstrap) -> tuple[float, float]:
-    """Interval of the memorised share (in %), resampling the samples and the videos that set τ together."""
+@dataclass(frozen=True)
+class Estimate:
+    """One number and its bootstrap replicates (read with `Bootstrap.interval`), paired by resample: two estimates
+    drawn with the same `Bootstrap` from data of the same sizes resampled the same videos."""
+
+    value: float
+    replicates: np.ndarray
+
+    def interval(self, boot: Bootstrap) -> tuple[float, float]:
+        return boot.interval(self.replicates)
+
+
+def memorised_estimate(pmax: np.ndarray, pmax_calibration: np.ndarray, percentile: float,
+                       boot: Bootstrap) -> Estimate:
+    """The memorised share (in %) and its replicates, resampling the samples and the videos that set τ together."""
     pmax = np.asarray(pmax, dtype=np.float64)
     calibration = np.asarray(pmax_calibration, dtype=np.float64)
     rng, draws = boot.rng(1), []
@@ -71,8 +85,8 @@ def memorised_interval(pmax: np.ndarray, pmax_calibration: np.ndarray, percentil
         tau = np.percentile(calibration[rng.integers(0, len(calibration), (size, len(calibration)))], percentile,
                             axis=1)
         draws.append((pmax[rng.integers(0, len(pmax), (size, len(pmax)))] > tau[:, None]).mean(axis=1))
-    low, high = boot.interval(np.concatenate(draws))
-    return 100 * low, 100 * high
+    observed = float(np.mean(pmax > np.percentile(calibration, percentile)))
+    return Estimate(100 * observed, 100 * np.concatenate(draws))
 
 
 def _assemblage(counts: np.ndarray, limit: int) -> np.ndarray:
@@ -96,21 +110,39 @@ def _assemblage(counts: np.ndarray, limit: int) -> np.ndarray:
     return np.concatenate([seen_p, np.full(unseen, (1.0 - coverage) / unseen)]) / (seen_p.sum() + 1.0 - coverage)
 
 
-def distinct_interval(nearest: np.ndarray, n_train: int, boot: Bootstrap, queries: int | None = None,
-                      denominator: int | None = None) -> tuple[float, float]:
-    """Interval of a recall: distinct nearest training videos among `queries` draws like these (default: as many
-    as given; see `expected_distinct`) over `denominator` (default min(N_train, queries))."""
+def recall_estimate(nearest: np.ndarray, n_train: int, boot: Bootstrap, queries: int | None = None,
+                    denominator: int | None = None) -> Estimate:
+    """A recall and its replicates: distinct nearest training videos among `queries` draws like these (default: as
+    many as given; see `expected_distinct`) over `denominator` (default min(N_train, queries)). No queries: 0."""
     nearest = np.asarray(nearest, dtype=np.int64)
     if len(nearest) == 0:
-        raise ValueError("a recall interval needs at least one query")
+        return Estimate(0.0, np.zeros(boot.resamples))
     queries = len(nearest) if queries is None else queries
     denominator = min(n_train, queries) if denominator is None else denominator
     p = _assemblage(np.bincount(nearest), n_train)
     rng, draws = boot.rng(2), []
     for size in boot.chunks(len(p)):
         draws.append((rng.multinomial(queries, p, size=size) > 0).sum(axis=1))
-    low, high = boot.centred(expected_distinct(nearest, queries), np.concatenate(draws))
-    return max(low, 1.0) / denominator, min(high, min(n_train, queries)) / denominator
+    observed = expected_distinct(nearest, queries)
+    draws = np.concatenate(draws).astype(np.float64)
+    centred = np.clip(draws - draws.mean() + observed, 1.0, min(n_train, queries))
+    return Estimate(observed / denominator, centred / denominator)
+
+
+def pooled(estimates: list[Estimate], boot: Bootstrap, limits: tuple[float, float]) -> Estimate:
+    """One number measured with K re-ID models trained from different seeds: the mean of their values, with the
+    mean of their paired replicates plus the spread between the models (normal, variance s²/K), kept in `limits`.
+
+    One model gives back its own estimate. The models differ as models trained on another machine would, so with
+    K > 1 the interval also covers that variation, and the mean varies K times less between machines.
+    """
+    values = np.array([e.value for e in estimates])
+    if len(estimates) == 1:
+        return estimates[0]
+    replicates = np.mean([e.replicates for e in estimates], axis=0)
+    spread = values.std(ddof=1) / np.sqrt(len(values))
+    replicates = replicates + boot.rng(4).normal(0.0, 1.0, len(replicates)) * spread
+    return Estimate(float(values.mean()), np.clip(replicates, *limits))
 
 
 def _batched_frechet(real: torch.Tensor, fake: torch.Tensor) -> torch.Tensor:

@@ -82,7 +82,8 @@ def run_generators(resolved: ResolvedSpec, record: dict[str, Any], stages: Stage
     # 3. the re-ID model and the real reference
     reid = None
     if spec.reid is not None:
-        reid = fit_reid(stages, choose("reid_filters", spec.reid.plugin, "reid"), encoded, spec.privacy, ctx)
+        reid = fit_reid(stages, choose("reid_filters", spec.reid.plugin, "reid"), encoded, spec.privacy, ctx,
+                        seeds=spec.privacy.reid_seeds)
         ctx = ctx.using(privacy_filter=reid.privacy_filter(ctx))
     # 4. the downstream task on the real training split
     task = None

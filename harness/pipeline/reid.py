@@ -4,7 +4,7 @@ reference (τ, the real test->train recall, real consistency) every generator ro
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -41,6 +41,16 @@ class Head:
 
 
 @dataclass(frozen=True)
+class Replicate:
+    """Another re-ID model of the run, trained from its own seed (`privacy.reid_seeds`)."""
+
+    reid: Fitted[ReIdFilter]
+    head: Stored[Head]
+    train: Stored[Features]
+    test: Stored[Features]
+
+
+@dataclass(frozen=True)
 class ReidModel:
     reid: Fitted[ReIdFilter]
     head: Stored[Head]
@@ -48,10 +58,12 @@ class ReidModel:
     stats: dict[str, Any]  # reference_stats of the real data
     summary: dict[str, Any]  # what results.json reports about the model and the real reference
     privacy: PrivacySpec
+    replicates: tuple[Replicate, ...] = ()
 
     @property
     def cache_identity(self) -> dict[str, Any]:
-        return {"reid": self.reid.key, "head": self.head.key, "privacy": self.privacy.model_dump(mode="json")}
+        return {"reid": self.reid.key, "head": self.head.key, "privacy": self.privacy.model_dump(mode="json"),
+                "replicates": [[r.reid.key, r.head.key, r.train.key, r.test.key] for r in self.replicates]}
 
     def privacy_filter(self, ctx: RunContext) -> PrivacyFilter:
         """The filter generators may apply (`ctx.privacy_filter`): the model loads only when a frame is checked."""
@@ -62,7 +74,8 @@ class ReidModel:
 
 
 def fit_reid(stages: Stages, chosen: Chosen[ReIdFilter], encoded: Encoded, privacy: PrivacySpec,
-             ctx: RunContext) -> ReidModel:
+             ctx: RunContext, seeds: int = 1) -> ReidModel:
+    """The run's re-ID model and real reference, and `seeds - 1` more models trained from other seeds."""
     latents = encoded.latents
     reid = stages.fit("reid-fit", chosen, _fit, train=latents["train"], val=latents["val"], ctx=ctx)
     stored = {split: embed(stages, f"embed-{split}", reid, latents[split],
@@ -71,11 +84,16 @@ def fit_reid(stages: Stages, chosen: Chosen[ReIdFilter], encoded: Encoded, priva
     head = head_of(stages, reid, ctx.device)
     quality = measure_quality(stages, stored["test"], head, privacy.bootstrap_resamples)
     features = {split: value.value for split, value in stored.items()}
+    replicates = tuple(fit_replicate(stages, chosen, encoded, replace(ctx, seed=ctx.seed_for("reid-seed", k)))
+                       for k in range(1, seeds))
     reference = Reference(
         train_first=features["train"].first, train_ids=latents["train"].value.table["video_id"].astype(str).tolist(),
         test_first=features["test"].first, test_frames=features["test"].frames, weight=head.value.weight,
         bias=head.value.bias, head=privacy.head, percentile=privacy.percentile, calibration=privacy.calibration,
-        knn=privacy.knn, boot=privacy.bootstrap(ctx.seed_for("bootstrap")))
+        knn=privacy.knn, boot=privacy.bootstrap(ctx.seed_for("bootstrap")),
+        replicates=tuple(Reference(train_first=r.train.value.first, train_ids=[], test_first=r.test.value.first,
+                                   test_frames=r.test.value.frames, weight=r.head.value.weight,
+                                   bias=r.head.value.bias) for r in replicates))
     stats = reference_stats(reference)
     report = reid.meta.get("report", {})
     val_auc = report.get("val_auc")
@@ -88,8 +106,21 @@ def fit_reid(stages: Stages, chosen: Chosen[ReIdFilter], encoded: Encoded, priva
                **{k: stats[k] for k in ("tau", "tau_low", "tau_high", "tau_test_to_train", "tau_train_to_test",
                                         "test_memorised_pct", "reference_recall", "reference_irs_inf")},
                "consistency_real": float(np.mean(stats["consistency_real"]["corr"])),
-               "consistency_real_head": float(np.mean(stats["consistency_real"]["pred"]))}
-    return ReidModel(reid, head, reference, stats, summary, privacy)
+               "consistency_real_head": float(np.mean(stats["consistency_real"]["pred"])),
+               "models": seeds}
+    if replicates:
+        summary["replicates"] = [{"training": r.reid.meta.get("report", {}), "tau": calibrated["tau"]}
+                                 for r, calibrated in zip(replicates, stats["replicates"], strict=True)]
+    return ReidModel(reid, head, reference, stats, summary, privacy, replicates)
+
+
+def fit_replicate(stages: Stages, chosen: Chosen[ReIdFilter], encoded: Encoded, ctx: RunContext) -> Replicate:
+    """One more re-ID model, trained like the first from the seed in `ctx`, with its first-frame features."""
+    latents = encoded.latents
+    reid = stages.fit("reid-fit", chosen, _fit, train=latents["train"], val=latents["val"], ctx=ctx)
+    return Replicate(reid, head_of(stages, reid, ctx.device),
+                     embed(stages, "embed-train", reid, latents["train"], 0, ctx),
+                     embed(stages, "embed-test", reid, latents["test"], 0, ctx))
 
 
 def embed(stages: Stages, name: str, reid: Fitted[ReIdFilter], latents: Stored[LatentSet], frame_videos: int,
