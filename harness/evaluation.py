@@ -66,7 +66,7 @@ class Reference:
     calibration: str = "test-to-train"
     knn: int = 5
     boot: Bootstrap = Bootstrap()
-    #: more re-ID models of the run, trained from other seeds: their first-frame features and head (the rest unused)
+    #: more re-ID models of the run, trained from other seeds: their first-frame features and head, same settings
     replicates: tuple[Reference, ...] = ()
 
     def pmax(self, query: torch.Tensor, head: str, ref: torch.Tensor | None = None):
@@ -214,6 +214,8 @@ def row_metrics(first: torch.Tensor, frames: torch.Tensor, ref: Reference, stats
         estimate = pooled([model[key] for model, _ in models], ref.boot, limits)
         metrics[key] = estimate.value
         metrics[f"{key}_low"], metrics[f"{key}_high"] = estimate.interval(ref.boot)
+    if len(models) > 1:  # what each re-ID model measured, the first model's first
+        metrics["per_model"] = {key: [model[key].value for model, _ in models] for key in POOLED}
     metrics.update({
         "irs_inf": irs["value"], "irs_inf_low": irs["low"], "irs_inf_high": irs["high"],
         "reference_irs_inf": stats["reference_irs_inf"],

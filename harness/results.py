@@ -69,6 +69,7 @@ class ResultRow(BaseModel):
     density: float | None = None
     coverage: float | None = None
     heads: dict[str, dict[str, float]] | None = None
+    per_model: dict[str, list[float]] | None = None  # the pooled numbers as each re-ID model measured them
     extra_metrics: dict[str, float | None] | None = None  # the spec's `metrics` (plugin RowMetrics)
     # downstream utility (harness.downstream)
     utility: dict[str, dict[str, Any]] | None = None

@@ -83,6 +83,8 @@ def test_several_re_id_models_pool_their_numbers(tiny_run, tmp_path):
         table = pd.read_csv(out / "samples" / f"{row['generator']}.csv")
         assert set(table["memorised_models"]) <= {0.0, 0.5, 1.0}
         assert row["memorised_pct"] == pytest.approx(100 * table["memorised_models"].mean())
+        assert row["memorised_pct"] == pytest.approx(np.mean(row["per_model"]["memorised_pct"]))
+        assert row["per_model"]["memorised_pct"][0] == pytest.approx(100 * table["memorised"].mean())
         assert table["memorised"].tolist() == pd.read_csv(
             tiny_run["out"] / "samples" / f"{row['generator']}.csv")["memorised"].tolist()
         for key in evaluation.POOLED:

@@ -90,10 +90,11 @@ def fit_reid(stages: Stages, chosen: Chosen[ReIdFilter], encoded: Encoded, priva
         train_first=features["train"].first, train_ids=latents["train"].value.table["video_id"].astype(str).tolist(),
         test_first=features["test"].first, test_frames=features["test"].frames, weight=head.value.weight,
         bias=head.value.bias, head=privacy.head, percentile=privacy.percentile, calibration=privacy.calibration,
-        knn=privacy.knn, boot=privacy.bootstrap(ctx.seed_for("bootstrap")),
-        replicates=tuple(Reference(train_first=r.train.value.first, train_ids=[], test_first=r.test.value.first,
-                                   test_frames=r.test.value.frames, weight=r.head.value.weight,
-                                   bias=r.head.value.bias) for r in replicates))
+        knn=privacy.knn, boot=privacy.bootstrap(ctx.seed_for("bootstrap")))
+    reference = replace(reference, replicates=tuple(
+        replace(reference, train_first=r.train.value.first, test_first=r.test.value.first,
+                test_frames=r.test.value.frames, weight=r.head.value.weight, bias=r.head.value.bias)
+        for r in replicates))
     stats = reference_stats(reference)
     report = reid.meta.get("report", {})
     val_auc = report.get("val_auc")
