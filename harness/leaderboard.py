@@ -106,7 +106,7 @@ def mixed_environments(results: list[dict[str, Any]]) -> str | None:
     if not differ:
         return None
     return (f"warning: these rows come from different {' and '.join(differ)}; their models were trained "
-            "differently, which the intervals do not cover, so rank rows from one environment.")
+            "differently, which most intervals do not cover, so rank rows from one environment.")
 
 
 def provenance(results: list[dict[str, Any]]) -> str:
