@@ -70,7 +70,8 @@ def test_reid_tables_in_the_leaderboard(tiny_run):
 def test_several_re_id_models_pool_their_numbers(tiny_run, tmp_path):
     """`privacy.reid_seeds: 2` trains a second model from another seed; the privacy and recall numbers are the two
     models' mean, the per-sample table says how many models flag each sample, and the table says how it pooled."""
-    spec = tiny_spec(tmp_path, privacy={"reid_seeds": 2}, downstream=None)
+    spec = tiny_spec(tmp_path, privacy={"reid_seeds": 2}, downstream=None,
+                     generators=[{"plugin": "copy"}, {"plugin": "holdout"}])
     out = tmp_path / "run"
     done = run_cli("--cache", str(tiny_run["cache"]), "run", str(spec), "--out", str(out), "--no-progress")
     assert done.returncode == 0, done.stderr

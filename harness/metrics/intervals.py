@@ -72,7 +72,10 @@ class Estimate:
     replicates: np.ndarray
 
     def interval(self, boot: Bootstrap) -> tuple[float, float]:
-        return boot.interval(self.replicates)
+        """The replicates' percentile interval, widened to hold the value itself (a mean of replicates can sit a
+        rounding error beside it)."""
+        low, high = boot.interval(self.replicates)
+        return min(low, self.value), max(high, self.value)
 
 
 def memorised_estimate(pmax: np.ndarray, pmax_calibration: np.ndarray, percentile: float,
