@@ -173,7 +173,8 @@ def render_headline_figure(folder: Path, rows: list[dict[str, Any]], nominal_pct
             values = np.array([rows[i][name] for i in shown], dtype=float)
             low = np.array([rows[i].get(f"{name}_low", rows[i][name]) for i in shown], dtype=float)
             high = np.array([rows[i].get(f"{name}_high", rows[i][name]) for i in shown], dtype=float)
-            spread = np.clip([values - low, high - values], 0, None)  # a stored interval may miss its value by a rounding error
+            # a stored interval may miss its value by a rounding error
+            spread = np.clip([values - low, high - values], 0, None)
             ax.errorbar(values, y[shown] + offset, xerr=spread, fmt="o", color=colour,
                         capsize=3, markersize=4, label="real test, same count" if name == ref else None)
         if key == "memorised_pct":
