@@ -102,6 +102,11 @@ class SimulatesPatients(Protocol):
     def fresh(self, efs: list[float], ctx: RunContext, name: str) -> VideoSet:
         """New patients (never in the dataset) with the requested EFs, loaded like the dataset's own videos."""
 
+    def recombined(self, sources: list[str], keep: Literal["motion", "content"], efs: list[float],
+                   ctx: RunContext, name: str) -> VideoSet:
+        """New videos that keep only the motion, or only the content, of the given videos of the dataset (the
+        `motion-copy` and `content-copy` controls)."""
+
 
 class Encoder(Component):
     """Maps clips to the space every later stage works in ("image" for identity, "latent" for a VAE)."""

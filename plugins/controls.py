@@ -6,12 +6,17 @@ holdout       real held-out videos, used neither for tau nor  -> memorised ~5 %,
               split; its `val` split when it has none)
 collapse      variations of only k training videos          -> recall <= k / N_train
 phantom-fresh new patients from the phantom's distribution  -> ideal generator, needs dataset echo-phantom
+motion-copy   new patients beating with a training patient's -> motion memorised, content not (echo-phantom)
+              exact motion (EF, heart rate, phase)
+content-copy  a training patient's anatomy and texture with  -> content memorised, motion not (echo-phantom)
+              new motion (the requested EF)
 noise         Gaussian latents                              -> worst fidelity, no utility
 """
 
 from __future__ import annotations
 
 import logging
+from typing import ClassVar
 
 import numpy as np
 from pydantic import Field, PositiveInt
@@ -157,6 +162,41 @@ class PhantomFresh(Generator):
                                          sources=sources)
 
 
+class _Recombined(Generator):
+    """Each sample keeps one part (motion or content) of a training video drawn by its seed, and takes the rest
+    from a new patient; the source is the sample's provenance."""
+
+    keep: ClassVar[str]
+
+    def fit(self, data, ctx):
+        if not isinstance(ctx.dataset, SimulatesPatients):
+            raise UserError(f"{self.keep}-copy: needs the dataset 'echo-phantom' (it simulates patients); remove "
+                            "this generator or switch dataset.plugin to echo-phantom.")
+        self.train_ids = data["train"].table["video_id"].astype(str).tolist()
+
+    def sample(self, conditions, ctx):
+        picks = [self.train_ids[int(np.random.default_rng(c.seed).integers(len(self.train_ids)))]
+                 for c in conditions]
+        videos = ctx.dataset.recombined(picks, self.keep, [c.ef for c in conditions], ctx, name="sample")
+        latents = ctx.encoder.encode(videos, ctx)
+        return SampleSet.from_conditions(np.asarray(latents.latents, dtype=np.float32), conditions,
+                                         fps=float(videos.table["fps"].iloc[0]), ef=videos.table["ef"].to_numpy(),
+                                         sources=[[p] for p in picks])
+
+
+class MotionCopy(_Recombined):
+    """New patients that beat exactly like training patients (their EF, not the requested one)."""
+
+    keep = "motion"
+
+
+class ContentCopy(_Recombined):
+    """Training patients' anatomy and texture with new motion at the requested EF."""
+
+    keep = "content"
+    shows_real_frames = True  # a training patient's anatomy: never drawn in a filmstrip
+
+
 @hookimpl
 def register_generators(register):
     register("copy", Copy)
@@ -164,3 +204,5 @@ def register_generators(register):
     register("collapse", Collapse)
     register("noise", Noise)
     register("phantom-fresh", PhantomFresh)
+    register("motion-copy", MotionCopy)
+    register("content-copy", ContentCopy)

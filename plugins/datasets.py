@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import time
+from dataclasses import replace
 from pathlib import Path
 from typing import Any, Literal
 
@@ -15,12 +16,15 @@ from harness.context import RunContext
 from harness.data import VideoSet
 from harness.errors import UserError
 from harness_plugins.echonet import drop_invalid_ef, load_clips, read_filelist, resolve_root
+from harness_plugins.phantom.simulator import recombine
 from harness_plugins.phantom.writers import (
     HOLDOUT_FOLD,
     TEST_FOLD,
     TRAIN_FOLDS,
     VAL_FOLD,
+    CohortVideo,
     build_cohort,
+    video_id,
     write_dynamic,
     write_pediatric,
 )
@@ -131,32 +135,61 @@ class EchoPhantom(_FolderDataset):
     def _fold_splits(self):
         return {**{f: "train" for f in TRAIN_FOLDS}, VAL_FOLD: "val", TEST_FOLD: "test", HOLDOUT_FOLD: "holdout"}
 
-    def write(self, folder: Path, seed: int, counts: dict[str, int], prefix: str, progress: bool,
-              efs: list[float] | None = None) -> None:
+    def write(self, folder: Path, videos: list[CohortVideo], progress: bool) -> None:
         c = self.config
-        videos = build_cohort(seed, counts, c.twin_fraction, prefix, efs)
         writer = write_dynamic if c.format == "dynamic" else write_pediatric
         writer(folder, videos, c.view, c.n_frames, c.written_fps, progress=progress)
 
-    def _root(self, ctx):
+    def _counts(self) -> dict[str, int]:
         c = self.config
-        counts = {"TRAIN": c.n_train, "VAL": c.n_val, "TEST": c.n_test, "HOLDOUT": c.n_holdout}
-        key = {"config": c.model_dump(mode="json"), "seed": ctx.seed_for("echo-phantom"), "version": self.version}
-        return ctx.cached_folder(
-            "echo-phantom", key,
-            lambda tmp: self.write(tmp, ctx.seed_for("echo-phantom"), counts, "PH", ctx.show_progress))
+        return {"TRAIN": c.n_train, "VAL": c.n_val, "TEST": c.n_test, "HOLDOUT": c.n_holdout}
+
+    def _cohort(self, ctx: RunContext) -> list[CohortVideo]:
+        return build_cohort(ctx.seed_for("echo-phantom"), self._counts(), self.config.twin_fraction, "PH")
+
+    def _root(self, ctx):
+        key = {"config": self.config.model_dump(mode="json"), "seed": ctx.seed_for("echo-phantom"),
+               "version": self.version}
+        return ctx.cached_folder("echo-phantom", key, lambda tmp: self.write(tmp, self._cohort(ctx), ctx.show_progress))
+
+    def _written(self, name: str, key: dict[str, Any], videos, ctx: RunContext) -> VideoSet:
+        """Videos written once into a cached folder (`videos` makes them) and loaded like the dataset's own."""
+        c = self.config
+        key = {**key, "config": c.model_dump(mode="json"), "version": self.version}
+        folder = ctx.cached_folder(name, key, lambda tmp: self.write(tmp, videos(), ctx.show_progress))
+        table = read_filelist(folder, self._fold_splits(), patient_from_name=self.dialect == "pediatric")
+        loaded, _ = load_clips(table, c.fps, c.clip_length, c.size, ctx.progress)
+        return loaded
 
     def fresh(self, efs: list[float], ctx: RunContext, name: str) -> VideoSet:
         """New patients from the dataset's distribution (never in it), with the requested EFs, loaded the same way."""
-        c = self.config
         seed = ctx.seed_for("phantom-fresh", name)
-        key = {"config": c.model_dump(mode="json"), "seed": seed, "efs": efs, "version": self.version}
-        folder = ctx.cached_folder(
-            "phantom-fresh", key,
-            lambda tmp: self.write(tmp, seed, {"TRAIN": len(efs)}, "FR", ctx.show_progress, efs))
-        table = read_filelist(folder, self._fold_splits(), patient_from_name=self.dialect == "pediatric")
-        videos, _ = load_clips(table, c.fps, c.clip_length, c.size, ctx.progress)
-        return videos
+        return self._written("phantom-fresh", {"seed": seed, "efs": efs}, lambda: build_cohort(
+            seed, {"TRAIN": len(efs)}, self.config.twin_fraction, "FR", efs), ctx)
+
+    def recombined(self, sources: list[str], keep: Literal["motion", "content"], efs: list[float],
+                   ctx: RunContext, name: str) -> VideoSet:
+        """New videos that keep the motion (EF, heart rate, phase) or the content (anatomy, position, texture) of
+        the given videos of the dataset; the rest, and the acquisition noise, come from a new patient with the
+        requested EF."""
+        known = {video_id(v, self.dialect): v for v in self._cohort(ctx)}
+        missing = sorted(set(sources) - set(known))
+        if missing:
+            raise UserError(f"echo-phantom: {len(missing)} source videos are not in the dataset (first: "
+                            f"{missing[0]}).")
+        seed = ctx.seed_for("phantom-recombined", keep, name)
+
+        def videos() -> list[CohortVideo]:
+            new = build_cohort(seed, {"TRAIN": len(sources)}, 0.0, "RC", efs)
+            out = []
+            for video, source in zip(new, sources, strict=True):
+                old, fresh = known[source].patient, video.patient
+                content, motion = (fresh, old) if keep == "motion" else (old, fresh)
+                out.append(replace(video, patient=recombine(content, motion, fresh.patient_id)))
+            return out
+
+        return self._written("phantom-recombined", {"seed": seed, "sources": sources, "keep": keep, "efs": efs},
+                             videos, ctx)
 
 
 class WritePhantom(Command):
@@ -187,9 +220,9 @@ class WritePhantom(Command):
             flag = {"written_fps": "fps"}.get(str(first["loc"][0]), str(first["loc"][0])).replace("_", "-")
             raise UserError(f"harness data phantom: --{flag}: {first['msg']}.") from None
         phantom = EchoPhantom(config)
-        counts = {"TRAIN": args.n_train, "VAL": args.n_val, "TEST": args.n_test, "HOLDOUT": args.n_holdout}
+        counts = phantom._counts()
         started = time.perf_counter()
-        phantom.write(args.out, args.seed, counts, "PH", progress=True)
+        phantom.write(args.out, build_cohort(args.seed, counts, args.twin_fraction, "PH"), progress=True)
         total, seconds = sum(counts.values()), time.perf_counter() - started
         print(f"wrote {total} {args.view} videos ({args.format} format) to {args.out} in {seconds:.1f}s "
               f"({total / seconds:.1f} videos/s)")

@@ -110,6 +110,15 @@ def near_twin(parent: Patient, rng: np.random.Generator, patient_id: str) -> Pat
     )
 
 
+#: what moves: the fields that set a patient's contraction curve (there is no probe motion)
+MOTION_FIELDS = ("ef", "heart_rate", "phase")
+
+
+def recombine(content: Patient, motion: Patient, patient_id: str) -> Patient:
+    """`content`'s anatomy, position and texture, beating with `motion`'s contraction (EF, heart rate, phase)."""
+    return replace(content, patient_id=patient_id, **{f: getattr(motion, f) for f in MOTION_FIELDS})
+
+
 def sample_patients(rng: np.random.Generator, n: int, twin_fraction: float, prefix: str) -> list[Patient]:
     patients: list[Patient] = []
     for i in range(n):

@@ -107,14 +107,20 @@ def pediatric_fold(split: str, index: int) -> int:
                                                                          TRAIN_FOLDS[index % len(TRAIN_FOLDS)])
 
 
+def pediatric_name(v: CohortVideo) -> str:
+    return f"CR{v.patient.patient_id}-{v.noise_seed % 100000:05d}-{1:06d}.avi"
+
+
+def video_id(v: CohortVideo, dialect: str) -> str:
+    """The id the EchoNet loader gives the written video (its file name without `.avi`)."""
+    return v.file_stem if dialect == "dynamic" else pediatric_name(v).removesuffix(".avi")
+
+
 def write_pediatric(folder: Path, videos: list[CohortVideo], view: str, n_frames: int, fps: float,
                     progress: bool = True) -> None:
     folder = Path(folder)
     (folder / "Videos").mkdir(parents=True, exist_ok=True)
-
-    def name_of(v: CohortVideo) -> str:
-        return f"CR{v.patient.patient_id}-{v.noise_seed % 100000:05d}-{1:06d}.avi"
-
+    name_of = pediatric_name
     _render_all(videos, view, n_frames, fps, folder, name_of, progress)
     rng = np.random.default_rng(derive_seed(len(videos), "demographics"))
     with open(folder / "FileList.csv", "w", newline="") as handle:
