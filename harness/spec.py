@@ -62,7 +62,8 @@ class PrivacySpec(_Strict):
     reid_seeds: PositiveInt = Field(1, description="re-ID models trained from different seeds: memorised % and the "
                                                    "recalls are their mean, and their intervals include the spread "
                                                    "between the models (another machine trains other models); "
-                                                   "τ, P_max and the filter come from the first")
+                                                   "τ, P_max and the filter come from the first (a re-ID "
+                                                   "study trains one model per variant)")
 
     def bootstrap(self, seed: int) -> Bootstrap:
         return Bootstrap(self.bootstrap_resamples, self.interval_level, seed)
