@@ -31,6 +31,7 @@ from harness.metrics.privacy import (
 
 COLUMNS = [
     Column("memorised_pct", "memorised %", "↓", 1, needs_reid=True, interval=True),
+    Column("content_memorised_pct", "content memorised %", "↓", 1, needs_reid=True, interval=True),
     Column("tau", "τ", "", 3, needs_reid=True, interval=True),
     Column("recall", "recall", "↑", needs_reid=True, interval=True),
     Column("recall_after_filter", "recall after filter", "↑", needs_reid=True, interval=True),
@@ -68,6 +69,10 @@ class Reference:
     boot: Bootstrap = Bootstrap()
     #: more re-ID models of the run, trained from other seeds: their first-frame features and head, same settings
     replicates: tuple[Reference, ...] = ()
+    #: every `content_stride`-th frame of the training videos `[N_train, F, D]`, for content memorisation
+    train_frames: torch.Tensor | None = None
+    content_stride: int = 4
+    content_percentile: float = 95.0
 
     def pmax(self, query: torch.Tensor, head: str, ref: torch.Tensor | None = None):
         ref = self.train_first if ref is None else ref
@@ -148,7 +153,31 @@ def reference_stats(ref: Reference) -> dict[str, Any]:
         "consistency_real": _curves(ref.test_frames, ref),
         "consistency_real_swap": _curves(ref.test_frames, ref, swap=True) if len(ref.test_frames) > 1 else None,
         "replicates": [_with_tau(ref, _calibrate(replicate, ref.head)) for replicate in ref.replicates],
+        "content": _content_calibration(ref) if ref.train_frames is not None else None,
     }
+
+
+def best_frame_match(query: torch.Tensor, ref: torch.Tensor, reference: Reference) -> tuple[np.ndarray, np.ndarray]:
+    """For every query video `[Nq, F, D]`: its best head score over any pair of its frames and any frame of any
+    reference video `[Nr, F', D]`, and which reference video that frame belongs to."""
+    nq, frames = query.shape[:2]
+    best, index = max_scores(query.reshape(nq * frames, -1), ref.reshape(-1, ref.shape[-1]), reference.head,
+                             reference.weight, reference.bias)
+    best, index = best.view(nq, frames), index.view(nq, frames)
+    which = best.argmax(dim=1)
+    rows = torch.arange(nq, device=best.device)
+    return best[rows, which].cpu().numpy(), (index[rows, which] // ref.shape[1]).cpu().numpy()
+
+
+def _content_calibration(ref: Reference) -> dict[str, Any]:
+    """τ_content from the real test videos' best frame match with the training videos (and the other way)."""
+    test = ref.test_frames[:, ::ref.content_stride]
+    pmax_test, nearest_test = best_frame_match(test, ref.train_frames, ref)
+    pmax_train, _ = best_frame_match(ref.train_frames, test, ref)
+    calibrated = {"tau_test_to_train": privacy_threshold(pmax_test, ref.content_percentile),
+                  "tau_train_to_test": privacy_threshold(pmax_train, ref.content_percentile),
+                  "pmax_test": pmax_test, "pmax_train": pmax_train, "nearest_test": nearest_test}
+    return _with_tau(ref, calibrated)
 
 
 #: the numbers every re-ID model of the run measures, pooled over the models, with the range each lies in
@@ -173,10 +202,11 @@ def _privacy_estimates(pmax: np.ndarray, nearest: np.ndarray, ref: Reference, ca
 
 
 def row_metrics(first: torch.Tensor, frames: torch.Tensor, ref: Reference, stats: dict[str, Any],
-                sample_ids: list[str], replicate_first: tuple[torch.Tensor, ...] = ()
+                sample_ids: list[str], replicate_first: tuple[torch.Tensor, ...] = (),
+                content_frames: torch.Tensor | None = None
                 ) -> tuple[dict[str, Any], pd.DataFrame, dict[str, np.ndarray]]:
     """Metrics of one row, its per-sample table, and the arrays its figures need (`replicate_first`: the samples'
-    first-frame features under each of `ref.replicates`)."""
+    first-frame features under each of `ref.replicates`; `content_frames`: every `ref.content_stride`-th frame's)."""
     _check_features(first, "the samples' re-ID features")
     n_train, n = len(ref.train_first), len(first)
     per_sample = pd.DataFrame({"sample_id": sample_ids})
@@ -216,6 +246,8 @@ def row_metrics(first: torch.Tensor, frames: torch.Tensor, ref: Reference, stats
         metrics[f"{key}_low"], metrics[f"{key}_high"] = estimate.interval(ref.boot)
     if len(models) > 1:  # what each re-ID model measured, the first model's first
         metrics["per_model"] = {key: [model[key].value for model, _ in models] for key in POOLED}
+    if content_frames is not None and stats.get("content") is not None:
+        metrics.update(_content_metrics(content_frames, ref, stats["content"], per_sample))
     metrics.update({
         "irs_inf": irs["value"], "irs_inf_low": irs["low"], "irs_inf_high": irs["high"],
         "reference_irs_inf": stats["reference_irs_inf"],
@@ -237,3 +269,18 @@ def row_metrics(first: torch.Tensor, frames: torch.Tensor, ref: Reference, stats
         if swap:
             arrays.update({f"swap_{k}": np.asarray(v) for k, v in swap.items()})
     return metrics, per_sample, arrays
+
+
+def _content_metrics(frames: torch.Tensor, ref: Reference, calibrated: dict[str, Any],
+                     per_sample: pd.DataFrame) -> dict[str, Any]:
+    """Content memorisation: a sample whose best frame match with any training frame exceeds τ_content; adds the
+    per-sample columns."""
+    pmax, nearest = best_frame_match(frames, ref.train_frames, ref)
+    tau, calibration = _calibration(ref, calibrated)
+    per_sample["content_pmax"] = pmax
+    per_sample["content_nearest"] = [ref.train_ids[i] for i in nearest]
+    per_sample["content_memorised"] = pmax > tau
+    estimate = memorised_estimate(pmax, calibration, ref.content_percentile, ref.boot)
+    low, high = estimate.interval(ref.boot)
+    return {"content_memorised_pct": estimate.value, "content_memorised_pct_low": low,
+            "content_memorised_pct_high": high, "content_tau": tau}

@@ -197,6 +197,14 @@ def interval_note(reid: dict[str, Any], downstream: dict[str, Any] | None) -> st
         text += " All resample videos, not the training of the models (see the record below)."
     if downstream:
         text += f" EF R² and MAE: {downstream['real_full']['interval']} of the real test split."
+    content = reid.get("content")
+    if content:
+        text += (f"\n\nMemorised % asks whether a sample's first frame re-identifies a training patient (the seed "
+                 f"paper's number). Content memorised % asks it of any frame: frames 0, k, 2k, … "
+                 f"(k = {content['frame_stride']}) of a sample against the same frames of every training video, "
+                 "above τ_content = the "
+                 f"{content['percentile']:g}th percentile of the real test videos' best frame score "
+                 f"({content['tau']:.3f}); its interval resamples like memorised %, with the first re-ID model.")
     return text + "\n\n"
 
 

@@ -39,6 +39,10 @@ class ResultRow(BaseModel):
     memorised_pct: float | None = None
     memorised_pct_low: float | None = None
     memorised_pct_high: float | None = None
+    content_memorised_pct: float | None = None  # any frame replicates a training frame (privacy.content)
+    content_memorised_pct_low: float | None = None
+    content_memorised_pct_high: float | None = None
+    content_tau: float | None = None
     memorised_pct_train_to_test: float | None = None
     memorised_pct_train_to_test_low: float | None = None
     memorised_pct_train_to_test_high: float | None = None

@@ -49,6 +49,15 @@ class GeneratorEntry(PluginRef):
         return self.name or self.plugin
 
 
+class ContentSpec(_Strict):
+    """Content memorisation (Chen et al. 2024): a sample any of whose frames replicates a training frame."""
+
+    frame_stride: PositiveInt = Field(4, description="compare every k-th frame of the samples and of the training "
+                                                     "and test videos")
+    percentile: float = Field(95.0, gt=0, lt=100, description="τ_content: this percentile of the real test "
+                                                              "videos' best frame score")
+
+
 class PrivacySpec(_Strict):
     calibration: Literal["test-to-train", "train-to-test"] = "test-to-train"
     percentile: float = Field(95.0, gt=0, lt=100)
@@ -64,6 +73,8 @@ class PrivacySpec(_Strict):
                                                    "between the models (another machine trains other models); "
                                                    "τ, P_max and the filter come from the first (a re-ID "
                                                    "study trains one model per variant)")
+
+    content: ContentSpec = Field(default_factory=ContentSpec)
 
     def bootstrap(self, seed: int) -> Bootstrap:
         return Bootstrap(self.bootstrap_resamples, self.interval_level, seed)

@@ -34,6 +34,10 @@ def test_controls_prove_the_metrics(tiny_run):
     assert r["noise"]["fd"] == max(row["fd"] for row in r.values())
     assert r["copy"]["recall_after_filter"] <= r["copy"]["recall"]
     assert 0 < reid["test_memorised_pct"] <= 10  # tau is the 95th percentile of the real test P_max
+    # content memorisation: any frame against any training frame, calibrated the same way
+    assert r["copy"]["content_memorised_pct"] >= 95
+    assert r["holdout"]["content_memorised_pct_low"] <= 5 <= r["holdout"]["content_memorised_pct_high"]
+    assert r["noise"]["content_memorised_pct"] <= r["copy"]["content_memorised_pct"]
 
 
 def test_rows_carry_every_metric_and_a_per_sample_table(tiny_run):
@@ -49,7 +53,8 @@ def test_rows_carry_every_metric_and_a_per_sample_table(tiny_run):
         for key in ("irs_inf", "recall", "recall_after_filter", "reference_recall", "fd"):  # centred intervals
             assert row[f"{key}_low"] <= row[key] <= row[f"{key}_high"], key
         table = pd.read_csv(tiny_run["out"] / "samples" / f"{row['generator']}.csv")
-        for column in ("sample_id", "seed", "requested_ef", "pmax_pred", "nearest_pred", "pmax_corr", "appearances"):
+        for column in ("sample_id", "seed", "requested_ef", "pmax_pred", "nearest_pred", "pmax_corr", "appearances",
+                       "content_pmax", "content_nearest", "content_memorised"):
             assert column in table.columns
         assert len(table) == row["n_samples"]
     copy = pd.read_csv(tiny_run["out"] / "samples" / "copy.csv")

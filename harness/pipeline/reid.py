@@ -90,7 +90,10 @@ def fit_reid(stages: Stages, chosen: Chosen[ReIdFilter], encoded: Encoded, priva
         train_first=features["train"].first, train_ids=latents["train"].value.table["video_id"].astype(str).tolist(),
         test_first=features["test"].first, test_frames=features["test"].frames, weight=head.value.weight,
         bias=head.value.bias, head=privacy.head, percentile=privacy.percentile, calibration=privacy.calibration,
-        knn=privacy.knn, boot=privacy.bootstrap(ctx.seed_for("bootstrap")))
+        knn=privacy.knn, boot=privacy.bootstrap(ctx.seed_for("bootstrap")),
+        train_frames=embed_strided(stages, "embed-train-frames", reid, latents["train"], privacy.content.frame_stride,
+                                   ctx).value,
+        content_stride=privacy.content.frame_stride, content_percentile=privacy.content.percentile)
     reference = replace(reference, replicates=tuple(
         replace(reference, train_first=r.train.value.first, test_first=r.test.value.first,
                 test_frames=r.test.value.frames, weight=r.head.value.weight, bias=r.head.value.bias)
@@ -109,6 +112,9 @@ def fit_reid(stages: Stages, chosen: Chosen[ReIdFilter], encoded: Encoded, priva
                "consistency_real": float(np.mean(stats["consistency_real"]["corr"])),
                "consistency_real_head": float(np.mean(stats["consistency_real"]["pred"])),
                "models": seeds}
+    if stats["content"] is not None:
+        summary["content"] = {"frame_stride": privacy.content.frame_stride, "percentile": privacy.content.percentile,
+                              "tau": stats["content"]["tau"]}
     if replicates:
         summary["replicates"] = [{"training": r.reid.meta.get("report", {}), "tau": calibrated["tau"]}
                                  for r, calibrated in zip(replicates, stats["replicates"], strict=True)]
@@ -130,6 +136,13 @@ def embed(stages: Stages, name: str, reid: Fitted[ReIdFilter], latents: Stored[L
     artifact = stages.run(name, _embed, reid=reid, latents=latents, frame_videos=frame_videos, ctx=ctx)
     loaded = (torch.from_numpy(np.load(artifact.path / f"{part}.npy")).to(ctx.device) for part in ("first", "frames"))
     return Stored(artifact.key, Features(*loaded))
+
+
+def embed_strided(stages: Stages, name: str, reid: Fitted[ReIdFilter], latents: Stored[LatentSet], stride: int,
+                  ctx: RunContext) -> Stored[torch.Tensor]:
+    """Cached features `[N, F, D]` of every `stride`-th frame of every video (content memorisation)."""
+    artifact = stages.run(name, _embed_strided, reid=reid, latents=latents, stride=stride, ctx=ctx)
+    return Stored(artifact.key, torch.from_numpy(np.load(artifact.path / "frames.npy")).to(ctx.device))
 
 
 def head_of(stages: Stages, reid: Fitted[ReIdFilter], device: torch.device) -> Stored[Head]:
@@ -158,6 +171,16 @@ def _embed(folder: Path, reid: Fitted[ReIdFilter], latents: Stored[LatentSet], f
             raise GeneratorOutputError("the re-ID model produced NaN features; the clips contain values it cannot "
                                        "handle.")
         np.save(folder / f"{name}.npy", value.numpy().astype(np.float32))
+
+
+def _embed_strided(folder: Path, reid: Fitted[ReIdFilter], latents: Stored[LatentSet], stride: int,
+                   ctx: RunContext) -> None:
+    clips = latents.value.latents
+    frames = reid.get().embed(clips, ctx, frames=list(range(0, clips.shape[1], stride)))
+    if not torch.isfinite(frames).all():
+        raise GeneratorOutputError("the re-ID model produced NaN features; the clips contain values it cannot "
+                                   "handle.")
+    np.save(folder / "frames.npy", frames.numpy().astype(np.float32))
 
 
 def _head(folder: Path, reid: Fitted[ReIdFilter]) -> dict[str, Any]:

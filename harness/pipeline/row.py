@@ -15,6 +15,7 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
+import torch
 
 from harness.components import Generator, RowFeatures, RowMetric
 from harness.context import RunContext
@@ -26,7 +27,7 @@ from harness.figures import tsne_coordinates
 from harness.metrics.columns import Column
 from harness.metrics.intervals import Bootstrap
 from harness.pipeline.encoding import Encoded
-from harness.pipeline.reid import Features, ReidModel, embed
+from harness.pipeline.reid import Features, ReidModel, embed, embed_strided
 from harness.pipeline.stages import Chosen, Stages, Stored
 from harness.pipeline.task import RealTask, Selection, measure, train_and_test
 from harness.spec import ConditionSpec
@@ -128,8 +129,9 @@ def privacy_metrics(stages: Stages, request: RowRequest, samples: Stored[SampleS
     n_frames = min(len(samples.value), reid.privacy.consistency_videos)
     features = embed(stages, "embed-samples", reid.reid, samples, n_frames, ctx)
     replicates = [embed(stages, "embed-samples", r.reid, samples, 0, ctx) for r in reid.replicates]
-    artifact = stages.run("row-metrics", _row_metrics, features=features, replicates=replicates, reid=reid,
-                          samples=samples, row=request.name, ctx=ctx)
+    content = embed_strided(stages, "embed-sample-frames", reid.reid, samples, reid.privacy.content.frame_stride, ctx)
+    artifact = stages.run("row-metrics", _row_metrics, features=features, replicates=replicates, content=content,
+                          reid=reid, samples=samples, row=request.name, ctx=ctx)
     metrics = artifact.meta["metrics"]
     if request.metrics:
         metrics["extra_metrics"] = {chosen.name: stages.run("row-metric", _extra_metric, metric=chosen,
@@ -243,12 +245,13 @@ def _encode_samples(folder: Path, encoder, pixels: Stored[PixelSamples], ctx: Ru
     SampleSet(latents.latents, latents.table, pixels.value.provenance).save(folder)
 
 
-def _row_metrics(folder: Path, features: Stored[Features], replicates: list[Stored[Features]], reid: ReidModel,
-                 samples: Stored[SampleSet], row: str, ctx: RunContext) -> dict[str, Any]:
+def _row_metrics(folder: Path, features: Stored[Features], replicates: list[Stored[Features]],
+                 content: Stored[torch.Tensor], reid: ReidModel, samples: Stored[SampleSet], row: str,
+                 ctx: RunContext) -> dict[str, Any]:
     first = features.value
     metrics, per_sample, arrays = row_metrics(first.first, first.frames, reid.reference, reid.stats,
                                               samples.value.provenance["sample_id"].tolist(),
-                                              tuple(r.value.first for r in replicates))
+                                              tuple(r.value.first for r in replicates), content.value)
     per_sample.to_csv(folder / "per_sample.csv", index=False)
     arrays["tsne"] = tsne_coordinates(reid.reference.train_first.cpu().numpy(), arrays.pop("features"),
                                       ctx.seed_for("tsne", row))
