@@ -273,7 +273,8 @@ def cmd_plugins(args) -> int:
 
 
 def cmd_leaderboard(args) -> int:
-    from harness.leaderboard import load_results, mixed_environments, publish_figures, render
+    from harness.leaderboard import load_results, publish_figures, render
+    from harness.provenance import mixed_environments
 
     results = load_results(args.runs)
     warning = mixed_environments(results)

@@ -1,7 +1,7 @@
 """The record of what made a run's numbers: harness version and revision, packages, the torch build, the device
 and its thread count, the seed. Same record, same numbers bit for bit. Another CPU, GPU or thread count rounds
-differently, so every model trains slightly differently, and the numbers can move beyond their intervals (which
-resample videos, not training): `harness compare` shows where."""
+differently, so every model trains slightly differently, and the numbers can move beyond most of their intervals
+(only numbers pooled over re-ID models include training variation): `harness compare` shows where."""
 
 from __future__ import annotations
 

@@ -16,19 +16,16 @@ from tabulate import tabulate
 
 from harness import downstream, evaluation
 from harness.cache import atomic_write_bytes
-from harness.environment import device_label
 from harness.errors import UserError
 from harness.metrics import reconstruction
 from harness.metrics.columns import Column
 from harness.pipeline.row import COLUMNS as COST_COLUMNS
+from harness.provenance import PROVENANCE, provenance, row_provenance
 from harness.results import ResultRow
 
 #: The row's identity and bookkeeping; the metric columns are declared next to the code that computes them.
 HEAD = [Column("generator", "generator"), Column("plugin", "plugin"), Column("n_samples", "samples")]
 TAIL = [Column("generator_hash", "config hash"), Column("error", "error")]
-#: Where each row's numbers were made (CSV and JSON; Markdown says it once per run, under the tables).
-PROVENANCE = [Column("harness_version", "harness version"), Column("git_revision", "revision"),
-              Column("device", "device"), Column("seed", "seed")]
 BUILTIN = [*evaluation.COLUMNS, *downstream.COLUMNS, *reconstruction.COLUMNS, *COST_COLUMNS]
 
 
@@ -83,55 +80,9 @@ def collect_rows(results: list[dict[str, Any]], allow_mixed: bool = False) -> tu
                                 "rewrite it.") from None
             bench = result["benchmark"]["benchmark_hash"]
             rows[(bench, one["generator"], one["generator_hash"])] = {**one, "benchmark_hash": bench,
-                                                                      **_row_provenance(result)}
+                                                                      **row_provenance(result)}
     frame = pd.DataFrame(list(rows.values()))
     return frame, hashes
-
-
-def _row_provenance(result: dict[str, Any]) -> dict[str, Any]:
-    record = result.get("environment") or {}
-    return {"harness_version": record.get("harness_version", result.get("harness_version")),
-            "git_revision": record.get("git_revision"), "device": device_label(record) if record else "unrecorded",
-            "seed": record.get("seed", result["benchmark"].get("seed"))}
-
-
-def mixed_environments(results: list[dict[str, Any]]) -> str | None:
-    """One line when the runs come from different harness versions or devices (models trained there differ beyond
-    what the intervals cover), else None."""
-    versions = sorted({str(_row_provenance(r)["harness_version"]) for r in results})
-    devices = sorted({str(_row_provenance(r)["device"]) for r in results})
-    differ = [f"harness versions ({', '.join(versions)})" if len(versions) > 1 else "",
-              f"devices ({'; '.join(devices)})" if len(devices) > 1 else ""]
-    differ = [d for d in differ if d]
-    if not differ:
-        return None
-    return (f"warning: these rows come from different {' and '.join(differ)}; their models were trained "
-            "differently, which most intervals do not cover, so rank rows from one environment.")
-
-
-def provenance(results: list[dict[str, Any]]) -> str:
-    """How each run's numbers were made: harness version and revision, device, torch build, packages, seed."""
-    lines, packages = [], set()
-    for result in results:
-        record = result.get("environment")
-        if not record:
-            continue
-        torch_build = record["torch_build"]
-        revision = (record["git_revision"] or "not a checkout")[:12] + (" (modified)" if record["git_dirty"] else "")
-        lines.append({"run": f"{result['benchmark']['name']}-{result['benchmark']['spec_hash'][:8]}",
-                      "harness": record["harness_version"], "revision": revision, "device": device_label(record),
-                      "torch": f"{torch_build['version']} ({torch_build['cpu_capability']})",
-                      "python": record["python"], "seed": record["seed"]})
-        packages.add(", ".join(f"{k} {v}" for k, v in record["packages"].items()))
-    if not lines:
-        return ""
-    return ("\n### How these numbers were made\n\n"
-            + tabulate(pd.DataFrame(lines), headers="keys", tablefmt="github", showindex=False) + "\n\n"
-            + "".join(f"Packages: {p}.\n" for p in sorted(packages))
-            + "\nThe same record (revision, packages, device and thread count) and seed reproduce these numbers bit "
-            "for bit. Another machine, GPU or thread count trains every model slightly differently; only the "
-            "numbers averaged over several re-ID models (`privacy.reid_seeds`) have intervals that include such "
-            "variation: `harness compare` shows where another environment's run lands.\n")
 
 
 def table(frame: pd.DataFrame, shown: list[Column], mixed: bool, inline_intervals: bool) -> pd.DataFrame:
@@ -199,11 +150,11 @@ def interval_note(reid: dict[str, Any], downstream: dict[str, Any] | None) -> st
         text += f" EF R² and MAE: {downstream['real_full']['interval']} of the real test split."
     content = reid.get("content")
     if content:
-        text += (f"\n\nMemorised % asks whether a sample's first frame re-identifies a training patient (the seed "
-                 f"paper's number). Content memorised % asks it of any frame: frames 0, k, 2k, … "
+        text += ("\n\nMemorised % asks whether a sample's first frame re-identifies a training patient (the seed "
+                 "paper's number). Content memorised % asks it of any frame: frames 0, k, 2k, … "
                  f"(k = {content['frame_stride']}) of a sample against the same frames of every training video, "
-                 "above τ_content = the "
-                 f"{content['percentile']:g}th percentile of the real test videos' best frame score "
+                 f"above τ_content = the {content['percentile']:g}th percentile of the real test videos' best frame "
+                 "score "
                  f"({content['tau']:.3f}); its interval resamples like memorised %, with the first re-ID model.")
     return text + "\n\n"
 

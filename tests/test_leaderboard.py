@@ -35,7 +35,7 @@ def test_markdown_csv_json(tiny_run, tmp_path):
 
 
 def test_rows_from_different_devices_or_versions_are_flagged(tiny_run, tmp_path):
-    from harness.leaderboard import mixed_environments
+    from harness.provenance import mixed_environments
 
     results = tiny_run["results"]
     assert mixed_environments([results, copy.deepcopy(results)]) is None
