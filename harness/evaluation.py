@@ -69,8 +69,10 @@ class Reference:
     boot: Bootstrap = Bootstrap()
     #: more re-ID models of the run, trained from other seeds: their first-frame features and head, same settings
     replicates: tuple[Reference, ...] = ()
-    #: every `content_stride`-th frame of the training videos `[N_train, F, D]`, for content memorisation
-    train_frames: torch.Tensor | None = None
+    #: every `content_stride`-th frame of the training and test videos `[N, F, D]`, each embedded on its own, for
+    #: content memorisation
+    content_train: torch.Tensor | None = None
+    content_test: torch.Tensor | None = None
     content_stride: int = 4
     content_percentile: float = 95.0
 
@@ -152,8 +154,9 @@ def reference_stats(ref: Reference) -> dict[str, Any]:
         "reference_irs_inf": irs["value"],
         "consistency_real": _curves(ref.test_frames, ref),
         "consistency_real_swap": _curves(ref.test_frames, ref, swap=True) if len(ref.test_frames) > 1 else None,
-        "replicates": [_with_tau(ref, _calibrate(replicate, ref.head)) for replicate in ref.replicates],
-        "content": _content_calibration(ref) if ref.train_frames is not None else None,
+        "replicates": [{**_with_tau(ref, _calibrate(replicate, ref.head)), "content": _content_calibration(replicate)}
+                       for replicate in ref.replicates],
+        "content": _content_calibration(ref),
     }
 
 
@@ -169,11 +172,12 @@ def best_frame_match(query: torch.Tensor, ref: torch.Tensor, reference: Referenc
     return best[rows, which].cpu().numpy(), (index[rows, which] // ref.shape[1]).cpu().numpy()
 
 
-def _content_calibration(ref: Reference) -> dict[str, Any]:
+def _content_calibration(ref: Reference) -> dict[str, Any] | None:
     """τ_content from the real test videos' best frame match with the training videos (and the other way)."""
-    test = ref.test_frames[:, ::ref.content_stride]
-    pmax_test, nearest_test = best_frame_match(test, ref.train_frames, ref)
-    pmax_train, _ = best_frame_match(ref.train_frames, test, ref)
+    if ref.content_train is None:
+        return None
+    pmax_test, nearest_test = best_frame_match(ref.content_test, ref.content_train, ref)
+    pmax_train, _ = best_frame_match(ref.content_train, ref.content_test, ref)
     calibrated = {"tau_test_to_train": privacy_threshold(pmax_test, ref.content_percentile),
                   "tau_train_to_test": privacy_threshold(pmax_train, ref.content_percentile),
                   "pmax_test": pmax_test, "pmax_train": pmax_train, "nearest_test": nearest_test}
@@ -203,10 +207,11 @@ def _privacy_estimates(pmax: np.ndarray, nearest: np.ndarray, ref: Reference, ca
 
 def row_metrics(first: torch.Tensor, frames: torch.Tensor, ref: Reference, stats: dict[str, Any],
                 sample_ids: list[str], replicate_first: tuple[torch.Tensor, ...] = (),
-                content_frames: torch.Tensor | None = None
+                content_frames: tuple[torch.Tensor, ...] = ()
                 ) -> tuple[dict[str, Any], pd.DataFrame, dict[str, np.ndarray]]:
     """Metrics of one row, its per-sample table, and the arrays its figures need (`replicate_first`: the samples'
-    first-frame features under each of `ref.replicates`; `content_frames`: every `ref.content_stride`-th frame's)."""
+    first-frame features under each of `ref.replicates`; `content_frames`: every `ref.content_stride`-th frame's,
+    each embedded on its own, under the first model and then each replicate)."""
     _check_features(first, "the samples' re-ID features")
     n_train, n = len(ref.train_first), len(first)
     per_sample = pd.DataFrame({"sample_id": sample_ids})
@@ -246,8 +251,11 @@ def row_metrics(first: torch.Tensor, frames: torch.Tensor, ref: Reference, stats
         metrics[f"{key}_low"], metrics[f"{key}_high"] = estimate.interval(ref.boot)
     if len(models) > 1:  # what each re-ID model measured, the first model's first
         metrics["per_model"] = {key: [model[key].value for model, _ in models] for key in POOLED}
-    if content_frames is not None and stats.get("content") is not None:
-        metrics.update(_content_metrics(content_frames, ref, stats["content"], per_sample))
+    if content_frames and stats["content"] is not None:
+        content, per_model = _content_metrics(content_frames, ref, stats, per_sample)
+        metrics.update(content)
+        if "per_model" in metrics:
+            metrics["per_model"]["content_memorised_pct"] = per_model
     metrics.update({
         "irs_inf": irs["value"], "irs_inf_low": irs["low"], "irs_inf_high": irs["high"],
         "reference_irs_inf": stats["reference_irs_inf"],
@@ -271,16 +279,25 @@ def row_metrics(first: torch.Tensor, frames: torch.Tensor, ref: Reference, stats
     return metrics, per_sample, arrays
 
 
-def _content_metrics(frames: torch.Tensor, ref: Reference, calibrated: dict[str, Any],
-                     per_sample: pd.DataFrame) -> dict[str, Any]:
-    """Content memorisation: a sample whose best frame match with any training frame exceeds τ_content; adds the
-    per-sample columns."""
-    pmax, nearest = best_frame_match(frames, ref.train_frames, ref)
-    tau, calibration = _calibration(ref, calibrated)
-    per_sample["content_pmax"] = pmax
-    per_sample["content_nearest"] = [ref.train_ids[i] for i in nearest]
-    per_sample["content_memorised"] = pmax > tau
-    estimate = memorised_estimate(pmax, calibration, ref.content_percentile, ref.boot)
+def _content_metrics(frames: tuple[torch.Tensor, ...], ref: Reference, stats: dict[str, Any],
+                     per_sample: pd.DataFrame) -> tuple[dict[str, Any], list[float]]:
+    """Content memorisation: a sample whose best frame match with any training frame exceeds τ_content, pooled over
+    the re-ID models like memorised %, and each model's value; adds the per-sample columns (the first model's)."""
+    calibrations = [stats["content"], *(replicate["content"] for replicate in stats["replicates"])]
+    estimates, flags = [], []
+    for features, model, calibrated in zip(frames, (ref, *ref.replicates), calibrations, strict=True):
+        pmax, nearest = best_frame_match(features, model.content_train, model)
+        tau, calibration = _calibration(model, calibrated)
+        estimates.append(memorised_estimate(pmax, calibration, ref.content_percentile, ref.boot))
+        flags.append(pmax > tau)
+        if model is ref:
+            per_sample["content_pmax"] = pmax
+            per_sample["content_nearest"] = [ref.train_ids[i] for i in nearest]
+            per_sample["content_memorised"] = pmax > tau
+    if len(flags) > 1:
+        per_sample["content_memorised_models"] = np.mean(flags, axis=0)
+    estimate = pooled(estimates, ref.boot, (0.0, 100.0))
     low, high = estimate.interval(ref.boot)
-    return {"content_memorised_pct": estimate.value, "content_memorised_pct_low": low,
-            "content_memorised_pct_high": high, "content_tau": tau}
+    return ({"content_memorised_pct": estimate.value, "content_memorised_pct_low": low,
+             "content_memorised_pct_high": high, "content_tau": stats["content"]["tau"]},
+            [e.value for e in estimates])

@@ -140,7 +140,8 @@ def interval_note(reid: dict[str, Any], downstream: dict[str, Any] | None) -> st
             "occupancy model's ~95 % range; EF adherence resamples the samples.")
     models = reid.get("models", 1)
     if models > 1:
-        text += (f" Memorised %, recall, recall after filter and real recall are the mean over {models} re-ID models "
+        text += (f" Memorised %, content memorised %, recall, recall after filter and real recall are the mean over "
+                 f"{models} re-ID models "
                  "trained from different seeds, and their intervals add the spread between the models (variance / "
                  f"{models}) to the resampling; τ, IRS∞ and the per-sample P_max come from the first model. The "
                  "other intervals resample videos, not the training of the models (see the record below).")
@@ -150,12 +151,13 @@ def interval_note(reid: dict[str, Any], downstream: dict[str, Any] | None) -> st
         text += f" EF R² and MAE: {downstream['real_full']['interval']} of the real test split."
     content = reid.get("content")
     if content:
+        stride = content["frame_stride"]
+        frames = "every frame" if stride == 1 else f"frames 0, {stride}, {2 * stride}, …"
         text += ("\n\nMemorised % asks whether a sample's first frame re-identifies a training patient (the seed "
-                 "paper's number). Content memorised % asks it of any frame: frames 0, k, 2k, … "
-                 f"(k = {content['frame_stride']}) of a sample against the same frames of every training video, "
-                 f"above τ_content = the {content['percentile']:g}th percentile of the real test videos' best frame "
-                 "score "
-                 f"({content['tau']:.3f}); its interval resamples like memorised %, with the first re-ID model.")
+                 f"paper's number). Content memorised % asks it of any frame: {frames} of a sample, each embedded on "
+                 "its own, against the same frames of every training video, above τ_content = the "
+                 f"{content['percentile']:g}th percentile of the real test videos' best frame score "
+                 f"({content['tau']:.3f}, first model).")
     return text + "\n\n"
 
 

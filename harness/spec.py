@@ -52,8 +52,8 @@ class GeneratorEntry(PluginRef):
 class ContentSpec(_Strict):
     """Content memorisation (Chen et al. 2024): a sample any of whose frames replicates a training frame."""
 
-    frame_stride: PositiveInt = Field(4, description="compare every k-th frame of the samples and of the training "
-                                                     "and test videos")
+    frame_stride: PositiveInt = Field(1, description="compare every k-th frame of the samples and of the training "
+                                                     "and test videos (1: all)")
     percentile: float = Field(95.0, gt=0, lt=100, description="τ_content: this percentile of the real test "
                                                               "videos' best frame score")
 
@@ -68,11 +68,11 @@ class PrivacySpec(_Strict):
                                                                "coverage and fidelity numbers and the re-ID AUC")
     interval_level: float = Field(95.0, gt=50, lt=100, description="two-sided level of those intervals, percent")
     min_val_auc: float = Field(0.6, ge=0, le=1, description="below this the re-ID model is marked unreliable")
-    reid_seeds: PositiveInt = Field(1, description="re-ID models trained from different seeds: memorised % and the "
-                                                   "recalls are their mean, and their intervals include the spread "
-                                                   "between the models (another machine trains other models); "
-                                                   "τ, P_max and the filter come from the first (a re-ID "
-                                                   "study trains one model per variant)")
+    reid_seeds: PositiveInt = Field(1, description="re-ID models trained from different seeds: memorised % (first "
+                                                   "frame and content) and the recalls are their mean, and their "
+                                                   "intervals include the spread between the models (another "
+                                                   "machine trains other models); τ, P_max and the filter come "
+                                                   "from the first (a re-ID study trains one model per variant)")
 
     content: ContentSpec = Field(default_factory=ContentSpec)
 

@@ -41,6 +41,14 @@ class Head:
 
 
 @dataclass(frozen=True)
+class Content:
+    """Features of every k-th frame of the training and test videos `[N, F, D]`, each frame embedded on its own."""
+
+    train: Stored[torch.Tensor]
+    test: Stored[torch.Tensor]
+
+
+@dataclass(frozen=True)
 class Replicate:
     """Another re-ID model of the run, trained from its own seed (`privacy.reid_seeds`)."""
 
@@ -48,6 +56,7 @@ class Replicate:
     head: Stored[Head]
     train: Stored[Features]
     test: Stored[Features]
+    content: Content
 
 
 @dataclass(frozen=True)
@@ -63,7 +72,8 @@ class ReidModel:
     @property
     def cache_identity(self) -> dict[str, Any]:
         return {"reid": self.reid.key, "head": self.head.key, "privacy": self.privacy.model_dump(mode="json"),
-                "replicates": [[r.reid.key, r.head.key, r.train.key, r.test.key] for r in self.replicates]}
+                "replicates": [[r.reid.key, r.head.key, r.train.key, r.test.key, r.content.train.key,
+                                r.content.test.key] for r in self.replicates]}
 
     def privacy_filter(self, ctx: RunContext) -> PrivacyFilter:
         """The filter generators may apply (`ctx.privacy_filter`): the model loads only when a frame is checked."""
@@ -84,19 +94,21 @@ def fit_reid(stages: Stages, chosen: Chosen[ReIdFilter], encoded: Encoded, priva
     head = head_of(stages, reid, ctx.device)
     quality = measure_quality(stages, stored["test"], head, privacy.bootstrap_resamples)
     features = {split: value.value for split, value in stored.items()}
-    replicates = tuple(fit_replicate(stages, chosen, encoded, replace(ctx, seed=ctx.seed_for("reid-seed", k)))
+    stride = privacy.content.frame_stride
+    content = embed_content(stages, reid, encoded, stride, ctx)
+    replicates = tuple(fit_replicate(stages, chosen, encoded, stride, replace(ctx, seed=ctx.seed_for("reid-seed", k)))
                        for k in range(1, seeds))
     reference = Reference(
         train_first=features["train"].first, train_ids=latents["train"].value.table["video_id"].astype(str).tolist(),
         test_first=features["test"].first, test_frames=features["test"].frames, weight=head.value.weight,
         bias=head.value.bias, head=privacy.head, percentile=privacy.percentile, calibration=privacy.calibration,
         knn=privacy.knn, boot=privacy.bootstrap(ctx.seed_for("bootstrap")),
-        train_frames=embed_strided(stages, "embed-train-frames", reid, latents["train"], privacy.content.frame_stride,
-                                   ctx).value,
-        content_stride=privacy.content.frame_stride, content_percentile=privacy.content.percentile)
+        content_train=content.train.value, content_test=content.test.value, content_stride=stride,
+        content_percentile=privacy.content.percentile)
     reference = replace(reference, replicates=tuple(
         replace(reference, train_first=r.train.value.first, test_first=r.test.value.first,
-                test_frames=r.test.value.frames, weight=r.head.value.weight, bias=r.head.value.bias)
+                test_frames=r.test.value.frames, weight=r.head.value.weight, bias=r.head.value.bias,
+                content_train=r.content.train.value, content_test=r.content.test.value)
         for r in replicates))
     stats = reference_stats(reference)
     report = reid.meta.get("report", {})
@@ -121,13 +133,23 @@ def fit_reid(stages: Stages, chosen: Chosen[ReIdFilter], encoded: Encoded, priva
     return ReidModel(reid, head, reference, stats, summary, privacy, replicates)
 
 
-def fit_replicate(stages: Stages, chosen: Chosen[ReIdFilter], encoded: Encoded, ctx: RunContext) -> Replicate:
-    """One more re-ID model, trained like the first from the seed in `ctx`, with its first-frame features."""
+def fit_replicate(stages: Stages, chosen: Chosen[ReIdFilter], encoded: Encoded, stride: int, ctx: RunContext
+                  ) -> Replicate:
+    """One more re-ID model, trained like the first from the seed in `ctx`, with its first-frame and content
+    features."""
     latents = encoded.latents
     reid = stages.fit("reid-fit", chosen, _fit, train=latents["train"], val=latents["val"], ctx=ctx)
     return Replicate(reid, head_of(stages, reid, ctx.device),
                      embed(stages, "embed-train", reid, latents["train"], 0, ctx),
-                     embed(stages, "embed-test", reid, latents["test"], 0, ctx))
+                     embed(stages, "embed-test", reid, latents["test"], 0, ctx),
+                     embed_content(stages, reid, encoded, stride, ctx))
+
+
+def embed_content(stages: Stages, reid: Fitted[ReIdFilter], encoded: Encoded, stride: int, ctx: RunContext
+                  ) -> Content:
+    latents = encoded.latents
+    return Content(*(embed_frames(stages, f"content-{split}", reid, latents[split], stride, ctx)
+                     for split in ("train", "test")))
 
 
 def embed(stages: Stages, name: str, reid: Fitted[ReIdFilter], latents: Stored[LatentSet], frame_videos: int,
@@ -138,10 +160,12 @@ def embed(stages: Stages, name: str, reid: Fitted[ReIdFilter], latents: Stored[L
     return Stored(artifact.key, Features(*loaded))
 
 
-def embed_strided(stages: Stages, name: str, reid: Fitted[ReIdFilter], latents: Stored[LatentSet], stride: int,
-                  ctx: RunContext) -> Stored[torch.Tensor]:
-    """Cached features `[N, F, D]` of every `stride`-th frame of every video (content memorisation)."""
-    artifact = stages.run(name, _embed_strided, reid=reid, latents=latents, stride=stride, ctx=ctx)
+def embed_frames(stages: Stages, name: str, reid: Fitted[ReIdFilter], latents: Stored[LatentSet], stride: int,
+                 ctx: RunContext) -> Stored[torch.Tensor]:
+    """Cached features `[N, F, D]` of every `stride`-th frame of every video (content memorisation), each frame
+    embedded as a clip of its own: a re-ID model may normalise a clip as a whole, and a frame's features must not
+    depend on the rest of its clip (its motion)."""
+    artifact = stages.run(name, _embed_frames, reid=reid, latents=latents, stride=stride, ctx=ctx)
     return Stored(artifact.key, torch.from_numpy(np.load(artifact.path / "frames.npy")).to(ctx.device))
 
 
@@ -173,14 +197,18 @@ def _embed(folder: Path, reid: Fitted[ReIdFilter], latents: Stored[LatentSet], f
         np.save(folder / f"{name}.npy", value.numpy().astype(np.float32))
 
 
-def _embed_strided(folder: Path, reid: Fitted[ReIdFilter], latents: Stored[LatentSet], stride: int,
-                   ctx: RunContext) -> None:
-    clips = latents.value.latents
-    frames = reid.get().embed(clips, ctx, frames=list(range(0, clips.shape[1], stride)))
-    if not torch.isfinite(frames).all():
+def _embed_frames(folder: Path, reid: Fitted[ReIdFilter], latents: Stored[LatentSet], stride: int, ctx: RunContext,
+                  chunk: int = 1024) -> None:
+    clips, model, parts = latents.value.latents, reid.get(), []
+    for start in range(0, len(clips), chunk):  # bounded memory: a chunk of videos' frames at a time
+        frames = np.asarray(clips[start:start + chunk, ::stride])
+        alone = model.embed(frames.reshape(-1, 1, *frames.shape[2:]), ctx)  # [n * F, 1, D]
+        parts.append(alone.view(len(frames), frames.shape[1], -1))
+    features = torch.cat(parts)
+    if not torch.isfinite(features).all():
         raise GeneratorOutputError("the re-ID model produced NaN features; the clips contain values it cannot "
                                    "handle.")
-    np.save(folder / "frames.npy", frames.numpy().astype(np.float32))
+    np.save(folder / "frames.npy", features.numpy().astype(np.float32))
 
 
 def _head(folder: Path, reid: Fitted[ReIdFilter]) -> dict[str, Any]:

@@ -27,7 +27,7 @@ from harness.figures import tsne_coordinates
 from harness.metrics.columns import Column
 from harness.metrics.intervals import Bootstrap
 from harness.pipeline.encoding import Encoded
-from harness.pipeline.reid import Features, ReidModel, embed, embed_strided
+from harness.pipeline.reid import Features, ReidModel, embed, embed_frames
 from harness.pipeline.stages import Chosen, Stages, Stored
 from harness.pipeline.task import RealTask, Selection, measure, train_and_test
 from harness.spec import ConditionSpec
@@ -129,7 +129,9 @@ def privacy_metrics(stages: Stages, request: RowRequest, samples: Stored[SampleS
     n_frames = min(len(samples.value), reid.privacy.consistency_videos)
     features = embed(stages, "embed-samples", reid.reid, samples, n_frames, ctx)
     replicates = [embed(stages, "embed-samples", r.reid, samples, 0, ctx) for r in reid.replicates]
-    content = embed_strided(stages, "embed-sample-frames", reid.reid, samples, reid.privacy.content.frame_stride, ctx)
+    stride = reid.privacy.content.frame_stride
+    content = [embed_frames(stages, "content-samples", model, samples, stride, ctx)
+               for model in (reid.reid, *(r.reid for r in reid.replicates))]
     artifact = stages.run("row-metrics", _row_metrics, features=features, replicates=replicates, content=content,
                           reid=reid, samples=samples, row=request.name, ctx=ctx)
     metrics = artifact.meta["metrics"]
@@ -246,12 +248,13 @@ def _encode_samples(folder: Path, encoder, pixels: Stored[PixelSamples], ctx: Ru
 
 
 def _row_metrics(folder: Path, features: Stored[Features], replicates: list[Stored[Features]],
-                 content: Stored[torch.Tensor], reid: ReidModel, samples: Stored[SampleSet], row: str,
+                 content: list[Stored[torch.Tensor]], reid: ReidModel, samples: Stored[SampleSet], row: str,
                  ctx: RunContext) -> dict[str, Any]:
     first = features.value
     metrics, per_sample, arrays = row_metrics(first.first, first.frames, reid.reference, reid.stats,
                                               samples.value.provenance["sample_id"].tolist(),
-                                              tuple(r.value.first for r in replicates), content.value)
+                                              tuple(r.value.first for r in replicates),
+                                              tuple(c.value for c in content))
     per_sample.to_csv(folder / "per_sample.csv", index=False)
     arrays["tsne"] = tsne_coordinates(reid.reference.train_first.cpu().numpy(), arrays.pop("features"),
                                       ctx.seed_for("tsne", row))
