@@ -144,6 +144,34 @@ def render_figures(folder: Path, stats: dict[str, Any], row_arrays: dict[str, Pa
 
 
 #: The headline panels: (row key, label, the real reference drawn beside each row).
+def render_motion_figure(folder: Path, test_scores: np.ndarray, tau: float, rows: dict[str, np.ndarray]
+                         ) -> dict[str, str]:
+    """Motion-score histograms: the real test videos against each row, with τ_motion (frozen samples left out)."""
+    rows = {row: scores[np.isfinite(scores)] for row, scores in rows.items()}
+    rows = {row: scores for row, scores in rows.items() if len(scores)}
+    if not rows:
+        return {}
+    folder.mkdir(parents=True, exist_ok=True)
+    stamp = stable_hash({"test": test_scores.tolist(), "tau": tau, "version": FIGURES_VERSION,
+                         "rows": {row: scores.tolist() for row, scores in rows.items()}})
+    done = folder / "motion-figure.json"
+    previous = _unchanged(done, stamp)
+    if previous is not None:
+        return previous
+    fig, axes = _grid(len(rows))
+    for ax, (row, scores) in zip(axes, rows.items(), strict=True):
+        bins = np.histogram_bin_edges(np.concatenate([test_scores, scores]), bins=30)
+        ax.hist(test_scores, bins=bins, alpha=0.6, density=True, label="real test")
+        ax.hist(scores, bins=bins, alpha=0.6, density=True, label=row)
+        ax.axvline(tau, color="k", linestyle="--", label="τ_motion")
+        ax.set_title(row)
+        ax.set_xlabel("best motion score")
+        ax.legend(fontsize=7)
+    figures = {"motion_histograms": _save(fig, folder / "motion_histograms.png")}
+    atomic_write_text(done, json.dumps({"stamp": stamp, "figures": figures}))
+    return figures
+
+
 HEADLINE = (("memorised_pct", "memorised %", None), ("recall", "recall", "reference_recall"),
             ("fd", "Fréchet distance", None), ("ef_r2", "EF R² (train on samples, test on real)", None))
 

@@ -19,14 +19,16 @@ from harness.cache import atomic_write_bytes
 from harness.errors import UserError
 from harness.metrics import reconstruction
 from harness.metrics.columns import Column
+from harness.pipeline import motion
 from harness.pipeline.row import COLUMNS as COST_COLUMNS
 from harness.provenance import PROVENANCE, provenance, row_provenance
 from harness.results import ResultRow
 
 #: The row's identity and bookkeeping; the metric columns are declared next to the code that computes them.
 HEAD = [Column("generator", "generator"), Column("plugin", "plugin"), Column("n_samples", "samples")]
-TAIL = [Column("generator_hash", "config hash"), Column("error", "error")]
-BUILTIN = [*evaluation.COLUMNS, *downstream.COLUMNS, *reconstruction.COLUMNS, *COST_COLUMNS]
+TAIL = [Column("generator_hash", "config hash"),
+        Column("error", "error", read=lambda row: row.get("error") or row.get("motion_error"))]
+BUILTIN = [*evaluation.COLUMNS, *motion.COLUMNS, *downstream.COLUMNS, *reconstruction.COLUMNS, *COST_COLUMNS]
 
 
 def columns(results: list[dict[str, Any]]) -> list[Column]:
@@ -159,6 +161,23 @@ def interval_note(reid: dict[str, Any], downstream: dict[str, Any] | None) -> st
                  f"{content['percentile']:g}th percentile of the real test videos' best frame score "
                  f"({content['tau']:.3f}, first model).")
     return text + "\n\n"
+
+
+def motion_note(motion: dict[str, Any] | None) -> str:
+    """What motion memorised % means, said once under the table."""
+    if not motion:
+        return ""
+    if motion.get("error"):
+        return f"Motion memorised %: not measured ({motion['error']})\n\n"
+    gap = motion["frame_gap"]
+    return ("Motion memorised % asks whether a sample moves like a training video, whatever it looks like: optical "
+            f"flow (Farnebäck) between frames i and i + {gap} of the decoded clips gives, per step, the image's mean "
+            "displacement and mean flow magnitude; each part is centred over time and scaled to unit norm, and a "
+            "sample's motion score is its best cosine with a training video's. Motion that many real videos share "
+            f"does not count: τ_motion = the {motion['percentile']:g}th percentile of the real test videos' best "
+            f"motion score ({motion['tau']:.3f}), so a real held-out video is motion-memorised "
+            f"{100 - motion['percentile']:g} % of the time; the "
+            "interval resamples like memorised %.\n\n")
 
 
 def utility_tables(results: list[dict[str, Any]]) -> str:
@@ -327,6 +346,7 @@ def render(results: list[dict[str, Any]], fmt: str, allow_mixed: bool = False, b
             note = (f"privacy: head `{reid['head']}`, τ = {reid['percentile']:g}th percentile "
                     f"({reid['calibration']}); real test videos above τ: {reid['test_memorised_pct']:.1f} %\n\n")
             note += interval_note(reid, results[0].get("downstream"))
+            note += motion_note(results[0].get("motion"))
             if not all(r["reid"].get("reliable", True) for r in results if r.get("reid")):
                 note += "**The re-ID model did not learn (validation AUC below the spec's minimum): privacy " \
                         "columns are unreliable.**\n\n"

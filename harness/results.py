@@ -43,6 +43,11 @@ class ResultRow(BaseModel):
     content_memorised_pct_low: float | None = None
     content_memorised_pct_high: float | None = None
     content_tau: float | None = None
+    motion_memorised_pct: float | None = None  # moves like a training video (harness.pipeline.motion)
+    motion_memorised_pct_low: float | None = None
+    motion_memorised_pct_high: float | None = None
+    motion_tau: float | None = None
+    motion_error: str | None = None  # why the row's motion is missing or partial (too short, frozen)
     memorised_pct_train_to_test: float | None = None
     memorised_pct_train_to_test_low: float | None = None
     memorised_pct_train_to_test_high: float | None = None

@@ -58,6 +58,16 @@ class ContentSpec(_Strict):
                                                               "videos' best frame score")
 
 
+class MotionSpec(_Strict):
+    """Motion memorisation (Chen et al. 2024): a sample that moves like a training video, whatever it looks like."""
+
+    enabled: bool = Field(True, description="decode the samples and the real videos and compare their motion")
+    frame_gap: PositiveInt = Field(2, description="optical flow between frames i and i + gap, i = 0, gap, 2 gap, …")
+    flow_size: int = Field(56, ge=16, description="frames are resized to this many pixels a side for the flow")
+    percentile: float = Field(95.0, gt=0, lt=100, description="τ_motion: this percentile of the real test videos' "
+                                                              "best motion score")
+
+
 class PrivacySpec(_Strict):
     calibration: Literal["test-to-train", "train-to-test"] = "test-to-train"
     percentile: float = Field(95.0, gt=0, lt=100)
@@ -75,6 +85,7 @@ class PrivacySpec(_Strict):
                                                    "from the first (a re-ID study trains one model per variant)")
 
     content: ContentSpec = Field(default_factory=ContentSpec)
+    motion: MotionSpec = Field(default_factory=MotionSpec)
 
     def bootstrap(self, seed: int) -> Bootstrap:
         return Bootstrap(self.bootstrap_resamples, self.interval_level, seed)

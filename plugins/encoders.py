@@ -156,14 +156,14 @@ class VAE(Encoder):
 
     @torch.no_grad()
     def encode(self, videos: VideoSet, ctx: RunContext) -> LatentSet:
-        model = self.model.to(ctx.device)
+        model = self.model.to(ctx.device, memory_format=torch.channels_last)  # about twice as fast on a CPU
         n, t = videos.frames.shape[:2]
         flat = videos.frames.reshape(n * t, *videos.frames.shape[2:])
         gen = ctx.torch_generator("vae-encode") if self.config.sample_posterior else None
         out = []
         for start in ctx.progress(range(0, len(flat), self.config.batch_frames), desc="encoding"):
             x = self._frames_in(to_unit(flat[start:start + self.config.batch_frames])[:, None], model)
-            dist = model.encode(x.to(ctx.device)).latent_dist
+            dist = model.encode(x.to(ctx.device).contiguous(memory_format=torch.channels_last)).latent_dist
             z = dist.sample(generator=gen) if gen is not None else dist.mode()
             out.append((z * model.config.scaling_factor).to(torch.float16).cpu())
         z = torch.cat(out) if out else torch.zeros((0, 4, 14, 14), dtype=torch.float16)
@@ -171,13 +171,14 @@ class VAE(Encoder):
 
     @torch.no_grad()
     def decode(self, latents: LatentSet, ctx: RunContext) -> VideoSet:
-        model = self.model.to(ctx.device)
+        model = self.model.to(ctx.device, memory_format=torch.channels_last)
         n, t = latents.latents.shape[:2]
         flat = latents.latents.reshape(n * t, *latents.latents.shape[2:])
         out = []
         for start in ctx.progress(range(0, len(flat), self.config.batch_frames), desc="decoding"):
             z = torch.from_numpy(np.asarray(flat[start:start + self.config.batch_frames], dtype=np.float32))
-            x = model.decode(z.to(ctx.device) / model.config.scaling_factor).sample.mean(dim=1)
+            z = z.to(ctx.device).contiguous(memory_format=torch.channels_last)
+            x = model.decode(z / model.config.scaling_factor).sample.mean(dim=1)
             out.append(to_pixels(x))
         frames = np.concatenate(out) if out else np.zeros((0, 112, 112), np.uint8)
         return VideoSet(frames.reshape(n, t, *frames.shape[1:]), latents.table.copy())

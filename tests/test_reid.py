@@ -12,6 +12,7 @@ from harness.cache import ArtifactCache
 from harness.errors import UserError
 from harness.leaderboard import render
 from harness.metrics.pairs import max_scores
+from harness.pipeline import motion
 from harness.spec import SpecErrors, validate_spec
 from harness_plugins.reid import Siamese, SiameseNetwork, normalise_videos
 from tests.conftest import TINY, merged, run_cli, tiny_spec
@@ -38,6 +39,9 @@ def test_controls_prove_the_metrics(tiny_run):
     assert r["copy"]["content_memorised_pct"] >= 95
     assert r["holdout"]["content_memorised_pct_low"] <= 5 <= r["holdout"]["content_memorised_pct_high"]
     assert r["noise"]["content_memorised_pct"] <= r["copy"]["content_memorised_pct"]
+    # motion memorisation: the decoded clips' optical flow, calibrated the same way
+    assert r["copy"]["motion_memorised_pct"] >= 95
+    assert r["holdout"]["motion_memorised_pct_low"] <= 5 <= r["holdout"]["motion_memorised_pct_high"]
 
 
 def test_rows_carry_every_metric_and_a_per_sample_table(tiny_run):
@@ -46,7 +50,7 @@ def test_rows_carry_every_metric_and_a_per_sample_table(tiny_run):
             "density", "coverage", "memorised_pct_train_to_test"}
     for row in tiny_run["results"]["rows"]:
         assert keys <= row.keys() and set(row["heads"]) == {"pred", "l1", "l2", "corr"}
-        for column in (c for c in [*evaluation.COLUMNS, *downstream.COLUMNS] if c.interval):
+        for column in (c for c in [*evaluation.COLUMNS, *motion.COLUMNS, *downstream.COLUMNS] if c.interval):
             value, (low, high) = column.value(row), column.bounds(row)
             if value is not None:
                 assert low <= high, column.key
@@ -54,7 +58,8 @@ def test_rows_carry_every_metric_and_a_per_sample_table(tiny_run):
             assert row[f"{key}_low"] <= row[key] <= row[f"{key}_high"], key
         table = pd.read_csv(tiny_run["out"] / "samples" / f"{row['generator']}.csv")
         for column in ("sample_id", "seed", "requested_ef", "pmax_pred", "nearest_pred", "pmax_corr", "appearances",
-                       "content_pmax", "content_nearest", "content_memorised"):
+                       "content_pmax", "content_nearest", "content_memorised", "motion_score", "motion_nearest",
+                       "motion_memorised"):
             assert column in table.columns
         assert len(table) == row["n_samples"]
     copy = pd.read_csv(tiny_run["out"] / "samples" / "copy.csv")

@@ -22,8 +22,14 @@ from harness.cache import ArtifactCache, atomic_write_text
 from harness.context import RunContext, resolve_device, set_threads
 from harness.environment import environment
 from harness.errors import UserError
-from harness.figures import render_downstream_figures, render_figures, render_headline_figure
+from harness.figures import (
+    render_downstream_figures,
+    render_figures,
+    render_headline_figure,
+    render_motion_figure,
+)
 from harness.pipeline.encoding import Encoded, encode_real
+from harness.pipeline.motion import MotionReference, fit_motion
 from harness.pipeline.real_data import load_real_data
 from harness.pipeline.reid import ReidModel, fit_reid
 from harness.pipeline.row import RowRequest, RowResult, conditions, run_row
@@ -85,6 +91,10 @@ def run_generators(resolved: ResolvedSpec, record: dict[str, Any], stages: Stage
         reid = fit_reid(stages, choose("reid_filters", spec.reid.plugin, "reid"), encoded, spec.privacy, ctx,
                         seeds=spec.privacy.reid_seeds)
         ctx = ctx.using(privacy_filter=reid.privacy_filter(ctx))
+    # 3b. the real videos' motion, for motion memorisation
+    motion = None
+    if spec.privacy.motion.enabled and spec.generators:
+        motion = fit_motion(stages, encoded, spec.privacy.motion, spec.privacy.calibration, ctx)
     # 4. the downstream task on the real training split
     task = None
     if spec.downstream is not None:
@@ -98,24 +108,31 @@ def run_generators(resolved: ResolvedSpec, record: dict[str, Any], stages: Stage
         asked = conditions(resolved.n_samples(entry), encoded.latents["train"].value, spec.conditions, ctx)
         request = RowRequest(entry.row_name, choose("generators", entry.plugin, f"generators.{entry.row_name}"),
                              resolved.generator_hash(entry.row_name), asked, metrics, boot)
-        rows.append(run_row(stages, request, encoded, reid, task, ctx))
+        rows.append(run_row(stages, request, encoded, reid, motion, task, ctx))
     # 6. per-sample tables and figures
     for row in rows:
         if row.table is not None:
             atomic_write_text(run_dir / "samples" / f"{row.row['generator']}.csv", row.table.to_csv(index=False))
         if reid is not None and not reid.summary["reliable"]:
             row.row["privacy_reliable"] = False
-    figures = draw_figures(run_dir / "figures", rows, reid, task, encoded, spec.privacy.head)
+    figures = draw_figures(run_dir / "figures", rows, reid, motion, task, encoded, spec.privacy.head)
     declared = [{"key": m.name, "label": m.factory.label, "direction": m.factory.direction,
                  "digits": m.factory.digits} for m in metrics]
-    return build_results(resolved, record, data.reports, encoded.summary, [r.row for r in rows],
-                         reid.summary if reid else None, task.summary if task else None, figures, declared)
+    results = build_results(resolved, record, data.reports, encoded.summary, [r.row for r in rows],
+                            reid.summary if reid else None, task.summary if task else None, figures, declared)
+    results["motion"] = motion.summary if motion is not None else None
+    return results
 
 
-def draw_figures(folder: Path, rows: list[RowResult], reid: ReidModel | None, task: RealTask | None,
-                 encoded: Encoded, head: str) -> dict[str, str]:
-    """The privacy figures (with a re-ID model), the EF scatter and the filmstrip of generated rows."""
+def draw_figures(folder: Path, rows: list[RowResult], reid: ReidModel | None, motion: MotionReference | None,
+                 task: RealTask | None, encoded: Encoded, head: str) -> dict[str, str]:
+    """The privacy figures (with a re-ID model), the motion-score histograms, the EF scatter and the filmstrip of
+    generated rows."""
     figures: dict[str, str] = {}
+    if motion is not None and motion.stats is not None:
+        figures.update(render_motion_figure(folder, motion.stats["test_scores"], motion.stats["tau"],
+                                            {r.row["generator"]: r.motion_scores for r in rows
+                                             if r.motion_scores is not None}))
     if reid is not None:
         figures.update(render_figures(folder, reid.stats, {r.row["generator"]: r.arrays for r in rows if r.arrays},
                                       head))

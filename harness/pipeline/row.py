@@ -27,6 +27,7 @@ from harness.figures import tsne_coordinates
 from harness.metrics.columns import Column
 from harness.metrics.intervals import Bootstrap
 from harness.pipeline.encoding import Encoded
+from harness.pipeline.motion import MotionReference, row_motion
 from harness.pipeline.reid import Features, ReidModel, embed, embed_frames
 from harness.pipeline.stages import Chosen, Stages, Stored
 from harness.pipeline.task import RealTask, Selection, measure, train_and_test
@@ -55,6 +56,7 @@ class RowResult:
     arrays: Path | None = None  # what the privacy figures draw
     ef_predictions: Path | None = None  # the first strategy's predictions on the real test split
     filmstrip: Path | None = None  # decoded frames of the first samples (generated rows only)
+    motion_scores: np.ndarray | None = None  # every sample's best motion score (NaN: a frozen sample)
 
 
 def conditions(n: int, train: LatentSet, spec: ConditionSpec, ctx: RunContext) -> list[Condition]:
@@ -68,7 +70,7 @@ def conditions(n: int, train: LatentSet, spec: ConditionSpec, ctx: RunContext) -
 
 
 def run_row(stages: Stages, request: RowRequest, encoded: Encoded, reid: ReidModel | None,
-            task: RealTask | None, ctx: RunContext) -> RowResult:
+            motion: MotionReference | None, task: RealTask | None, ctx: RunContext) -> RowResult:
     # 1. the generator's samples (its fit runs only when they are not cached)
     latents = encoded.latents
     generator = stages.fit("generator-fit", request.generator, _fit, ctx=ctx,
@@ -109,6 +111,13 @@ def run_row(stages: Stages, request: RowRequest, encoded: Encoded, reid: ReidMod
             metrics, per_sample, out["arrays"] = privacy_metrics(stages, request, samples, reid, ctx)
             row.update(metrics)
             table = table.merge(per_sample, on="sample_id", how="left")
+        # 2b. motion memorisation against the real videos' motion
+        if motion is not None:
+            metrics, moved, out["motion_scores"] = row_motion(stages, motion, encoded, samples,
+                                                              table["sample_id"].tolist(), request.boot, ctx)
+            row.update(metrics)
+            if moved is not None:
+                table = table.merge(moved, on="sample_id", how="left")
         # 3. downstream utility under every strategy, and adherence to the requested label
         if task is not None:
             utility, measured, out["ef_predictions"] = downstream_utility(stages, samples, per_sample, reid, task,

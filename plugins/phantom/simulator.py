@@ -2,7 +2,8 @@
 
 A patient is a set of anatomy and acquisition parameters plus a fixed tissue texture. A cardiac cycle moves the
 left ventricle between its end-diastolic and end-systolic shape; the LV is an ellipsoid whose volume by the
-area-length method, V = 8A^2 / (3 pi L), gives the ground-truth EDV, ESV and EF.
+area-length method, V = 8A^2 / (3 pi L), gives the ground-truth EDV, ESV and EF. The probe drifts a little during
+the acquisition (breathing, the sonographer's hand), so the anatomy moves in the sector along a path of its own.
 """
 
 from __future__ import annotations
@@ -11,6 +12,7 @@ import math
 from dataclasses import dataclass, replace
 
 import numpy as np
+from scipy.ndimage import shift
 
 SIZE = 112
 CM_PER_PX = 0.18  # 112 px cover about 20 cm of depth
@@ -41,6 +43,7 @@ class Patient:
     texture_seed: int
     twin_of: int = -1  # texture seed of the patient this one nearly coincides with, -1 if none
     twin_mix: float = 0.0
+    probe_seed: int = -1  # draws the probe's path during the acquisition (`probe_path`); -1: a still probe
 
     @property
     def es_axes(self) -> tuple[float, float]:
@@ -68,6 +71,11 @@ class Patient:
         return 100.0 * (self.edv - self.esv) / self.edv
 
 
+def _probe_seed(texture_seed: int) -> int:
+    """The probe path's seed, derived from the texture's so that adding it left every other draw unchanged."""
+    return int(np.random.SeedSequence([texture_seed, 0x9A7]).generate_state(1)[0] >> 1)
+
+
 def sample_ef(rng: np.random.Generator) -> float:
     return float(np.clip(rng.normal(EF_MEAN, EF_SD), EF_MIN, EF_MAX))
 
@@ -89,7 +97,8 @@ def sample_patient(rng: np.random.Generator, patient_id: str) -> Patient:
         attenuation=float(rng.uniform(90.0, 160.0)),
         heart_rate=float(rng.uniform(55.0, 105.0)),
         phase=float(rng.uniform(0, 2 * math.pi)),
-        texture_seed=int(rng.integers(0, 2**31 - 1)),
+        texture_seed=(texture := int(rng.integers(0, 2**31 - 1))),
+        probe_seed=_probe_seed(texture),
     )
 
 
@@ -106,16 +115,18 @@ def near_twin(parent: Patient, rng: np.random.Generator, patient_id: str) -> Pat
         apex_x=parent.apex_x + float(rng.uniform(-1, 1)), apex_y=parent.apex_y + float(rng.uniform(-1, 1)),
         gain=jitter(parent.gain), heart_rate=jitter(parent.heart_rate, 0.1),
         phase=float(rng.uniform(0, 2 * math.pi)),
-        texture_seed=int(rng.integers(0, 2**31 - 1)), twin_of=parent.texture_seed, twin_mix=0.2,
+        texture_seed=(texture := int(rng.integers(0, 2**31 - 1))), twin_of=parent.texture_seed, twin_mix=0.2,
+        probe_seed=_probe_seed(texture),
     )
 
 
-#: what moves: the fields that set a patient's contraction curve (there is no probe motion)
-MOTION_FIELDS = ("ef", "heart_rate", "phase")
+#: what moves: the fields that set a patient's contraction curve and the probe's path
+MOTION_FIELDS = ("ef", "heart_rate", "phase", "probe_seed")
 
 
 def recombine(content: Patient, motion: Patient, patient_id: str) -> Patient:
-    """`content`'s anatomy, position and texture, beating with `motion`'s contraction (EF, heart rate, phase)."""
+    """`content`'s anatomy, position and texture, beating with `motion`'s contraction (EF, heart rate, phase) and
+    moved by its probe's path."""
     return replace(content, patient_id=patient_id, **{f: getattr(motion, f) for f in MOTION_FIELDS})
 
 
@@ -188,6 +199,22 @@ def contraction(patient: Patient, n_frames: int, fps: float) -> np.ndarray:
     return 0.5 * (1.0 - np.cos(2 * math.pi * patient.heart_rate / 60.0 * t + patient.phase))
 
 
+def probe_path(patient: Patient, n_frames: int, fps: float) -> np.ndarray:
+    """`[T, 2]` (dx, dy) px by which the probe has moved the anatomy at each frame: per axis a sum of three
+    sinusoids of 0.3-2.5 Hz and 0.3-1.2 px drawn from the patient's `probe_seed`."""
+    if patient.probe_seed < 0:
+        return np.zeros((n_frames, 2))
+    rng = np.random.default_rng(patient.probe_seed)
+    freq, amp, phase = rng.uniform(0.3, 2.5, (2, 3)), rng.uniform(0.3, 1.2, (2, 3)), rng.uniform(0, 2 * math.pi, (2, 3))
+    t = np.arange(n_frames) / fps
+    return (amp[..., None] * np.sin(2 * math.pi * freq[..., None] * t + phase[..., None])).sum(axis=1).T
+
+
+def moved(patient: Patient, offset: np.ndarray) -> Patient:
+    """The patient's anatomy displaced by the probe (`offset` = one row of `probe_path`)."""
+    return replace(patient, apex_x=patient.apex_x + float(offset[0]), apex_y=patient.apex_y + float(offset[1]))
+
+
 def lv_axes(patient: Patient, c: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     a_s, b_s = patient.es_axes
     return patient.lv_a + (a_s - patient.lv_a) * c, patient.lv_b + (b_s - patient.lv_b) * c
@@ -252,14 +279,16 @@ def render_video(patient: Patient, view: str, n_frames: int, fps: float, noise_s
     background = 0.40 * np.exp(-depth / patient.attenuation)
     c = contraction(patient, n_frames, fps)
     a_t, b_t = lv_axes(patient, c)
+    path = probe_path(patient, n_frames, fps)
     frame_fn = _frame_a4c if view == "a4c" else _frame_psax
     rng = np.random.default_rng(noise_seed)
     out = np.empty((n_frames, SIZE, SIZE), dtype=np.uint8)
     for i in range(n_frames):
-        blood, muscle = frame_fn(patient, float(a_t[i]), float(b_t[i]), float(c[i]))
+        blood, muscle = frame_fn(moved(patient, path[i]), float(a_t[i]), float(b_t[i]), float(c[i]))
         tissue = background * (1 - blood) * (1 + (patient.contrast - 1) * muscle)
         level = 0.06 * blood + tissue
-        image = 255.0 * patient.gain * level * texture * _SECTOR
+        speckle = shift(texture, (path[i, 1], path[i, 0]), order=1, mode="nearest")  # the tissue moves too
+        image = 255.0 * patient.gain * level * speckle * _SECTOR
         image += rng.normal(0.0, 1.5, image.shape) * _SECTOR  # acquisition noise of this frame
         out[i] = np.clip(image, 0, 255).astype(np.uint8)
     return out

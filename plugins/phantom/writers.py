@@ -27,6 +27,8 @@ from harness_plugins.phantom.simulator import (
     ed_es_frames,
     lv_chords,
     lv_contour,
+    moved,
+    probe_path,
     render_video,
     sample_patients,
 )
@@ -96,9 +98,9 @@ def write_dynamic(folder: Path, videos: list[CohortVideo], view: str, n_frames: 
         out = csv.writer(handle)
         out.writerow(["FileName", "X1", "Y1", "X2", "Y2", "Frame"])
         for v in videos:
-            c = contraction(v.patient, n_frames, fps)
+            c, path = contraction(v.patient, n_frames, fps), probe_path(v.patient, n_frames, fps)
             for frame in _traced_frames(v.patient, n_frames, fps):
-                for x1, y1, x2, y2 in lv_chords(v.patient, float(c[frame])):
+                for x1, y1, x2, y2 in lv_chords(moved(v.patient, path[frame]), float(c[frame])):
                     out.writerow([f"{v.file_stem}.avi", f"{x1:.4f}", f"{y1:.4f}", f"{x2:.4f}", f"{y2:.4f}", frame])
 
 
@@ -136,7 +138,7 @@ def write_pediatric(folder: Path, videos: list[CohortVideo], view: str, n_frames
         out = csv.writer(handle)
         out.writerow(["FileName", "X", "Y", "Frame"])
         for v in videos:
-            c = contraction(v.patient, n_frames, fps)
+            c, path = contraction(v.patient, n_frames, fps), probe_path(v.patient, n_frames, fps)
             for frame in _traced_frames(v.patient, n_frames, fps):
-                for x, y in lv_contour(v.patient, float(c[frame])):
+                for x, y in lv_contour(moved(v.patient, path[frame]), float(c[frame])):
                     out.writerow([name_of(v), f"{x:.4f}", f"{y:.4f}", frame])

@@ -1,0 +1,142 @@
+"""Phase 3b, motion memorisation: the motion profiles of the real training and test videos and τ_motion, and one
+row's motion scores against them (`harness.metrics.motion`).
+
+Every clip is decoded by the run's encoder, real videos included, so a sample and the real video it may copy pass
+through the same decoder and their flows compare like with like. Only every `frame_gap`-th frame is decoded.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import torch
+
+from harness.components import Encoder
+from harness.context import RunContext
+from harness.data import LatentSet
+from harness.metrics.columns import Column
+from harness.metrics.intervals import Bootstrap, memorised_estimate
+from harness.metrics.motion import best_motion_match, descriptors, frozen, motion_profiles
+from harness.metrics.privacy import privacy_threshold
+from harness.pipeline.encoding import Encoded
+from harness.pipeline.stages import Fitted, Stages, Stored
+from harness.spec import MotionSpec
+
+COLUMNS = [Column("motion_memorised_pct", "motion memorised %", "↓", 1, interval=True)]
+#: videos decoded at a time: bounds the memory of a large split's decoded frames
+CHUNK_VIDEOS = 256
+
+
+@dataclass(frozen=True)
+class MotionReference:
+    """The real videos' motion: training descriptors, τ_motion from the test videos, or why there is none."""
+
+    spec: MotionSpec
+    calibration: str  # privacy.calibration: which direction sets τ_motion
+    train: Stored[np.ndarray] | None = None  # profiles [N_train, P, 4]
+    train_ids: tuple[str, ...] = ()
+    stats: dict[str, Any] | None = None  # tau, the scores that set it, the test videos' scores
+    error: str | None = None  # one sentence: why motion cannot be measured in this run
+
+    @property
+    def summary(self) -> dict[str, Any]:
+        """What results.json reports about the motion reference."""
+        out = {"frame_gap": self.spec.frame_gap, "flow_size": self.spec.flow_size, "percentile": self.spec.percentile,
+               "calibration": self.calibration, "error": self.error}
+        if self.stats is not None:
+            out.update({k: self.stats[k] for k in ("tau", "tau_test_to_train", "tau_train_to_test")})
+        return out
+
+    @property
+    def cache_identity(self) -> dict[str, Any]:
+        return {"spec": self.spec.model_dump(mode="json"), "calibration": self.calibration,
+                "train": self.train.key if self.train else None, "error": self.error}
+
+
+def fit_motion(stages: Stages, encoded: Encoded, spec: MotionSpec, calibration: str, ctx: RunContext
+               ) -> MotionReference:
+    frames = encoded.latents["train"].value.clip_shape[0]
+    if len(range(0, frames, spec.frame_gap)) < 3:
+        return MotionReference(spec, calibration, error=(
+            f"motion: clips of {frames} frames are too short for privacy.motion.frame_gap {spec.frame_gap} (it needs "
+            f"at least 3 frames, i.e. {2 * spec.frame_gap + 1}); lower the gap or load longer clips."))
+    train, test = (profiles_of(stages, f"motion-{split}", encoded.encoder, encoded.latents[split], spec, ctx)
+                   for split in ("train", "test"))
+    if frozen(train.value).all() or frozen(test.value).all():
+        return MotionReference(spec, calibration, error="motion: the real videos do not move (their optical flow is "
+                                                        "zero), so there is no motion to compare.")
+    train_d, test_d = (torch.from_numpy(descriptors(p.value)).to(ctx.device) for p in (train, test))
+    pmax_test, nearest_test = best_motion_match(test_d, train_d)
+    pmax_train, _ = best_motion_match(train_d, test_d)
+    taus = {"test-to-train": privacy_threshold(pmax_test, spec.percentile),
+            "train-to-test": privacy_threshold(pmax_train, spec.percentile)}
+    stats = {"tau": taus[calibration], "tau_test_to_train": taus["test-to-train"],
+             "tau_train_to_test": taus["train-to-test"],
+             "calibration_scores": pmax_test if calibration == "test-to-train" else pmax_train,
+             "test_scores": pmax_test, "nearest_test": nearest_test}
+    ids = tuple(encoded.latents["train"].value.table["video_id"].astype(str))
+    return MotionReference(spec, calibration, train, ids, stats)
+
+
+def profiles_of(stages: Stages, name: str, encoder: Fitted[Encoder], latents: Stored[LatentSet], spec: MotionSpec,
+                ctx: RunContext) -> Stored[np.ndarray]:
+    """Cached motion profiles `[N, P, 4]` of the decoded clips of a latent set."""
+    artifact = stages.run(name, _profiles, encoder=encoder, latents=latents, gap=spec.frame_gap, size=spec.flow_size,
+                          ctx=ctx)
+    return Stored(artifact.key, np.load(artifact.path / "profiles.npy"))
+
+
+def row_motion(stages: Stages, motion: MotionReference, encoded: Encoded, samples: Stored[LatentSet],
+               sample_ids: list[str], boot: Bootstrap, ctx: RunContext
+               ) -> tuple[dict[str, Any], pd.DataFrame | None, np.ndarray | None]:
+    """A row's motion-memorised % with its interval, the per-sample columns and the samples' motion scores."""
+    if motion.error is not None:
+        return {"motion_error": motion.error}, None, None
+    profiles = profiles_of(stages, "motion-samples", encoded.encoder, samples, motion.spec, ctx).value
+    metrics, table, scores = motion_metrics(profiles, motion, boot, ctx.device)
+    table.insert(0, "sample_id", sample_ids)
+    return metrics, table, scores
+
+
+def motion_metrics(profiles: np.ndarray, motion: MotionReference, boot: Bootstrap, device: torch.device
+                   ) -> tuple[dict[str, Any], pd.DataFrame, np.ndarray]:
+    """Motion-memorised % with its interval, per-sample columns and motion scores of a set of profiles."""
+    still = frozen(profiles)
+    scores, nearest = best_motion_match(torch.from_numpy(descriptors(profiles)).to(device),
+                                        torch.from_numpy(descriptors(motion.train.value)).to(device))
+    scores = np.where(still, np.nan, scores)
+    tau = motion.stats["tau"]
+    table = pd.DataFrame({"motion_score": scores,
+                          "motion_nearest": [None if s else motion.train_ids[i] for i, s in zip(nearest, still,
+                                                                                                 strict=True)],
+                          "motion_memorised": ~still & (np.nan_to_num(scores, nan=-np.inf) > tau)})
+    metrics: dict[str, Any] = {"motion_tau": tau}
+    if still.all():
+        return {**metrics, "motion_error": "motion: every sample is frozen (zero optical flow between its frames), "
+                                           "so its motion cannot be compared."}, table, scores
+    # a frozen sample copies no motion: it counts as not memorised
+    estimate = memorised_estimate(np.nan_to_num(scores, nan=-np.inf), motion.stats["calibration_scores"],
+                                  motion.spec.percentile, boot)
+    low, high = estimate.interval(boot)
+    metrics.update({"motion_memorised_pct": estimate.value, "motion_memorised_pct_low": low,
+                    "motion_memorised_pct_high": high})
+    if still.any():
+        metrics["motion_error"] = (f"motion: {int(still.sum())} of {len(still)} samples are frozen (zero optical "
+                                   "flow between their frames) and count as not motion-memorised.")
+    return metrics, table, scores
+
+
+def _profiles(folder: Path, encoder: Fitted[Encoder], latents: Stored[LatentSet], gap: int, size: int,
+              ctx: RunContext) -> None:
+    model, clips, table = encoder.get(), latents.value.latents, latents.value.table
+    threads = torch.get_num_threads()
+    parts = []
+    for start in ctx.progress(range(0, len(clips), CHUNK_VIDEOS), desc="motion (decode + flow)"):
+        chunk = LatentSet(np.asarray(clips[start:start + CHUNK_VIDEOS, ::gap]),
+                          table.iloc[start:start + CHUNK_VIDEOS].reset_index(drop=True))
+        parts.append(motion_profiles(np.asarray(model.decode(chunk, ctx).frames), size, threads))
+    np.save(folder / "profiles.npy", np.concatenate(parts).astype(np.float32))

@@ -1,0 +1,67 @@
+"""Motion memorisation on clips whose motion is known: a texture moved along a path."""
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+from scipy.ndimage import gaussian_filter, shift
+
+from harness.metrics.intervals import Bootstrap
+from harness.metrics.motion import best_motion_match, clip_profile, descriptors, frozen, motion_profiles
+from harness.pipeline.motion import MotionReference, motion_metrics
+from harness.pipeline.stages import Stored
+from harness.spec import MotionSpec
+
+
+def texture(seed: int, size: int = 96) -> np.ndarray:
+    return gaussian_filter(np.random.default_rng(seed).standard_normal((size, size)), 2.0)
+
+
+def moving_clip(path: np.ndarray, seed: int, offset=(0.0, 0.0), gain: float = 1.0) -> np.ndarray:
+    """`uint8 [T, 64, 64]`: a texture (its look: `seed`, `offset`, `gain`) displaced by `path[t]` (dx, dy) px."""
+    base = texture(seed)
+    frames = [shift(base, (dy + offset[1], dx + offset[0]), order=3, mode="wrap")[16:80, 16:80] for dx, dy in path]
+    return np.clip(128 + 200 * gain * np.stack(frames), 0, 255).astype(np.uint8)
+
+
+def random_path(seed: int, steps: int = 9) -> np.ndarray:
+    return np.cumsum(np.random.default_rng(seed).uniform(-1.5, 1.5, (steps, 2)), axis=0)
+
+
+def test_the_profile_measures_the_displacement():
+    """A texture translated by (1, -0.5) px per frame: the flow's mean displacement is that translation."""
+    path = np.stack([np.arange(6) * 1.0, np.arange(6) * -0.5], axis=1)
+    profile = clip_profile(moving_clip(path, seed=1), size=64)
+    assert profile.shape == (5, 4)
+    assert np.allclose(profile[:, 0], 1.0, atol=0.15) and np.allclose(profile[:, 1], -0.5, atol=0.15)
+    assert np.allclose(profile[:, 2], np.hypot(1.0, 0.5), atol=0.2)
+
+
+def test_the_same_motion_matches_whatever_the_look():
+    """Other texture, position and brightness, the same path: the best match among other paths is the source."""
+    paths = [random_path(s) for s in range(6)]
+    sources = np.stack([moving_clip(p, seed=10 + i) for i, p in enumerate(paths)])
+    copies = np.stack([moving_clip(p, seed=50 + i, offset=(3.0, -2.0), gain=0.6) for i, p in enumerate(paths)])
+    ref = torch.from_numpy(descriptors(motion_profiles(sources, size=64)))
+    scores, nearest = best_motion_match(torch.from_numpy(descriptors(motion_profiles(copies, size=64))), ref)
+    assert (nearest == np.arange(6)).all() and (scores > 0.9).all()
+    other = (ref @ ref.T).numpy()[~np.eye(6, dtype=bool)]
+    assert scores.min() > other.max()  # a copied motion scores above any two different motions
+
+
+def test_a_frozen_clip_has_no_motion_and_is_never_memorised():
+    still = np.repeat(moving_clip(np.zeros((1, 2)), seed=3), 5, axis=0)[None]
+    moving = moving_clip(random_path(7, steps=5), seed=4)[None]
+    profiles = motion_profiles(np.concatenate([still, moving]), size=64)
+    assert frozen(profiles).tolist() == [True, False]
+    reference = MotionReference(MotionSpec(), "test-to-train", stats={
+        "tau": 0.5, "calibration_scores": np.linspace(0, 0.6, 40)})
+    reference = MotionReference(reference.spec, reference.calibration, Stored("k", profiles[1:]), ("train-0",),
+                                reference.stats)
+    boot = Bootstrap(200, 95.0, 0)
+    metrics, table, scores = motion_metrics(profiles, reference, boot, torch.device("cpu"))
+    assert np.isnan(scores[0]) and scores[1] == pytest.approx(1.0, abs=1e-5)
+    assert table["motion_memorised"].tolist() == [False, True] and pd.isna(table["motion_nearest"][0])
+    assert metrics["motion_memorised_pct"] == 50.0 and "1 of 2 samples are frozen" in metrics["motion_error"]
+    metrics, _, _ = motion_metrics(profiles[:1], reference, boot, torch.device("cpu"))
+    assert "motion_memorised_pct" not in metrics and "every sample is frozen" in metrics["motion_error"]
