@@ -3,7 +3,8 @@
 `pairs` times all-pairs `pred`-head scoring (the privacy hot path) through the harness against a per-query loop
 like the seed paper's notebook, which scores one synthetic feature against all training features with the model's
 head per iteration. Both see the same random sigmoid features; the loop is timed on a subset of queries, since its
-cost per query is constant.
+cost per query is constant. `content` times content memorisation's frame-level scoring: every (strided) frame of
+every sample against every such frame of every training video, through the same chunked all-pairs scoring.
 """
 
 from __future__ import annotations
@@ -13,7 +14,7 @@ from typing import Any
 
 import torch
 
-from harness.metrics.pairs import max_scores
+from harness.metrics.pairs import best_frame_match, max_scores
 from harness.monitor import StageMonitor, _rss_bytes
 
 
@@ -67,3 +68,27 @@ def bench_pairs(n_query: int, n_ref: int, dim: int, device: torch.device, loop_q
             "loop_agreement": agree, "loop_max_abs_diff": max_diff,
             "memory_queries": memory_queries, "peak_extra_memory_mib": extra / 2**20,
             "memory_seconds": monitor.seconds, "threads": torch.get_num_threads()}
+
+
+@torch.no_grad()
+def bench_content(samples: int, references: int, frames: int, stride: int, dim: int, device: torch.device
+                  ) -> dict[str, Any]:
+    """Frame-level content scoring of `samples` clips against `references` clips of `frames` frames, every
+    `stride`-th frame; pairs/s counts frame pairs."""
+    kept = len(range(0, frames, stride))
+    weight = -torch.rand(dim, generator=torch.Generator().manual_seed(0)).to(device)
+    query = _features(samples * kept, dim, 2, device).view(samples, kept, dim)
+    ref = _features(references * kept, dim, 1, device).view(references, kept, dim)
+    # warm-up on enough pairs to take (and compile once) the CPU kernel
+    best_frame_match(query[:1_000_000 // (references * kept**2) + 1], ref, "pred", weight, 0.5)
+    _sync(device)
+    baseline = _rss_bytes()
+    with StageMonitor(interval=0.01) as monitor:
+        best_frame_match(query, ref, "pred", weight, 0.5)
+        _sync(device)
+    extra = max(0, monitor.peak - baseline) if device.type == "cpu" else monitor.cuda_peak
+    pairs = samples * references * kept**2
+    return {"device": str(device), "samples": samples, "references": references, "frames": frames,
+            "stride": stride, "frames_compared": kept, "dim": dim, "pairs": pairs, "seconds": monitor.seconds,
+            "pairs_per_s": pairs / monitor.seconds, "peak_extra_memory_mib": extra / 2**20,
+            "threads": torch.get_num_threads()}

@@ -85,6 +85,14 @@ def _parser(registry: Registry) -> argparse.ArgumentParser:
     pairs.add_argument("--memory-queries", type=int, default=100_000, help="queries of the peak-memory run")
     pairs.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto")
     pairs.add_argument("--json", action="store_true")
+    content = bench_sub.add_parser("content", help="frame-level content memorisation scoring (default: EchoNet size)")
+    content.add_argument("--samples", type=int, default=10_000)
+    content.add_argument("--references", type=int, default=7_465)
+    content.add_argument("--frames", type=int, default=64)
+    content.add_argument("--stride", type=int, default=4, help="compare every k-th frame (privacy.content)")
+    content.add_argument("--dim", type=int, default=128)
+    content.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto")
+    content.add_argument("--json", action="store_true")
 
     _plugin_commands(sub, registry)
     return p
@@ -229,7 +237,6 @@ def cmd_regenerate(args) -> int:
 
 
 def cmd_bench(args) -> int:
-    from harness.bench import bench_pairs
     from harness.context import resolve_device
 
     device = resolve_device(args.device)
@@ -238,9 +245,17 @@ def cmd_bench(args) -> int:
 
         if not torch.cuda.is_available():
             raise UserError("--device cuda was given but no CUDA GPU is visible; use --device cpu.")
-    for name in ("queries", "references", "dim", "loop_queries", "memory_queries"):
+    sizes = {"pairs": ("queries", "references", "dim", "loop_queries", "memory_queries"),
+             "content": ("samples", "references", "frames", "stride", "dim")}[args.bench_command]
+    for name in sizes:
         if getattr(args, name) < 1:
             raise UserError(f"--{name.replace('_', '-')} must be a positive number.")
+    return _bench_pairs(args, device) if args.bench_command == "pairs" else _bench_content(args, device)
+
+
+def _bench_pairs(args, device) -> int:
+    from harness.bench import bench_pairs
+
     result = bench_pairs(args.queries, args.references, args.dim, device, args.loop_queries, args.memory_queries)
     if args.json:
         print(json.dumps(result, indent=2))
@@ -253,6 +268,21 @@ def cmd_bench(args) -> int:
     print(f"  speed-up       {result['speedup']:.1f}x")
     print(f"  peak extra memory at {result['memory_queries']} x {result['references']}: "
           f"{result['peak_extra_memory_mib']:.1f} MiB ({result['memory_seconds']:.1f} s)")
+    return 0
+
+
+def _bench_content(args, device) -> int:
+    from harness.bench import bench_content
+
+    result = bench_content(args.samples, args.references, args.frames, args.stride, args.dim, device)
+    if args.json:
+        print(json.dumps(result, indent=2))
+        return 0
+    print(f"content memorisation, {result['samples']} x {result['frames_compared']} frames against "
+          f"{result['references']} x {result['frames_compared']} frames (stride {result['stride']} over "
+          f"{result['frames']}), dim {result['dim']}, on {result['device']} ({result['threads']} threads)")
+    print(f"  {result['pairs_per_s']:.3e} frame pairs/s: {result['pairs']:.3e} pairs in {result['seconds']:.1f} s, "
+          f"peak extra memory {result['peak_extra_memory_mib']:.1f} MiB")
     return 0
 
 

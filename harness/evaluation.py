@@ -20,7 +20,7 @@ from harness.metrics.columns import Column
 from harness.metrics.consistency import consistency_curve
 from harness.metrics.fidelity import frechet_distance, prdc
 from harness.metrics.intervals import Bootstrap, Estimate, frechet_interval, memorised_estimate, pooled, recall_estimate
-from harness.metrics.pairs import HEADS, max_scores
+from harness.metrics.pairs import HEADS, best_frame_match, max_scores
 from harness.metrics.privacy import (
     appearances,
     generative_recall,
@@ -160,24 +160,12 @@ def reference_stats(ref: Reference) -> dict[str, Any]:
     }
 
 
-def best_frame_match(query: torch.Tensor, ref: torch.Tensor, reference: Reference) -> tuple[np.ndarray, np.ndarray]:
-    """For every query video `[Nq, F, D]`: its best head score over any pair of its frames and any frame of any
-    reference video `[Nr, F', D]`, and which reference video that frame belongs to."""
-    nq, frames = query.shape[:2]
-    best, index = max_scores(query.reshape(nq * frames, -1), ref.reshape(-1, ref.shape[-1]), reference.head,
-                             reference.weight, reference.bias)
-    best, index = best.view(nq, frames), index.view(nq, frames)
-    which = best.argmax(dim=1)
-    rows = torch.arange(nq, device=best.device)
-    return best[rows, which].cpu().numpy(), (index[rows, which] // ref.shape[1]).cpu().numpy()
-
-
 def _content_calibration(ref: Reference) -> dict[str, Any] | None:
     """τ_content from the real test videos' best frame match with the training videos (and the other way)."""
     if ref.content_train is None:
         return None
-    pmax_test, nearest_test = best_frame_match(ref.content_test, ref.content_train, ref)
-    pmax_train, _ = best_frame_match(ref.content_train, ref.content_test, ref)
+    pmax_test, nearest_test = best_frame_match(ref.content_test, ref.content_train, ref.head, ref.weight, ref.bias)
+    pmax_train, _ = best_frame_match(ref.content_train, ref.content_test, ref.head, ref.weight, ref.bias)
     calibrated = {"tau_test_to_train": privacy_threshold(pmax_test, ref.content_percentile),
                   "tau_train_to_test": privacy_threshold(pmax_train, ref.content_percentile),
                   "pmax_test": pmax_test, "pmax_train": pmax_train, "nearest_test": nearest_test}
@@ -286,7 +274,7 @@ def _content_metrics(frames: tuple[torch.Tensor, ...], ref: Reference, stats: di
     calibrations = [stats["content"], *(replicate["content"] for replicate in stats["replicates"])]
     estimates, flags = [], []
     for features, model, calibrated in zip(frames, (ref, *ref.replicates), calibrations, strict=True):
-        pmax, nearest = best_frame_match(features, model.content_train, model)
+        pmax, nearest = best_frame_match(features, model.content_train, model.head, model.weight, model.bias)
         tau, calibration = _calibration(model, calibrated)
         estimates.append(memorised_estimate(pmax, calibration, ref.content_percentile, ref.boot))
         flags.append(pmax > tau)

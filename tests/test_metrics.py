@@ -212,14 +212,13 @@ def test_regression_metrics_equal_scikit_learn_and_bracket_the_value():
 def test_best_frame_match_is_the_best_pair_of_frames_by_brute_force():
     """Content memorisation's score: the best head score over every frame of a query and every frame of every
     reference video, and the video that frame belongs to."""
-    from harness.evaluation import Reference, best_frame_match
+    from harness.metrics.pairs import best_frame_match
 
     g = torch.Generator().manual_seed(0)
     query, ref = torch.randn(5, 3, 8, generator=g), torch.randn(7, 4, 8, generator=g)
-    reference = Reference(train_first=ref[:, 0], train_ids=[str(i) for i in range(7)], test_first=query[:, 0],
-                          test_frames=query, weight=-torch.rand(8, generator=g), bias=0.3)
-    best, video = best_frame_match(query, ref, reference)
+    weight = -torch.rand(8, generator=g)
+    best, video = best_frame_match(query, ref, "pred", weight, 0.3)
     for i in range(5):
-        scores = torch.stack([score_block(query[i], ref[j], "pred", reference.weight, 0.3).max() for j in range(7)])
+        scores = torch.stack([score_block(query[i], ref[j], "pred", weight, 0.3).max() for j in range(7)])
         assert best[i] == pytest.approx(float(scores.max()), abs=1e-5)
         assert video[i] == int(scores.argmax())

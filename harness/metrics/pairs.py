@@ -146,3 +146,15 @@ def pred_max_cpu(query: torch.Tensor, ref: torch.Tensor, weight: torch.Tensor,
     if len(q) and len(r):
         _pred_max_kernel()(q, r, w, best, arg)
     return torch.from_numpy(best + q @ w + np.float32(bias)).to(query.dtype), torch.from_numpy(arg)
+
+
+def best_frame_match(query: torch.Tensor, ref: torch.Tensor, head: str, weight: torch.Tensor, bias: float
+                     ) -> tuple[np.ndarray, np.ndarray]:
+    """For every query video `[Nq, F, D]`: its best head score over any pair of its frames and any frame of any
+    reference video `[Nr, F', D]`, and which reference video that frame belongs to (content memorisation)."""
+    nq, frames = query.shape[:2]
+    best, index = max_scores(query.reshape(nq * frames, -1), ref.reshape(-1, ref.shape[-1]), head, weight, bias)
+    best, index = best.view(nq, frames), index.view(nq, frames)
+    which = best.argmax(dim=1)
+    rows = torch.arange(nq, device=best.device)
+    return best[rows, which].cpu().numpy(), (index[rows, which] // ref.shape[1]).cpu().numpy()
