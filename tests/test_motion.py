@@ -1,5 +1,7 @@
 """Motion memorisation on clips whose motion is known: a texture moved along a path."""
 
+import json
+
 import numpy as np
 import pandas as pd
 import pytest
@@ -11,6 +13,7 @@ from harness.metrics.motion import best_motion_match, clip_profile, descriptors,
 from harness.pipeline.motion import MotionReference, motion_metrics
 from harness.pipeline.stages import Stored
 from harness.spec import MotionSpec
+from tests.conftest import run_cli, tiny_spec
 
 
 def texture(seed: int, size: int = 96) -> np.ndarray:
@@ -65,3 +68,17 @@ def test_a_frozen_clip_has_no_motion_and_is_never_memorised():
     assert metrics["motion_memorised_pct"] == 50.0 and "1 of 2 samples are frozen" in metrics["motion_error"]
     metrics, _, _ = motion_metrics(profiles[:1], reference, boot, torch.device("cpu"))
     assert "motion_memorised_pct" not in metrics and "every sample is frozen" in metrics["motion_error"]
+
+
+def test_clips_too_short_for_the_gap_are_one_sentence_and_the_rest_completes(tiny_run, tmp_path):
+    spec = tiny_spec(tmp_path, privacy={"bootstrap_resamples": 1000, "motion": {"frame_gap": 5}})
+    out = tmp_path / "run"
+    done = run_cli("--cache", str(tiny_run["cache"]), "run", str(spec), "--out", str(out), "--no-progress")
+    assert done.returncode == 0, done.stderr
+    results = json.loads((out / "results.json").read_text())
+    sentence = results["motion"]["error"]
+    assert "clips of 8 frames are too short for privacy.motion.frame_gap 5" in sentence
+    for row in results["rows"]:
+        assert row["motion_error"] == sentence and row.get("motion_memorised_pct") is None
+        assert row["error"] is None and row["memorised_pct"] is not None and row["content_memorised_pct"] is not None
+    assert sentence in (out / "leaderboard.md").read_text()

@@ -71,7 +71,9 @@ class ReidModel:
 
     @property
     def cache_identity(self) -> dict[str, Any]:
-        return {"reid": self.reid.key, "head": self.head.key, "privacy": self.privacy.model_dump(mode="json"),
+        # motion memorisation does not use the re-ID model: its settings do not change what the model computes
+        return {"reid": self.reid.key, "head": self.head.key,
+                "privacy": self.privacy.model_dump(mode="json", exclude={"motion"}),
                 "replicates": [[r.reid.key, r.head.key, r.train.key, r.test.key, r.content.train.key,
                                 r.content.test.key] for r in self.replicates]}
 
