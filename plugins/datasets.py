@@ -111,7 +111,9 @@ class EchoNetPediatric(_FolderDataset):
 class EchoPhantom(_FolderDataset):
     """Simulated echocardiograms with ground truth, written in EchoNet format then read by the same loader."""
 
-    version = "4"  # bump whenever the simulator's output changes (3: ES traced first; holdout split; 4: probe motion)
+    # bump whenever the simulator's output changes (3: ES traced first; holdout split; 4: each patient's own beat
+    # timing and probe drift)
+    version = "4"
 
     class Config(ClipConfig):
         view: Literal["a4c", "psax"] = "a4c"
@@ -169,9 +171,9 @@ class EchoPhantom(_FolderDataset):
 
     def recombined(self, sources: list[str], keep: Literal["motion", "content"], efs: list[float],
                    ctx: RunContext, name: str) -> VideoSet:
-        """New videos that keep the motion (EF, heart rate, phase, probe path) or the content (anatomy, position,
-        texture) of the given videos of the dataset; the rest, and the acquisition noise, come from a new patient
-        with the requested EF."""
+        """New videos that keep the motion (EF, heart rate, phase, beat timing, probe path) or the content (anatomy,
+        position, texture) of the given videos of the dataset; the rest, and the acquisition noise, come from a new
+        patient with the requested EF."""
         known = {video_id(v, self.dialect): v for v in self._cohort(ctx)}
         missing = sorted(set(sources) - set(known))
         if missing:

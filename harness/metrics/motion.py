@@ -39,8 +39,13 @@ def clip_profile(frames: np.ndarray, size: int) -> np.ndarray:
 
 def motion_profiles(clips: np.ndarray, size: int, threads: int = 2) -> np.ndarray:
     """`[N, F - 1, 4]` profiles of `uint8 [N, F, H, W]` clips; OpenCV releases the GIL, so threads run in parallel."""
-    with ThreadPoolExecutor(max(1, threads)) as pool:
-        profiles = list(pool.map(partial(clip_profile, size=size), clips))
+    inner = cv2.getNumThreads()
+    cv2.setNumThreads(1)  # one thread per clip: OpenCV's own threads would oversubscribe the cores
+    try:
+        with ThreadPoolExecutor(max(1, threads)) as pool:
+            profiles = list(pool.map(partial(clip_profile, size=size), clips))
+    finally:
+        cv2.setNumThreads(inner)
     return np.stack(profiles) if profiles else np.zeros((0, max(clips.shape[1] - 1, 0), 4))
 
 

@@ -2,8 +2,9 @@
 
 A patient is a set of anatomy and acquisition parameters plus a fixed tissue texture. A cardiac cycle moves the
 left ventricle between its end-diastolic and end-systolic shape; the LV is an ellipsoid whose volume by the
-area-length method, V = 8A^2 / (3 pi L), gives the ground-truth EDV, ESV and EF. The probe drifts a little during
-the acquisition (breathing, the sonographer's hand), so the anatomy moves in the sector along a path of its own.
+area-length method, V = 8A^2 / (3 pi L), gives the ground-truth EDV, ESV and EF. How a patient moves is their own:
+the timing of the cycle within a beat (e.g. a quick systole) and a small drift of the probe (breathing, the
+sonographer's hand) that moves the anatomy in the sector both come from the patient's `motion_seed`.
 """
 
 from __future__ import annotations
@@ -43,7 +44,7 @@ class Patient:
     texture_seed: int
     twin_of: int = -1  # texture seed of the patient this one nearly coincides with, -1 if none
     twin_mix: float = 0.0
-    probe_seed: int = -1  # draws the probe's path during the acquisition (`probe_path`); -1: a still probe
+    motion_seed: int = -1  # draws the beat's timing and the probe's path (`contraction`, `probe_path`); -1: neither
 
     @property
     def es_axes(self) -> tuple[float, float]:
@@ -71,8 +72,8 @@ class Patient:
         return 100.0 * (self.edv - self.esv) / self.edv
 
 
-def _probe_seed(texture_seed: int) -> int:
-    """The probe path's seed, derived from the texture's so that adding it left every other draw unchanged."""
+def _motion_seed(texture_seed: int) -> int:
+    """The motion's seed, derived from the texture's so that adding it left every other draw unchanged."""
     return int(np.random.SeedSequence([texture_seed, 0x9A7]).generate_state(1)[0] >> 1)
 
 
@@ -98,7 +99,7 @@ def sample_patient(rng: np.random.Generator, patient_id: str) -> Patient:
         heart_rate=float(rng.uniform(55.0, 105.0)),
         phase=float(rng.uniform(0, 2 * math.pi)),
         texture_seed=(texture := int(rng.integers(0, 2**31 - 1))),
-        probe_seed=_probe_seed(texture),
+        motion_seed=_motion_seed(texture),
     )
 
 
@@ -116,17 +117,17 @@ def near_twin(parent: Patient, rng: np.random.Generator, patient_id: str) -> Pat
         gain=jitter(parent.gain), heart_rate=jitter(parent.heart_rate, 0.1),
         phase=float(rng.uniform(0, 2 * math.pi)),
         texture_seed=(texture := int(rng.integers(0, 2**31 - 1))), twin_of=parent.texture_seed, twin_mix=0.2,
-        probe_seed=_probe_seed(texture),
+        motion_seed=_motion_seed(texture),
     )
 
 
 #: what moves: the fields that set a patient's contraction curve and the probe's path
-MOTION_FIELDS = ("ef", "heart_rate", "phase", "probe_seed")
+MOTION_FIELDS = ("ef", "heart_rate", "phase", "motion_seed")
 
 
 def recombine(content: Patient, motion: Patient, patient_id: str) -> Patient:
-    """`content`'s anatomy, position and texture, beating with `motion`'s contraction (EF, heart rate, phase) and
-    moved by its probe's path."""
+    """`content`'s anatomy, position and texture, beating with `motion`'s contraction (EF, heart rate, phase,
+    timing) and moved by its probe's path."""
     return replace(content, patient_id=patient_id, **{f: getattr(motion, f) for f in MOTION_FIELDS})
 
 
@@ -194,18 +195,26 @@ def _soft_inside(rho: np.ndarray, sharpness: float = 10.0) -> np.ndarray:
 
 
 def contraction(patient: Patient, n_frames: int, fps: float) -> np.ndarray:
-    """0 at end-diastole, 1 at end-systole, per frame."""
+    """0 at end-diastole, 1 at end-systole, per frame. The cycle's phase advances at the heart rate, modulated by
+    two harmonics of the patient's own (their amplitudes sum below 1, so the phase never runs backwards)."""
     t = np.arange(n_frames) / fps
-    return 0.5 * (1.0 - np.cos(2 * math.pi * patient.heart_rate / 60.0 * t + patient.phase))
+    omega = 2 * math.pi * patient.heart_rate / 60.0
+    theta = omega * t + patient.phase
+    if patient.motion_seed >= 0:
+        rng = np.random.default_rng([patient.motion_seed, 1])
+        amp, lag = rng.uniform(0, (0.3, 0.2)), rng.uniform(0, 2 * math.pi, 2)
+        theta = theta + amp[0] * np.sin(omega * t + lag[0]) + amp[1] * np.sin(2 * omega * t + lag[1])
+    return 0.5 * (1.0 - np.cos(theta))
 
 
 def probe_path(patient: Patient, n_frames: int, fps: float) -> np.ndarray:
     """`[T, 2]` (dx, dy) px by which the probe has moved the anatomy at each frame: per axis a sum of three
-    sinusoids of 0.3-2.5 Hz and 0.3-1.2 px drawn from the patient's `probe_seed`."""
-    if patient.probe_seed < 0:
+    sinusoids of 0.3-2.5 Hz and 0.12-0.48 px drawn from the patient's `motion_seed`."""
+    if patient.motion_seed < 0:
         return np.zeros((n_frames, 2))
-    rng = np.random.default_rng(patient.probe_seed)
-    freq, amp, phase = rng.uniform(0.3, 2.5, (2, 3)), rng.uniform(0.3, 1.2, (2, 3)), rng.uniform(0, 2 * math.pi, (2, 3))
+    rng = np.random.default_rng([patient.motion_seed, 2])
+    freq, amp = rng.uniform(0.3, 2.5, (2, 3)), rng.uniform(0.12, 0.48, (2, 3))
+    phase = rng.uniform(0, 2 * math.pi, (2, 3))
     t = np.arange(n_frames) / fps
     return (amp[..., None] * np.sin(2 * math.pi * freq[..., None] * t + phase[..., None])).sum(axis=1).T
 
