@@ -23,7 +23,7 @@ def test_markdown_csv_json(tiny_run, tmp_path):
     written = (tmp_path / "leaderboard.md").read_text()
     assert done.returncode == 0 and written.startswith(md.split("\n### How these numbers")[0])
     links = re.findall(r"\]\(([^)]+\.png)\)", written)
-    assert len(links) == 7 and all((tmp_path / link).is_file() for link in links)  # relative to the table
+    assert len(links) == 8 and all((tmp_path / link).is_file() for link in links)  # relative to the table
     # every headline number with its interval, the method said once, and the record of how it was made
     assert re.search(r"\| copy +\| copy +\| +30 \| [\d.]+ \[[\d.]+, [\d.]+\]", md)
     assert md.count("Intervals `[lo, hi]`") == 1 and "How these numbers were made" in md

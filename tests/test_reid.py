@@ -33,7 +33,9 @@ def test_controls_prove_the_metrics(tiny_run):
     # new patients are no more memorised than real held-out ones (30 samples: the interval, not single samples)
     assert r["phantom-fresh"]["memorised_pct_low"] <= 5
     assert r["phantom-fresh"]["recall"] >= 0.5 * reid["reference_recall"]
-    assert r["noise"]["fd"] == max(row["fd"] for row in r.values())
+    # noise is far from the real videos; rows of real or realistic videos are close (collapse's two videos may be
+    # farther still: their covariance is degenerate)
+    assert r["noise"]["fd"] > 5 * max(r[row]["fd"] for row in ("copy", "holdout", "phantom-fresh"))
     assert r["copy"]["recall_after_filter"] <= r["copy"]["recall"]
     assert 0 < reid["test_memorised_pct"] <= 10  # tau is the 95th percentile of the real test P_max
     # content memorisation: any frame against any training frame, calibrated the same way

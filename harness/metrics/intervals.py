@@ -148,15 +148,26 @@ def pooled(estimates: list[Estimate], boot: Bootstrap, limits: tuple[float, floa
     return Estimate(float(values.mean()), np.clip(replicates, *limits))
 
 
+def _eigh(matrix: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Eigen-decomposition of symmetric matrices; a rank-deficient one (fewer videos than feature dimensions) that
+    float32 cannot resolve is retried in float64 with a 1e-6 ridge, as the FID reference code regularises."""
+    try:
+        return torch.linalg.eigh(matrix)
+    except torch.linalg.LinAlgError:
+        ridge = 1e-6 * torch.eye(matrix.shape[-1], dtype=torch.float64, device=matrix.device)
+        vals, vecs = torch.linalg.eigh(matrix.double() + ridge)
+        return vals.to(matrix.dtype), vecs.to(matrix.dtype)
+
+
 def _batched_frechet(real: torch.Tensor, fake: torch.Tensor) -> torch.Tensor:
     """Fréchet distance of each pair of feature sets `[B, N, D]`, via Tr (S_r^½ S_f S_r^½)^½ (symmetric)."""
     mu_r, mu_f = real.mean(1), fake.mean(1)
     xr, xf = real - mu_r[:, None], fake - mu_f[:, None]
     s_r = xr.transpose(1, 2) @ xr / (real.shape[1] - 1)
     s_f = xf.transpose(1, 2) @ xf / (fake.shape[1] - 1)
-    vals, vecs = torch.linalg.eigh(s_r)
+    vals, vecs = _eigh(s_r)
     root = vecs @ torch.diag_embed(vals.clamp_min(0).sqrt()) @ vecs.transpose(1, 2)
-    cross = torch.linalg.eigvalsh(root @ s_f @ root).clamp_min(0).sqrt().sum(1)
+    cross = _eigh(root @ s_f @ root)[0].clamp_min(0).sqrt().sum(1)
     trace = torch.diagonal(s_r, dim1=1, dim2=2).sum(1) + torch.diagonal(s_f, dim1=1, dim2=2).sum(1)
     return ((mu_r - mu_f) ** 2).sum(1) + trace - 2 * cross
 
