@@ -51,14 +51,11 @@ class MotionReference:
             out.update({k: self.stats[k] for k in ("tau", "tau_test_to_train", "tau_train_to_test")})
         return out
 
-    @property
-    def cache_identity(self) -> dict[str, Any]:
-        return {"spec": self.spec.model_dump(mode="json"), "calibration": self.calibration,
-                "train": self.train.key if self.train else None, "error": self.error}
-
 
 def fit_motion(stages: Stages, encoded: Encoded, spec: MotionSpec, calibration: str, ctx: RunContext
                ) -> MotionReference:
+    """The training videos' motion and τ_motion from the test videos' best match (or why motion cannot be
+    measured: clips too short for the gap, real videos that do not move)."""
     frames = encoded.latents["train"].value.clip_shape[0]
     if len(range(0, frames, spec.frame_gap)) < 3:
         return MotionReference(spec, calibration, error=(
@@ -67,17 +64,17 @@ def fit_motion(stages: Stages, encoded: Encoded, spec: MotionSpec, calibration: 
     train, test = (profiles_of(stages, f"motion-{split}", encoded.encoder, encoded.latents[split], spec, ctx)
                    for split in ("train", "test"))
     if frozen(train.value).all() or frozen(test.value).all():
-        return MotionReference(spec, calibration, error="motion: the real videos do not move (their optical flow is "
-                                                        "zero), so there is no motion to compare.")
+        return MotionReference(spec, calibration, error="motion: the real videos do not move (their frames do not "
+                                                        "change), so there is no motion to compare.")
     train_d, test_d = (torch.from_numpy(descriptors(p.value)).to(ctx.device) for p in (train, test))
-    pmax_test, nearest_test = best_motion_match(test_d, train_d)
+    pmax_test, _ = best_motion_match(test_d, train_d)
     pmax_train, _ = best_motion_match(train_d, test_d)
     taus = {"test-to-train": privacy_threshold(pmax_test, spec.percentile),
             "train-to-test": privacy_threshold(pmax_train, spec.percentile)}
     stats = {"tau": taus[calibration], "tau_test_to_train": taus["test-to-train"],
              "tau_train_to_test": taus["train-to-test"],
              "calibration_scores": pmax_test if calibration == "test-to-train" else pmax_train,
-             "test_scores": pmax_test, "nearest_test": nearest_test}
+             "test_scores": pmax_test}
     ids = tuple(encoded.latents["train"].value.table["video_id"].astype(str))
     return MotionReference(spec, calibration, train, ids, stats)
 
