@@ -28,6 +28,15 @@ def _sync(device: torch.device) -> None:
         torch.cuda.synchronize()
 
 
+def _measured(run, device: torch.device) -> tuple[float, int]:
+    """Seconds `run()` takes and the peak memory (bytes) it adds: process RSS on a CPU, allocated on a GPU."""
+    baseline = _rss_bytes()
+    with StageMonitor(interval=0.01) as monitor:
+        run()
+        _sync(device)
+    return monitor.seconds, max(0, monitor.peak - baseline) if device.type == "cpu" else monitor.cuda_peak
+
+
 @torch.no_grad()
 def bench_pairs(n_query: int, n_ref: int, dim: int, device: torch.device, loop_queries: int = 300,
                 memory_queries: int = 100_000) -> dict[str, Any]:
@@ -55,11 +64,7 @@ def bench_pairs(n_query: int, n_ref: int, dim: int, device: torch.device, loop_q
     max_diff = float((loop_best - best[:loop_queries]).abs().max())
 
     big = _features(memory_queries, dim, 3, device)
-    baseline = _rss_bytes()
-    with StageMonitor(interval=0.01) as monitor:
-        max_scores(big, ref, "pred", weight, bias)
-        _sync(device)
-    extra = max(0, monitor.peak - baseline) if device.type == "cpu" else monitor.cuda_peak
+    memory_seconds, extra = _measured(lambda: max_scores(big, ref, "pred", weight, bias), device)
     harness_rate = n_query * n_ref / harness_seconds
     loop_rate = loop_queries * n_ref / loop_seconds
     return {"device": str(device), "queries": n_query, "references": n_ref, "dim": dim,
@@ -67,7 +72,7 @@ def bench_pairs(n_query: int, n_ref: int, dim: int, device: torch.device, loop_q
             "loop_pairs_per_s": loop_rate, "loop_queries_timed": loop_queries, "speedup": harness_rate / loop_rate,
             "loop_agreement": agree, "loop_max_abs_diff": max_diff,
             "memory_queries": memory_queries, "peak_extra_memory_mib": extra / 2**20,
-            "memory_seconds": monitor.seconds, "threads": torch.get_num_threads()}
+            "memory_seconds": memory_seconds, "threads": torch.get_num_threads()}
 
 
 @torch.no_grad()
@@ -82,13 +87,9 @@ def bench_content(samples: int, references: int, frames: int, stride: int, dim: 
     # warm-up on enough pairs to take (and compile once) the CPU kernel
     best_frame_match(query[:1_000_000 // (references * kept**2) + 1], ref, "pred", weight, 0.5)
     _sync(device)
-    baseline = _rss_bytes()
-    with StageMonitor(interval=0.01) as monitor:
-        best_frame_match(query, ref, "pred", weight, 0.5)
-        _sync(device)
-    extra = max(0, monitor.peak - baseline) if device.type == "cpu" else monitor.cuda_peak
+    seconds, extra = _measured(lambda: best_frame_match(query, ref, "pred", weight, 0.5), device)
     pairs = samples * references * kept**2
     return {"device": str(device), "samples": samples, "references": references, "frames": frames,
-            "stride": stride, "frames_compared": kept, "dim": dim, "pairs": pairs, "seconds": monitor.seconds,
-            "pairs_per_s": pairs / monitor.seconds, "peak_extra_memory_mib": extra / 2**20,
+            "stride": stride, "frames_compared": kept, "dim": dim, "pairs": pairs, "seconds": seconds,
+            "pairs_per_s": pairs / seconds, "peak_extra_memory_mib": extra / 2**20,
             "threads": torch.get_num_threads()}

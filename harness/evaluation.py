@@ -69,11 +69,10 @@ class Reference:
     boot: Bootstrap = Bootstrap()
     #: more re-ID models of the run, trained from other seeds: their first-frame features and head, same settings
     replicates: tuple[Reference, ...] = ()
-    #: every `content_stride`-th frame of the training and test videos `[N, F, D]`, each embedded on its own, for
-    #: content memorisation
+    #: every k-th frame (`privacy.content.frame_stride`) of the training and test videos `[N, F, D]`, each embedded
+    #: on its own, for content memorisation
     content_train: torch.Tensor | None = None
     content_test: torch.Tensor | None = None
-    content_stride: int = 4
     content_percentile: float = 95.0
 
     def pmax(self, query: torch.Tensor, head: str, ref: torch.Tensor | None = None):
@@ -198,7 +197,7 @@ def row_metrics(first: torch.Tensor, frames: torch.Tensor, ref: Reference, stats
                 content_frames: tuple[torch.Tensor, ...] = ()
                 ) -> tuple[dict[str, Any], pd.DataFrame, dict[str, np.ndarray]]:
     """Metrics of one row, its per-sample table, and the arrays its figures need (`replicate_first`: the samples'
-    first-frame features under each of `ref.replicates`; `content_frames`: every `ref.content_stride`-th frame's,
+    first-frame features under each of `ref.replicates`; `content_frames`: the same frames as `ref.content_train`'s,
     each embedded on its own, under the first model and then each replicate)."""
     _check_features(first, "the samples' re-ID features")
     n_train, n = len(ref.train_first), len(first)

@@ -11,7 +11,6 @@ from scipy.ndimage import gaussian_filter, shift
 from harness.metrics.intervals import Bootstrap
 from harness.metrics.motion import best_motion_match, clip_profile, descriptors, frozen, motion_profiles
 from harness.pipeline.motion import MotionReference, motion_metrics
-from harness.pipeline.stages import Stored
 from harness.spec import MotionSpec
 from tests.conftest import run_cli, tiny_spec
 
@@ -59,8 +58,8 @@ def test_a_frozen_clip_has_no_motion_and_is_never_memorised():
     assert frozen(profiles).tolist() == [True, False]
     reference = MotionReference(MotionSpec(), "test-to-train", stats={
         "tau": 0.5, "calibration_scores": np.linspace(0, 0.6, 40)})
-    reference = MotionReference(reference.spec, reference.calibration, Stored("k", profiles[1:]), ("train-0",),
-                                reference.stats)
+    reference = MotionReference(reference.spec, reference.calibration, torch.from_numpy(descriptors(profiles[1:])),
+                                ("train-0",), reference.stats)
     boot = Bootstrap(200, 95.0, 0)
     metrics, table, scores = motion_metrics(profiles, reference, boot, torch.device("cpu"))
     assert np.isnan(scores[0]) and scores[1] == pytest.approx(1.0, abs=1e-5)

@@ -37,7 +37,7 @@ class MotionReference:
 
     spec: MotionSpec
     calibration: str  # privacy.calibration: which direction sets τ_motion
-    train: Stored[np.ndarray] | None = None  # profiles [N_train, P, 4]
+    train: torch.Tensor | None = None  # the training videos' motion descriptors [N_train, 3 P], on the device
     train_ids: tuple[str, ...] = ()
     stats: dict[str, Any] | None = None  # tau, the scores that set it, the test videos' scores
     error: str | None = None  # one sentence: why motion cannot be measured in this run
@@ -76,7 +76,7 @@ def fit_motion(stages: Stages, encoded: Encoded, spec: MotionSpec, calibration: 
              "calibration_scores": pmax_test if calibration == "test-to-train" else pmax_train,
              "test_scores": pmax_test}
     ids = tuple(encoded.latents["train"].value.table["video_id"].astype(str))
-    return MotionReference(spec, calibration, train, ids, stats)
+    return MotionReference(spec, calibration, train_d, ids, stats)
 
 
 def profiles_of(stages: Stages, name: str, encoder: Fitted[Encoder], latents: Stored[LatentSet], spec: MotionSpec,
@@ -103,8 +103,7 @@ def motion_metrics(profiles: np.ndarray, motion: MotionReference, boot: Bootstra
                    ) -> tuple[dict[str, Any], pd.DataFrame, np.ndarray]:
     """Motion-memorised % with its interval, per-sample columns and motion scores of a set of profiles."""
     still = frozen(profiles)
-    scores, nearest = best_motion_match(torch.from_numpy(descriptors(profiles)).to(device),
-                                        torch.from_numpy(descriptors(motion.train.value)).to(device))
+    scores, nearest = best_motion_match(torch.from_numpy(descriptors(profiles)).to(device), motion.train)
     scores = np.where(still, np.nan, scores)
     tau = motion.stats["tau"]
     table = pd.DataFrame({"motion_score": scores,
@@ -113,8 +112,8 @@ def motion_metrics(profiles: np.ndarray, motion: MotionReference, boot: Bootstra
                           "motion_memorised": ~still & (np.nan_to_num(scores, nan=-np.inf) > tau)})
     metrics: dict[str, Any] = {"motion_tau": tau}
     if still.all():
-        return {**metrics, "motion_error": "motion: every sample is frozen (zero optical flow between its frames), "
-                                           "so its motion cannot be compared."}, table, scores
+        return {**metrics, "motion_error": "motion: every sample is frozen (its frames do not change), so its "
+                                           "motion cannot be compared."}, table, scores
     # a frozen sample copies no motion: it counts as not memorised
     estimate = memorised_estimate(np.nan_to_num(scores, nan=-np.inf), motion.stats["calibration_scores"],
                                   motion.spec.percentile, boot)
@@ -122,8 +121,8 @@ def motion_metrics(profiles: np.ndarray, motion: MotionReference, boot: Bootstra
     metrics.update({"motion_memorised_pct": estimate.value, "motion_memorised_pct_low": low,
                     "motion_memorised_pct_high": high})
     if still.any():
-        metrics["motion_error"] = (f"motion: {int(still.sum())} of {len(still)} samples are frozen (zero optical "
-                                   "flow between their frames) and count as not motion-memorised.")
+        metrics["motion_error"] = (f"motion: {int(still.sum())} of {len(still)} samples are frozen (their frames "
+                                   "do not change) and count as not motion-memorised.")
     return metrics, table, scores
 
 

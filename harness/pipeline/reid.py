@@ -105,7 +105,7 @@ def fit_reid(stages: Stages, chosen: Chosen[ReIdFilter], encoded: Encoded, priva
         test_first=features["test"].first, test_frames=features["test"].frames, weight=head.value.weight,
         bias=head.value.bias, head=privacy.head, percentile=privacy.percentile, calibration=privacy.calibration,
         knn=privacy.knn, boot=privacy.bootstrap(ctx.seed_for("bootstrap")),
-        content_train=content.train.value, content_test=content.test.value, content_stride=stride,
+        content_train=content.train.value, content_test=content.test.value,
         content_percentile=privacy.content.percentile)
     reference = replace(reference, replicates=tuple(
         replace(reference, train_first=r.train.value.first, test_first=r.test.value.first,
@@ -193,10 +193,7 @@ def _embed(folder: Path, reid: Fitted[ReIdFilter], latents: Stored[LatentSet], f
     first = model.embed(clips, ctx, frames=[0])[:, 0]
     frames = model.embed(clips[:frame_videos], ctx) if frame_videos else first[:0, None]
     for name, value in (("first", first), ("frames", frames)):
-        if not torch.isfinite(value).all():
-            raise GeneratorOutputError("the re-ID model produced NaN features; the clips contain values it cannot "
-                                       "handle.")
-        np.save(folder / f"{name}.npy", value.numpy().astype(np.float32))
+        np.save(folder / f"{name}.npy", _finite(value).numpy().astype(np.float32))
 
 
 def _embed_frames(folder: Path, reid: Fitted[ReIdFilter], latents: Stored[LatentSet], stride: int, ctx: RunContext,
@@ -206,11 +203,14 @@ def _embed_frames(folder: Path, reid: Fitted[ReIdFilter], latents: Stored[Latent
         frames = np.asarray(clips[start:start + chunk, ::stride])
         alone = model.embed(frames.reshape(-1, 1, *frames.shape[2:]), ctx)  # [n * F, 1, D]
         parts.append(alone.view(len(frames), frames.shape[1], -1))
-    features = torch.cat(parts)
+    np.save(folder / "frames.npy", _finite(torch.cat(parts)).numpy().astype(np.float32))
+
+
+def _finite(features: torch.Tensor) -> torch.Tensor:
     if not torch.isfinite(features).all():
         raise GeneratorOutputError("the re-ID model produced NaN features; the clips contain values it cannot "
                                    "handle.")
-    np.save(folder / "frames.npy", features.numpy().astype(np.float32))
+    return features
 
 
 def _head(folder: Path, reid: Fitted[ReIdFilter]) -> dict[str, Any]:
