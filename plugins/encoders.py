@@ -71,7 +71,9 @@ class VAE(Encoder):
         lr: PositiveFloat = 2e-3
         kl_weight: float = Field(1e-6, ge=0)
         sample_posterior: bool = Field(False, description="encode with a posterior sample instead of its mode")
-        batch_frames: PositiveInt = Field(128, description="frames per encode/decode batch")
+        batch_frames: PositiveInt | None = Field(
+            None, description="frames per encode/decode batch; unset: 16 on a CPU, where batches that stay in the "
+                              "processor's caches run about twice as fast as 128, and 256 on a GPU")
 
     def __init__(self, config=None):
         super().__init__(config)
@@ -143,6 +145,9 @@ class VAE(Encoder):
         z = model.encode(self._frames_in(to_unit(sample)[:, None], model).to(ctx.device)).latent_dist.mode()
         return float(1.0 / z.float().std().clamp_min(1e-6))
 
+    def _batch_frames(self, ctx: RunContext) -> int:
+        return self.config.batch_frames or (256 if ctx.device.type == "cuda" else 16)
+
     @staticmethod
     def _frames_in(x: torch.Tensor, model) -> torch.Tensor:
         return x.repeat(1, model.config.in_channels, 1, 1) if model.config.in_channels != 1 else x
@@ -161,8 +166,9 @@ class VAE(Encoder):
         flat = videos.frames.reshape(n * t, *videos.frames.shape[2:])
         gen = ctx.torch_generator("vae-encode") if self.config.sample_posterior else None
         out = []
-        for start in ctx.progress(range(0, len(flat), self.config.batch_frames), desc="encoding"):
-            x = self._frames_in(to_unit(flat[start:start + self.config.batch_frames])[:, None], model)
+        batch = self._batch_frames(ctx)
+        for start in ctx.progress(range(0, len(flat), batch), desc="encoding"):
+            x = self._frames_in(to_unit(flat[start:start + batch])[:, None], model)
             dist = model.encode(x.to(ctx.device).contiguous(memory_format=torch.channels_last)).latent_dist
             z = dist.sample(generator=gen) if gen is not None else dist.mode()
             out.append((z * model.config.scaling_factor).to(torch.float16).cpu())
@@ -175,8 +181,9 @@ class VAE(Encoder):
         n, t = latents.latents.shape[:2]
         flat = latents.latents.reshape(n * t, *latents.latents.shape[2:])
         out = []
-        for start in ctx.progress(range(0, len(flat), self.config.batch_frames), desc="decoding"):
-            z = torch.from_numpy(np.asarray(flat[start:start + self.config.batch_frames], dtype=np.float32))
+        batch = self._batch_frames(ctx)
+        for start in ctx.progress(range(0, len(flat), batch), desc="decoding"):
+            z = torch.from_numpy(np.asarray(flat[start:start + batch], dtype=np.float32))
             z = z.to(ctx.device).contiguous(memory_format=torch.channels_last)
             x = model.decode(z / model.config.scaling_factor).sample.mean(dim=1)
             out.append(to_pixels(x))

@@ -10,7 +10,7 @@ from scipy.ndimage import gaussian_filter, shift
 
 from harness.metrics.intervals import Bootstrap
 from harness.metrics.motion import best_motion_match, clip_profile, descriptors, frozen, motion_profiles
-from harness.pipeline.motion import MotionReference, motion_metrics
+from harness.pipeline.motion import MotionReference, _distinct, motion_metrics
 from harness.spec import MotionSpec
 from tests.conftest import run_cli, tiny_spec
 
@@ -67,6 +67,12 @@ def test_a_frozen_clip_has_no_motion_and_is_never_memorised():
     assert metrics["motion_memorised_pct"] == 50.0 and "1 of 2 samples are frozen" in metrics["motion_error"]
     metrics, _, _ = motion_metrics(profiles[:1], reference, boot, torch.device("cpu"))
     assert "motion_memorised_pct" not in metrics and "every sample is frozen" in metrics["motion_error"]
+
+
+def test_repeated_clips_are_measured_once():
+    clips = np.random.default_rng(0).standard_normal((4, 3, 2)).astype(np.float16)[[0, 1, 0, 2, 1, 3]]
+    first, inverse = _distinct(clips)
+    assert first.tolist() == [0, 1, 3, 5] and np.array_equal(clips[first][inverse], clips)
 
 
 def test_clips_too_short_for_the_gap_are_one_sentence_and_the_rest_completes(tiny_run, tmp_path):

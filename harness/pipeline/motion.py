@@ -7,6 +7,7 @@ through the same decoder and their flows compare like with like. Only every `fra
 
 from __future__ import annotations
 
+import hashlib
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -129,10 +130,24 @@ def motion_metrics(profiles: np.ndarray, motion: MotionReference, boot: Bootstra
 def _profiles(folder: Path, encoder: Fitted[Encoder], latents: Stored[LatentSet], gap: int, size: int,
               ctx: RunContext) -> None:
     model, clips, table = encoder.get(), latents.value.latents, latents.value.table
+    unique, inverse = _distinct(clips)  # a collapsed or copying generator repeats clips: decode each once
     threads = torch.get_num_threads()
     parts = []
-    for start in ctx.progress(range(0, len(clips), CHUNK_VIDEOS), desc="motion (decode + flow)"):
-        chunk = LatentSet(np.asarray(clips[start:start + CHUNK_VIDEOS, ::gap]),
-                          table.iloc[start:start + CHUNK_VIDEOS].reset_index(drop=True))
+    for start in ctx.progress(range(0, len(unique), CHUNK_VIDEOS), desc="motion (decode + flow)"):
+        chosen = unique[start:start + CHUNK_VIDEOS]
+        chunk = LatentSet(np.asarray(clips[chosen, ::gap]), table.iloc[chosen].reset_index(drop=True))
         parts.append(motion_profiles(np.asarray(model.decode(chunk, ctx).frames), size, threads))
-    np.save(folder / "profiles.npy", np.concatenate(parts).astype(np.float32))
+    profiles = np.concatenate(parts) if parts else np.zeros((0, len(range(0, clips.shape[1], gap)) - 1, 4))
+    np.save(folder / "profiles.npy", profiles[inverse].astype(np.float32))
+
+
+def _distinct(clips: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """The index of the first of every distinct clip, and for every clip the position of its distinct clip."""
+    seen: dict[bytes, int] = {}
+    first, inverse = [], np.empty(len(clips), np.int64)
+    for i, clip in enumerate(clips):
+        key = hashlib.blake2b(np.ascontiguousarray(clip).tobytes(), digest_size=16).digest()
+        inverse[i] = seen.setdefault(key, len(first))
+        if inverse[i] == len(first):
+            first.append(i)
+    return np.asarray(first, np.int64), inverse
