@@ -45,6 +45,13 @@ def _parser(registry: Registry) -> argparse.ArgumentParser:
     board.add_argument("--format", choices=["md", "csv", "json"], default="md")
     board.add_argument("--out", type=Path, default=None, help="folder to write leaderboard.<format> into")
     board.add_argument("--allow-mixed", action="store_true", help="show runs of different benchmarks together")
+    board.add_argument("--allow-unchecked", action="store_true",
+                       help="show runs that fail `harness check` (their problems are printed as warnings)")
+
+    check = sub.add_parser("check", help="check a run directory made elsewhere before it joins a table")
+    check.add_argument("run", type=Path, help="the run directory (results.json, manifest.json, samples/)")
+    check.add_argument("--spec", type=Path, default=None,
+                       help="the benchmark spec it must belong to (default: the spec its own manifest records)")
 
     comp = sub.add_parser("compare", help="check, row by row, whether a run's numbers lie inside a published table's "
                                           "intervals")
@@ -302,10 +309,33 @@ def cmd_plugins(args) -> int:
     return 0
 
 
+def cmd_check(args) -> int:
+    from harness.check import check_run
+    from harness.spec import validate_spec
+
+    spec = validate_spec(args.spec, get_registry()) if args.spec else None
+    problems = check_run(args.run, spec)
+    for problem in problems:
+        print(problem)
+    if problems:
+        return 2
+    against = f"the spec {args.spec}" if args.spec else "the spec its manifest records"
+    print(f"{args.run}: clean (benchmark hash, files, environment, sample counts, ranges and per-sample tables "
+          f"agree with {against}).")
+    return 0
+
+
 def cmd_leaderboard(args) -> int:
+    from harness.check import unchecked_runs
     from harness.leaderboard import load_results, publish_figures, render
     from harness.provenance import mixed_environments
 
+    problems = unchecked_runs(args.runs)
+    if problems and not args.allow_unchecked:
+        raise UserError("these runs fail `harness check`, so they do not join a table (pass --allow-unchecked to "
+                        "show them anyway):\n" + "\n".join(f"  {p}" for p in problems))
+    for problem in problems:
+        print(f"warning: {problem}", file=sys.stderr)
     results = load_results(args.runs)
     warning = mixed_environments(results)
     if warning:
@@ -366,7 +396,8 @@ def cmd_cache(args) -> int:
 
 
 COMMANDS = {"run": cmd_run, "validate": cmd_validate, "plugins": cmd_plugins, "bench": cmd_bench,
-            "regenerate": cmd_regenerate, "export": cmd_export, "leaderboard": cmd_leaderboard, "compare": cmd_compare,
+            "regenerate": cmd_regenerate, "export": cmd_export, "leaderboard": cmd_leaderboard, "check": cmd_check,
+            "compare": cmd_compare,
             "cache": cmd_cache}
 
 

@@ -260,10 +260,7 @@ class ResolvedSpec:
 
     @property
     def benchmark_hash(self) -> str:
-        data = self.resolved()
-        for key in ("generators", "metrics", "leaderboard", "description", "samples_per_generator", "device"):
-            data.pop(key, None)
-        return stable_hash(data)
+        return benchmark_hash(self.resolved())
 
     def generator_hash(self, row_name: str) -> str:
         entry = next(g for g in self.resolved()["generators"] if g["name"] == row_name)
@@ -271,6 +268,14 @@ class ResolvedSpec:
 
     def n_samples(self, entry: GeneratorEntry) -> int:
         return entry.n_samples or self.spec.samples_per_generator
+
+
+def benchmark_hash(resolved: dict[str, Any]) -> str:
+    """What makes rows comparable: a resolved spec (`ResolvedSpec.resolved`, or a manifest's) without its rows,
+    their sample counts, the device and the presentation."""
+    data = {k: v for k, v in resolved.items()
+            if k not in ("generators", "metrics", "leaderboard", "description", "samples_per_generator", "device")}
+    return stable_hash(data)
 
 
 def _line_of(node: yaml.Node | None, path: tuple[Any, ...]) -> int | None:

@@ -1,6 +1,7 @@
 import copy
 import json
 import re
+import shutil
 
 import numpy as np
 import pytest
@@ -44,7 +45,7 @@ def test_rows_from_different_devices_or_versions_are_flagged(tiny_run, tmp_path)
     other["environment"]["harness_version"] = "9.9.9"
     warning = mixed_environments([results, other])
     assert "harness versions" in warning and "devices" in warning and "\n" not in warning
-    (tmp_path / "other").mkdir()
+    shutil.copytree(tiny_run["out"], tmp_path / "other")  # a whole run directory, so it passes `harness check`
     (tmp_path / "other" / "results.json").write_text(json.dumps(other))
     done = run_cli("leaderboard", str(tiny_run["out"]), str(tmp_path / "other"), "--format", "csv")
     assert done.returncode == 0 and done.stderr.strip() == warning
