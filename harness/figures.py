@@ -18,6 +18,10 @@ from harness.cache import atomic_write_bytes, atomic_write_text
 from harness.hashing import stable_hash
 
 FIGURES_VERSION = 2  # bump when a figure's drawing changes (2: τ's interval; the headline figure)
+#: Every figure this module draws, by label (each in `<label>.png`): aggregates, and frames of generated rows only
+#: (the filmstrip leaves out rows that show real frames). Only these are ever published next to a table.
+PUBLISHABLE = ("pmax_histograms", "tsne", "consistency", "appearances", "motion_histograms", "headline",
+               "ef_scatter", "filmstrip")
 
 
 def tsne_coordinates(train: np.ndarray, synthetic: np.ndarray, seed: int, limit: int = 1500) -> np.ndarray:

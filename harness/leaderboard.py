@@ -17,6 +17,7 @@ from tabulate import tabulate
 from harness import downstream, evaluation
 from harness.cache import atomic_write_bytes
 from harness.errors import UserError
+from harness.figures import PUBLISHABLE
 from harness.metrics import reconstruction
 from harness.metrics.columns import Column
 from harness.pipeline import motion
@@ -301,10 +302,18 @@ def epoch_time_ratios(variants: list[dict[str, Any]]) -> str:
     return "\nEpoch time, image vs latent space (same pairs per epoch):\n\n" + "\n".join(lines) + "\n"
 
 
+def publishable_figures(result: dict[str, Any]) -> dict[str, str]:
+    """The run's figures that may be published: only those the harness draws (aggregates and generated frames),
+    whatever else a run directory from elsewhere lists."""
+    listed = result.get("figures") or {}
+    return {label: name for label, name in listed.items() if label in PUBLISHABLE and name == f"{label}.png"}
+
+
 def publish_figures(results: list[dict[str, Any]], out: Path) -> None:
-    """Copy each run's figures next to a published table (aggregates and generated frames, never real frames)."""
+    """Copy each run's publishable figures next to a published table; per-sample tables, arrays and anything else
+    in the run directory stay where they are."""
     for result in results:
-        names = (result.get("figures") or {}).values()
+        names = publishable_figures(result).values()
         if not names or "_source" not in result:
             continue
         bench = result["benchmark"]
@@ -316,11 +325,11 @@ def publish_figures(results: list[dict[str, Any]], out: Path) -> None:
 
 
 def figure_links(results: list[dict[str, Any]], base: Path) -> str:
-    """Markdown links to each run's figures, relative to where the table is written."""
+    """Markdown links to each run's publishable figures, relative to where the table is written."""
     links = []
     for result in results:
         folder = result.get("_figures") or (Path(result["_source"]) / "figures" if "_source" in result else None)
-        for label, name in (result.get("figures") or {}).items():
+        for label, name in publishable_figures(result).items():
             if folder is not None:
                 target = os.path.relpath(Path(folder) / name, base)
                 links.append(f"[{label.replace('_', ' ')}]({target})")

@@ -4,6 +4,7 @@ import re
 import shutil
 
 import numpy as np
+import pandas as pd
 import pytest
 
 from harness.errors import UserError
@@ -90,6 +91,32 @@ def test_published_table_has_no_frames_or_embeddings(tiny_run):
     payload = render([tiny_run["results"]], "json")
     assert len(payload) < 8_000 * len(tiny_run["results"]["rows"])  # a few numbers per metric and strategy
     assert all(not isinstance(v, list) for row in json.loads(payload)["rows"] for v in row.values())
+
+
+def test_a_published_bundle_holds_no_patient_data(tiny_run, tmp_path):
+    """Only tables and the harness's own figures leave a run directory, whatever else it holds or lists."""
+    run = tmp_path / "run"
+    shutil.copytree(tiny_run["out"], run)
+    real = (run / "figures" / "real_frames.png")
+    real.write_bytes(b"\x89PNG real patient frames")
+    np.save(run / "samples" / "embeddings.npy", np.zeros((3, 4)))
+    results = json.loads((run / "results.json").read_text())
+    results["figures"]["real_frames"] = "real_frames.png"  # listed, as a run from elsewhere might
+    results["figures"]["tsne"] = "../samples/copy.csv"
+    (run / "results.json").write_text(json.dumps(results))
+    bundle = tmp_path / "bundle"
+    for fmt in ("md", "csv", "json"):
+        done = run_cli("leaderboard", str(run), "--format", fmt, "--out", str(bundle))
+        assert done.returncode == 0, done.stderr
+    published = sorted(p.relative_to(bundle).as_posix() for p in bundle.rglob("*") if p.is_file())
+    drawn = {f"{label}.png" for label in results["figures"] if label not in ("real_frames", "tsne")}
+    figures = {p.split("/")[-1] for p in published if p.startswith("figures/")}
+    assert figures == drawn and {p for p in published if "/" not in p} == {"leaderboard.md", "leaderboard.csv",
+                                                                            "leaderboard.json"}
+    training_ids = set(pd.read_csv(run / "samples" / "copy.csv")["nearest_pred"].astype(str))
+    text = "".join((bundle / name).read_text() for name in ("leaderboard.md", "leaderboard.csv", "leaderboard.json"))
+    assert training_ids and not any(video in text for video in training_ids)
+    assert "real_frames" not in text and "copy.csv" not in text
 
 
 def test_cli_reports_missing_results(tmp_path):
