@@ -35,13 +35,21 @@ def check_run(run: Path, spec: ResolvedSpec | None = None) -> list[str]:
     results, problems = _read_json(run / "results.json")
     if results is None:
         return problems
-    version = results.get("schema_version")
+    version = results.get("schema_version") if isinstance(results, dict) else None
     if version != RESULTS_SCHEMA_VERSION:
         return [f"{run / 'results.json'}: schema version {version}, but this harness reads version "
                 f"{RESULTS_SCHEMA_VERSION}; re-run the benchmark with this harness to rewrite it."]
     manifest, manifest_problems = _read_json(run / "manifest.json")
-    problems += manifest_problems
-    problems += _check_environment(run, results)
+    try:
+        return problems + manifest_problems + _check_contents(run, results, manifest, spec)
+    except (AttributeError, TypeError, KeyError, ValueError) as exc:  # a hand-made or truncated file
+        return [*problems, *manifest_problems, f"{run / 'results.json'}: does not have the structure `harness run` "
+                                               f"writes ({type(exc).__name__}: {exc}); re-run the benchmark."]
+
+
+def _check_contents(run: Path, results: dict[str, Any], manifest: dict[str, Any] | None,
+                    spec: ResolvedSpec | None) -> list[str]:
+    problems = _check_environment(run, results)
     claimed = results.get("benchmark", {}).get("benchmark_hash")
     if spec is not None and claimed != spec.benchmark_hash:
         problems.append(f"{run / 'results.json'}: benchmark.benchmark_hash {claimed} is not the spec's "
@@ -130,7 +138,7 @@ def _check_ranges(where: str, row: dict[str, Any]) -> list[str]:
         high = 100.0 if key in PERCENT else 1.0 if key in FRACTION else math.inf
         for field in (key, f"{key}_low", f"{key}_high"):
             value = row.get(field)
-            if value is not None and not (0.0 <= value <= high):
+            if value is not None and value == value and not (0.0 <= value <= high):  # NaN: undefined, allowed
                 problems.append(f"{where}: {field} = {value} is outside its valid range [0, {high:g}].")
         low, high_end = row.get(f"{key}_low"), row.get(f"{key}_high")
         if low is not None and high_end is not None and low > high_end:

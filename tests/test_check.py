@@ -59,6 +59,9 @@ def test_an_older_schema_is_one_sentence(tiny_run, tmp_path):
     run = edited(tiny_run["out"], tmp_path / "old", lambda results: results.update(schema_version=0))
     done = run_cli("check", run)
     assert done.returncode == 2 and done.stdout.count("\n") == 1 and "schema version 0" in done.stdout
+    run = edited(tiny_run["out"], tmp_path / "hand-made", lambda results: results.update(rows="none"))
+    done = run_cli("check", run)
+    assert done.returncode == 2 and "does not have the structure" in done.stdout and "Traceback" not in done.stderr
 
 
 def test_the_leaderboard_refuses_a_failing_run_unless_told(tiny_run, tmp_path):
