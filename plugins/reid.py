@@ -254,7 +254,8 @@ def _nearest_videos(features: torch.Tensor, k: int, budget: int = 1 << 22) -> np
     nearest = []
     for start in range(0, len(features), rows):
         dist = torch.cdist(features[start:start + rows], features, p=1)
-        dist[torch.arange(len(dist)), torch.arange(start, start + len(dist))] = float("inf")
+        rows_here = torch.arange(len(dist), device=dist.device)
+        dist[rows_here, rows_here + start] = float("inf")  # a video is not its own negative
         nearest.append(dist.topk(k, dim=1, largest=False).indices.cpu())
     return torch.cat(nearest).numpy()
 
