@@ -93,3 +93,25 @@ def bench_content(samples: int, references: int, frames: int, stride: int, dim: 
             "stride": stride, "frames_compared": kept, "dim": dim, "pairs": pairs, "seconds": seconds,
             "pairs_per_s": pairs / seconds, "peak_extra_memory_mib": extra / 2**20,
             "threads": torch.get_num_threads()}
+
+
+def pairs_report(result: dict[str, Any]) -> str:
+    """`bench_pairs`'s result as the lines `harness bench pairs` prints."""
+    return "\n".join([
+        f"pred-head all-pairs max, {result['queries']} x {result['references']} x {result['dim']} on "
+        f"{result['device']} ({result['threads']} threads)",
+        f"  harness        {result['harness_pairs_per_s']:.3e} pairs/s ({result['harness_seconds']:.2f} s)",
+        f"  per-query loop {result['loop_pairs_per_s']:.3e} pairs/s (timed on {result['loop_queries_timed']} "
+        f"queries; same max on those: {result['loop_agreement']:.0%}, max |diff| {result['loop_max_abs_diff']:.1e})",
+        f"  speed-up       {result['speedup']:.1f}x",
+        f"  peak extra memory at {result['memory_queries']} x {result['references']}: "
+        f"{result['peak_extra_memory_mib']:.1f} MiB ({result['memory_seconds']:.1f} s)"])
+
+
+def content_report(result: dict[str, Any]) -> str:
+    """`bench_content`'s result as the lines `harness bench content` prints."""
+    return (f"content memorisation, {result['samples']} x {result['frames_compared']} frames against "
+            f"{result['references']} x {result['frames_compared']} frames (stride {result['stride']} over "
+            f"{result['frames']}), dim {result['dim']}, on {result['device']} ({result['threads']} threads)\n"
+            f"  {result['pairs_per_s']:.3e} frame pairs/s: {result['pairs']:.3e} pairs in {result['seconds']:.1f} s, "
+            f"peak extra memory {result['peak_extra_memory_mib']:.1f} MiB")

@@ -257,39 +257,16 @@ def cmd_bench(args) -> int:
     for name in sizes:
         if getattr(args, name) < 1:
             raise UserError(f"--{name.replace('_', '-')} must be a positive number.")
-    return _bench_pairs(args, device) if args.bench_command == "pairs" else _bench_content(args, device)
+    from harness import bench
 
-
-def _bench_pairs(args, device) -> int:
-    from harness.bench import bench_pairs
-
-    result = bench_pairs(args.queries, args.references, args.dim, device, args.loop_queries, args.memory_queries)
-    if args.json:
-        print(json.dumps(result, indent=2))
-        return 0
-    print(f"pred-head all-pairs max, {result['queries']} x {result['references']} x {result['dim']} on "
-          f"{result['device']} ({result['threads']} threads)")
-    print(f"  harness        {result['harness_pairs_per_s']:.3e} pairs/s ({result['harness_seconds']:.2f} s)")
-    print(f"  per-query loop {result['loop_pairs_per_s']:.3e} pairs/s (timed on {result['loop_queries_timed']} "
-          f"queries; same max on those: {result['loop_agreement']:.0%}, max |diff| {result['loop_max_abs_diff']:.1e})")
-    print(f"  speed-up       {result['speedup']:.1f}x")
-    print(f"  peak extra memory at {result['memory_queries']} x {result['references']}: "
-          f"{result['peak_extra_memory_mib']:.1f} MiB ({result['memory_seconds']:.1f} s)")
-    return 0
-
-
-def _bench_content(args, device) -> int:
-    from harness.bench import bench_content
-
-    result = bench_content(args.samples, args.references, args.frames, args.stride, args.dim, device)
-    if args.json:
-        print(json.dumps(result, indent=2))
-        return 0
-    print(f"content memorisation, {result['samples']} x {result['frames_compared']} frames against "
-          f"{result['references']} x {result['frames_compared']} frames (stride {result['stride']} over "
-          f"{result['frames']}), dim {result['dim']}, on {result['device']} ({result['threads']} threads)")
-    print(f"  {result['pairs_per_s']:.3e} frame pairs/s: {result['pairs']:.3e} pairs in {result['seconds']:.1f} s, "
-          f"peak extra memory {result['peak_extra_memory_mib']:.1f} MiB")
+    if args.bench_command == "pairs":
+        result = bench.bench_pairs(args.queries, args.references, args.dim, device, args.loop_queries,
+                                   args.memory_queries)
+        report = bench.pairs_report(result)
+    else:
+        result = bench.bench_content(args.samples, args.references, args.frames, args.stride, args.dim, device)
+        report = bench.content_report(result)
+    print(json.dumps(result, indent=2) if args.json else report)
     return 0
 
 
