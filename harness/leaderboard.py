@@ -173,8 +173,9 @@ def motion_note(motion: dict[str, Any] | None) -> str:
     gap = motion["frame_gap"]
     return ("Motion memorised % asks whether a sample moves like a training video, whatever it looks like: optical "
             f"flow (Farnebäck) between frames i and i + {gap} of the decoded clips gives, per step, the image's mean "
-            "displacement and mean flow magnitude; each part is centred over time and scaled to unit norm, and a "
-            "sample's motion score is its best cosine with a training video's. Motion that many real videos share "
+            "displacement, mean flow magnitude and mean grey-level change; each part is centred over time and "
+            "scaled to unit norm, and a sample's motion score is its best cosine with a training video's. Motion that "
+            "many real videos share "
             f"does not count: τ_motion = the {motion['percentile']:g}th percentile of the real test videos' best "
             f"motion score ({motion['tau']:.3f}), so a real held-out video is motion-memorised "
             f"{100 - motion['percentile']:g} % of the time; the "

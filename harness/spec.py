@@ -64,6 +64,10 @@ class MotionSpec(_Strict):
     enabled: bool = Field(True, description="decode the samples and the real videos and compare their motion")
     frame_gap: PositiveInt = Field(2, description="optical flow between frames i and i + gap, i = 0, gap, 2 gap, …")
     flow_size: int = Field(56, ge=16, description="frames are resized to this many pixels a side for the flow")
+    decode_precision: Literal["auto", "float32", "bfloat16"] = Field(
+        "auto", description="precision of the decoder for the motion clips; auto: bfloat16 where the device computes "
+                            "it natively (about 1.6x faster on a CPU with AVX512-BF16; decoded pixels differ by at "
+                            "most a few grey levels), else float32")
     percentile: float = Field(95.0, gt=0, lt=100, description="τ_motion: this percentile of the real test videos' "
                                                               "best motion score")
 

@@ -10,7 +10,7 @@ from scipy.ndimage import gaussian_filter, shift
 
 from harness.metrics.intervals import Bootstrap
 from harness.metrics.motion import best_motion_match, clip_profile, descriptors, frozen, motion_profiles
-from harness.pipeline.motion import MotionReference, _distinct, motion_metrics
+from harness.pipeline.motion import MotionReference, _distinct, decode_precision, motion_metrics
 from harness.spec import MotionSpec
 from tests.conftest import run_cli, tiny_spec
 
@@ -87,3 +87,11 @@ def test_clips_too_short_for_the_gap_are_one_sentence_and_the_rest_completes(tin
         assert row["motion_error"] == sentence and row.get("motion_memorised_pct") is None
         assert row["error"] is None and row["memorised_pct"] is not None and row["content_memorised_pct"] is not None
     assert sentence in (out / "leaderboard.md").read_text()
+
+
+def test_the_decode_precision_is_resolved_before_it_keys_the_stage():
+    """An explicit precision is kept; auto becomes the precision this device computes natively, never 'auto'."""
+    cpu = torch.device("cpu")
+    assert decode_precision(MotionSpec(decode_precision="float32"), cpu) == "float32"
+    assert decode_precision(MotionSpec(decode_precision="bfloat16"), cpu) == "bfloat16"
+    assert decode_precision(MotionSpec(), cpu) in ("float32", "bfloat16")

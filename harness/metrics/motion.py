@@ -2,10 +2,13 @@
 
 A clip's motion profile comes from dense optical flow (OpenCV's Farnebäck) between frames i and i + gap, computed
 on frames resized to `size` pixels a side: per flow, the mean displacement (dx, dy) of the whole image (how the
-anatomy moves in the sector) and the mean flow magnitude (how much moves inside it, e.g. the beating). The motion
-descriptor centres each of the two parts over time and scales it to unit norm, so where the heart sits, its size
-and its brightness do not matter, only how the motion unfolds. Two clips' motion score is the cosine of their
-descriptors; clips start at the start of their acquisition, so they are compared aligned in time.
+anatomy moves in the sector) and the mean flow magnitude (how much moves inside it, e.g. the beating); per step
+also the mean absolute change of the grey levels (the motion's energy, which follows the beat where the flow
+estimate is coarse). The motion descriptor centres each of the three parts over time and scales it to unit norm, so
+where the heart sits, its size, texture and brightness do not matter, only how the motion unfolds. (Adding the grey
+change raised `motion-copy` on the phantom from 80.7 to 87.7 % motion-memorised, holdout 3.7 to 3.3 %.) Two
+clips' motion score is the cosine of their descriptors; clips start at the start of their acquisition, so they are
+compared aligned in time.
 """
 
 from __future__ import annotations
@@ -55,13 +58,14 @@ def frozen(profiles: np.ndarray) -> np.ndarray:
 
 
 def descriptors(profiles: np.ndarray) -> np.ndarray:
-    """`[N, 3 (F - 1)]` unit-norm motion descriptors."""
+    """`[N, 4 (F - 1)]` unit-norm motion descriptors: displacement, flow magnitude and grey change, equally
+    weighted."""
     parts = []
-    for part in (profiles[..., :2], profiles[..., 2:3]):
+    for part in (profiles[..., :2], profiles[..., 2:3], profiles[..., 3:4]):
         centred = part - part.mean(axis=1, keepdims=True)
         norm = np.linalg.norm(centred.reshape(len(part), -1), axis=1)[:, None, None]
         parts.append(np.divide(centred, norm, out=np.zeros_like(centred), where=norm > 1e-12))
-    return (np.concatenate(parts, axis=2).reshape(len(profiles), -1) / np.sqrt(2)).astype(np.float32)
+    return (np.concatenate(parts, axis=2).reshape(len(profiles), -1) / np.sqrt(len(parts))).astype(np.float32)
 
 
 def best_motion_match(query: torch.Tensor, ref: torch.Tensor, chunk: int = 4096) -> tuple[np.ndarray, np.ndarray]:

@@ -38,16 +38,17 @@ class MotionReference:
 
     spec: MotionSpec
     calibration: str  # privacy.calibration: which direction sets τ_motion
-    train: torch.Tensor | None = None  # the training videos' motion descriptors [N_train, 3 P], on the device
+    train: torch.Tensor | None = None  # the training videos' motion descriptors [N_train, 4 P], on the device
     train_ids: tuple[str, ...] = ()
     stats: dict[str, Any] | None = None  # tau, the scores that set it, the test videos' scores
     error: str | None = None  # one sentence: why motion cannot be measured in this run
+    precision: str = "float32"  # the decoder's precision for every motion clip of the run
 
     @property
     def summary(self) -> dict[str, Any]:
         """What results.json reports about the motion reference."""
         out = {"frame_gap": self.spec.frame_gap, "flow_size": self.spec.flow_size, "percentile": self.spec.percentile,
-               "calibration": self.calibration, "error": self.error}
+               "calibration": self.calibration, "decode_precision": self.precision, "error": self.error}
         if self.stats is not None:
             out.update({k: self.stats[k] for k in ("tau", "tau_test_to_train", "tau_train_to_test")})
         return out
@@ -77,14 +78,14 @@ def fit_motion(stages: Stages, encoded: Encoded, spec: MotionSpec, calibration: 
              "calibration_scores": pmax_test if calibration == "test-to-train" else pmax_train,
              "test_scores": pmax_test}
     ids = tuple(encoded.latents["train"].value.table["video_id"].astype(str))
-    return MotionReference(spec, calibration, train_d, ids, stats)
+    return MotionReference(spec, calibration, train_d, ids, stats, precision=decode_precision(spec, ctx.device))
 
 
 def profiles_of(stages: Stages, name: str, encoder: Fitted[Encoder], latents: Stored[LatentSet], spec: MotionSpec,
                 ctx: RunContext) -> Stored[np.ndarray]:
     """Cached motion profiles `[N, P, 4]` of the decoded clips of a latent set."""
     artifact = stages.run(name, _profiles, encoder=encoder, latents=latents, gap=spec.frame_gap, size=spec.flow_size,
-                          ctx=ctx)
+                          precision=decode_precision(spec, ctx.device), ctx=ctx)
     return Stored(artifact.key, np.load(artifact.path / "profiles.npy"))
 
 
@@ -127,8 +128,20 @@ def motion_metrics(profiles: np.ndarray, motion: MotionReference, boot: Bootstra
     return metrics, table, scores
 
 
+def decode_precision(spec: MotionSpec, device: torch.device) -> str:
+    """The precision the motion clips are decoded in: `spec.decode_precision`, with auto resolved for this device
+    (so the stage key names the precision actually used)."""
+    if spec.decode_precision != "auto":
+        return spec.decode_precision
+    if device.type == "cuda":
+        native = torch.cuda.is_bf16_supported()
+    else:
+        native = device.type == "cpu" and getattr(torch.cpu, "_is_avx512_bf16_supported", lambda: False)()
+    return "bfloat16" if native else "float32"
+
+
 def _profiles(folder: Path, encoder: Fitted[Encoder], latents: Stored[LatentSet], gap: int, size: int,
-              ctx: RunContext) -> None:
+              precision: str, ctx: RunContext) -> None:
     model, clips, table = encoder.get(), latents.value.latents, latents.value.table
     unique, inverse = _distinct(clips)  # a collapsed or copying generator repeats clips: decode each once
     threads = torch.get_num_threads()
@@ -136,7 +149,9 @@ def _profiles(folder: Path, encoder: Fitted[Encoder], latents: Stored[LatentSet]
     for start in ctx.progress(range(0, len(unique), CHUNK_VIDEOS), desc="motion (decode + flow)"):
         chosen = unique[start:start + CHUNK_VIDEOS]
         chunk = LatentSet(np.asarray(clips[chosen, ::gap]), table.iloc[chosen].reset_index(drop=True))
-        parts.append(motion_profiles(np.asarray(model.decode(chunk, ctx).frames), size, threads))
+        with torch.autocast(ctx.device.type, dtype=torch.bfloat16, enabled=precision == "bfloat16"):
+            frames = model.decode(chunk, ctx).frames
+        parts.append(motion_profiles(np.asarray(frames), size, threads))
     profiles = np.concatenate(parts) if parts else np.zeros((0, len(range(0, clips.shape[1], gap)) - 1, 4))
     np.save(folder / "profiles.npy", profiles[inverse].astype(np.float32))
 
