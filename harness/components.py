@@ -140,6 +140,9 @@ class Generator(Component):
     #: True when samples are (variations of) real videos, e.g. a copying control: their frames never go into
     #: figures, which may be published.
     shows_real_frames: ClassVar[bool] = False
+    #: True for a control: a generator whose answer is known (it copies, holds out, collapses, makes noise), so its
+    #: row checks the metrics rather than competes; tables mark it.
+    control: ClassVar[bool] = False
     #: The real splits `fit` receives (those of them the dataset has); the test split is never among them, it is
     #: reserved for calibration and evaluation.
     splits: ClassVar[tuple[str, ...]] = ("train", "val")

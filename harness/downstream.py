@@ -23,10 +23,14 @@ from harness.metrics.intervals import Bootstrap
 
 #: The first synthetic strategy listed gives the table's EF columns.
 COLUMNS = [
-    Column("ef_r2", "EF R²", "↑", interval=True),
-    Column("ef_mae", "EF MAE", "↓", 2, interval=True),
-    Column("adherence_mae", "EF adherence MAE", "↓", 2, interval=True),
-    Column("adherence_corr", "EF adherence r", "↑", interval=True),
+    Column("ef_r2", "EF R²", "↑", interval=True, group="utility",
+           definition="the task trained on the row's samples (first strategy), tested on the real test split"),
+    Column("ef_mae", "EF MAE", "↓", 2, interval=True, group="utility",
+           definition="its mean absolute error in EF points on the real test split"),
+    Column("adherence_mae", "EF adherence MAE", "↓", 2, interval=True, group="utility",
+           definition="requested EF against the EF a regressor trained on real videos measures in the sample"),
+    Column("adherence_corr", "EF adherence r", "↑", interval=True, group="utility",
+           definition="correlation of requested and measured EF: does the generator follow its condition"),
 ]
 
 

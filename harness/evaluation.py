@@ -30,21 +30,40 @@ from harness.metrics.privacy import (
 )
 
 COLUMNS = [
-    Column("memorised_pct", "memorised %", "↓", 1, needs_reid=True, interval=True),
-    Column("content_memorised_pct", "content memorised %", "↓", 1, needs_reid=True, interval=True),
-    Column("tau", "τ", "", 3, needs_reid=True, interval=True),
-    Column("recall", "recall", "↑", needs_reid=True, interval=True),
-    Column("recall_after_filter", "recall after filter", "↑", needs_reid=True, interval=True),
-    Column("reference_recall", "real recall", "", 3, interval=True),
-    Column("irs_inf", "IRS∞", "↑", needs_reid=True, interval=True),
-    Column("consistency", "consistency", "↑"),
+    Column("memorised_pct", "memorised %", "↓", 1, needs_reid=True, interval=True, group="privacy",
+           definition="samples whose first frame re-identifies a training patient: best re-ID score against any "
+                      "training video (P_max) above τ (the seed paper's number)"),
+    Column("content_memorised_pct", "content memorised %", "↓", 1, needs_reid=True, interval=True, group="privacy",
+           definition="samples any of whose frames matches a frame of a training video above τ_content, set on the "
+                      "real test videos like τ (Chen et al. 2024)"),
+    Column("tau", "τ", "", 3, needs_reid=True, interval=True, group="privacy",
+           definition="the privacy threshold: a percentile of the real test videos' P_max, so a real held-out video "
+                      "is memorised at the complementary rate by construction"),
+    Column("recall", "recall", "↑", needs_reid=True, interval=True, group="coverage",
+           definition="distinct nearest training videos over min(training videos, samples): how much of the "
+                      "training set the samples cover"),
+    Column("recall_after_filter", "recall after filter", "↑", needs_reid=True, interval=True, group="coverage",
+           definition="recall counting only the samples below τ, i.e. after a re-ID privacy filter"),
+    Column("reference_recall", "real recall", "", 3, interval=True, group="coverage",
+           definition="the recall real test videos reach at the row's sample count: what a perfect generator "
+                      "would score"),
+    Column("irs_inf", "IRS∞", "↑", needs_reid=True, interval=True, group="coverage",
+           definition="occupancy estimate of recall with infinitely many samples"),
+    Column("consistency", "consistency", "↑", group="fidelity",
+           definition="mean correlation of a sample's frame-0 and frame-t re-ID features: does it stay one patient"),
     Column("consistency_gap_abs", "consistency gap to real", "↓",
-           read=lambda row: _abs(row.get("consistency_gap")), derived_from="consistency_gap"),
-    Column("fd", "Fréchet distance", "↓", interval=True),
-    Column("precision", "precision", "↑"),
-    Column("knn_recall", "k-NN recall", "↑"),
-    Column("density", "density", "↑"),
-    Column("coverage", "coverage", "↑"),
+           read=lambda row: _abs(row.get("consistency_gap")), derived_from="consistency_gap", group="fidelity",
+           definition="the consistency's distance to real test videos'"),
+    Column("fd", "Fréchet distance", "↓", interval=True, group="fidelity",
+           definition="Fréchet distance between the samples' and the training videos' re-ID features"),
+    Column("precision", "precision", "↑", group="fidelity",
+           definition="samples inside the k-NN balls of the training features (realism; prdc definitions)"),
+    Column("knn_recall", "k-NN recall", "↑", group="fidelity",
+           definition="training features inside the k-NN balls of the samples (diversity; prdc)"),
+    Column("density", "density", "↑", group="fidelity",
+           definition="how many training k-NN balls a sample falls in, over k (prdc)"),
+    Column("coverage", "coverage", "↑", group="fidelity",
+           definition="training features whose k-NN ball holds a sample (prdc)"),
 ]
 
 

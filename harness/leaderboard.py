@@ -26,10 +26,21 @@ from harness.provenance import PROVENANCE, provenance, row_provenance
 from harness.results import ResultRow
 
 #: The row's identity and bookkeeping; the metric columns are declared next to the code that computes them.
-HEAD = [Column("generator", "generator"), Column("plugin", "plugin"), Column("n_samples", "samples")]
-TAIL = [Column("generator_hash", "config hash"),
-        Column("error", "error", read=lambda row: row.get("error") or row.get("motion_error"))]
+GENERATOR = Column("generator", "generator")
+HEAD = [GENERATOR, Column("control", "control"),
+        Column("plugin", "plugin", group="cost", definition="the generator plugin that made the row"),
+        Column("n_samples", "samples", group="cost", definition="videos the row asked for")]
+TAIL = [Column("generator_hash", "config hash", group="cost",
+               definition="hash of the generator's configuration: rows with one hash are the same generator"),
+        Column("error", "error", read=lambda row: row.get("error") or row.get("motion_error"), group="cost",
+               definition="why a number of the row is missing or partial")]
 BUILTIN = [*evaluation.COLUMNS, *motion.COLUMNS, *downstream.COLUMNS, *reconstruction.COLUMNS, *COST_COLUMNS]
+#: The generator as Markdown shows it, a control marked.
+MARKED = Column("generator", "generator",
+                read=lambda row: f"{row['generator']} (control)" if row.get("control") is True else row["generator"])
+#: The leaderboard's tables, in order: (group, title); every table repeats the generator column.
+GROUPS = [("privacy", "Privacy"), ("coverage", "Coverage"), ("fidelity", "Fidelity"), ("utility", "Utility"),
+          ("plugin", "Plugin metrics"), ("cost", "Cost and record")]
 
 
 def columns(results: list[dict[str, Any]]) -> list[Column]:
@@ -38,8 +49,25 @@ def columns(results: list[dict[str, Any]]) -> list[Column]:
     for result in results:
         for m in result.get("metrics", []):
             declared[m["key"]] = Column(m["key"], m["label"], m["direction"], m["digits"], needs_reid=True,
-                                        read=lambda r, key=m["key"]: _extra(r, key), derived_from="extra_metrics")
+                                        read=lambda r, key=m["key"]: _extra(r, key), derived_from="extra_metrics",
+                                        group="plugin", definition=m.get("definition", ""))
     return [*HEAD, *BUILTIN, *declared.values(), *TAIL]
+
+
+def grouped(every: list[Column], frame: pd.DataFrame) -> list[tuple[str, str, list[Column]]]:
+    """The tables of the leaderboard: each group's columns that some row has a value for (a GPU column on a CPU
+    run, a content column without a re-ID model, … are left out), ranked columns (↑/↓) before reference values."""
+    tables = []
+    for group, title in GROUPS:
+        shown = [c for c in every if c.group == group and c.source in frame.columns
+                 and any(_filled(c.value(r)) for r in frame.to_dict("records"))]
+        if shown:
+            tables.append((group, title, sorted(shown, key=lambda c: not c.direction)))
+    return tables
+
+
+def _filled(value: Any) -> bool:
+    return value is not None and value == value and value != ""
 
 
 def _extra(row: dict[str, Any], key: str) -> Any:
@@ -152,16 +180,68 @@ def interval_note(reid: dict[str, Any], downstream: dict[str, Any] | None) -> st
         text += " All resample videos, not the training of the models (see the record below)."
     if downstream:
         text += f" EF R² and MAE: {downstream['real_full']['interval']} of the real test split."
+    return text + "\n\n"
+
+
+def privacy_note(results: list[dict[str, Any]]) -> str:
+    """How τ, τ_content and τ_motion were set in this run, said under the privacy table."""
+    reid = results[0].get("reid")
+    if not reid:
+        return motion_note(results[0].get("motion"))
+    text = (f"Privacy: head `{reid['head']}`, τ = {reid['percentile']:g}th percentile ({reid['calibration']}); real "
+            f"test videos above τ: {reid['test_memorised_pct']:.1f} %.\n\n")
     content = reid.get("content")
     if content:
         stride = content["frame_stride"]
         frames = "every frame" if stride == 1 else f"frames 0, {stride}, {2 * stride}, …"
-        text += ("\n\nMemorised % asks whether a sample's first frame re-identifies a training patient (the seed "
-                 f"paper's number). Content memorised % asks it of any frame: {frames} of a sample, each embedded on "
-                 "its own, against the same frames of every training video, above τ_content = the "
-                 f"{content['percentile']:g}th percentile of the real test videos' best frame score "
-                 f"({content['tau']:.3f}, first model).")
-    return text + "\n\n"
+        text += (f"Content memorised % compares {frames} of a sample, each embedded on its own, with the same frames "
+                 f"of every training video; τ_content = the {content['percentile']:g}th percentile of the real test "
+                 f"videos' best frame score ({content['tau']:.3f}, first model).\n\n")
+    text += motion_note(results[0].get("motion"))
+    if not all(r["reid"].get("reliable", True) for r in results if r.get("reid")):
+        text += ("**The re-ID model did not learn (validation AUC below the spec's minimum): privacy columns are "
+                 "unreliable.**\n\n")
+    return text
+
+
+def utility_note(downstream: dict[str, Any] | None) -> str:
+    """What the EF columns were trained and tested on, said under the utility table."""
+    if not downstream:
+        return ""
+    text = ""
+    first = next((s for s in downstream["strategies"] if s != "real-learned-subset"), None)
+    if first:
+        text = (f"EF R², EF MAE: `{downstream['task']}` trained on each row's `{first}` samples, tested on the real "
+                "test split. ")
+    return text + ("EF adherence: requested EF vs the EF a regressor trained on real data measures in the sample; "
+                   "every strategy is in the utility table below.\n\n")
+
+
+def definitions(shown: list[Column]) -> str:
+    """Each column's meaning, once, under its table."""
+    return "".join(f"- **{c.header}**: {c.definition}\n" for c in shown if c.definition) + "\n"
+
+
+def markdown(results: list[dict[str, Any]], frame: pd.DataFrame, every: list[Column], hashes: list[str],
+             base: Path) -> str:
+    """Narrow tables sharing the generator column (privacy, coverage, fidelity, utility, cost), each with its
+    definitions and notes, then the re-ID model, utility per strategy, figures and the record."""
+    bench = results[0]["benchmark"]
+    text = (f"## {bench['title']}\n\nbenchmark `{', '.join(hashes)}` · seed {bench['seed']} · dataset "
+            f"`{bench['dataset']}` · encoder `{bench['encoder']}`\n\n")
+    if frame.get("control", pd.Series(dtype=bool)).fillna(False).astype(bool).any():
+        text += ("Rows marked *(control)* come from control generators whose answer is known (they copy, hold out, "
+                 "collapse or make noise): they check the metrics, they do not compete.\n\n")
+    notes = {"privacy": privacy_note(results), "utility": utility_note(results[0].get("downstream"))}
+    for group, title, shown in grouped(every, frame):
+        cells = table(frame, [MARKED, *shown], mixed=len(hashes) > 1, inline_intervals=True)
+        text += (f"### {title}\n\n" + tabulate(cells, headers="keys", tablefmt="github", showindex=False) + "\n\n"
+                 + definitions(shown) + notes.get(group, ""))
+    reid = results[0].get("reid")
+    if reid:
+        text += interval_note(reid, results[0].get("downstream"))
+    return (text + reid_tables(results) + utility_tables(results) + figure_links(results, base)
+            + provenance(results))
 
 
 def motion_note(motion: dict[str, Any] | None) -> str:
@@ -345,39 +425,17 @@ def render(results: list[dict[str, Any]], fmt: str, allow_mixed: bool = False, b
         return render_study(results[0], fmt)
     frame, hashes = collect_rows(results, allow_mixed)
     every = columns(results)
-    bench = results[0]["benchmark"]
     if fmt == "md":
-        shown = table(frame, every, mixed=len(hashes) > 1, inline_intervals=True)
-        title = f"## {bench['title']}\n\nbenchmark `{', '.join(hashes)}` · seed {bench['seed']} · " \
-                f"dataset `{bench['dataset']}` · encoder `{bench['encoder']}`\n\n"
-        note = ""
-        reid = results[0].get("reid")
-        if reid:
-            note = (f"privacy: head `{reid['head']}`, τ = {reid['percentile']:g}th percentile "
-                    f"({reid['calibration']}); real test videos above τ: {reid['test_memorised_pct']:.1f} %\n\n")
-            note += interval_note(reid, results[0].get("downstream"))
-            note += motion_note(results[0].get("motion"))
-            if not all(r["reid"].get("reliable", True) for r in results if r.get("reid")):
-                note += "**The re-ID model did not learn (validation AUC below the spec's minimum): privacy " \
-                        "columns are unreliable.**\n\n"
-        downstream = results[0].get("downstream")
-        if downstream:
-            first = next((s for s in downstream["strategies"] if s != "real-learned-subset"), None)
-            if first:
-                note += f"EF R², EF MAE: `{downstream['task']}` trained on each row's `{first}` samples, tested on " \
-                        "the real test split. "
-            note += "EF adherence: requested EF vs the EF a regressor trained on real data measures in the sample.\n\n"
-        return (title + note + tabulate(shown, headers="keys", tablefmt="github", showindex=False) + "\n"
-                + reid_tables(results) + utility_tables(results) + figure_links(results, base or Path.cwd())
-                + provenance(results))
+        return markdown(results, frame, every, hashes, base or Path.cwd())
     if fmt == "csv":
         return table(frame, [*every, *PROVENANCE], mixed=len(hashes) > 1, inline_intervals=False).to_csv(index=False)
     if fmt == "json":
         runs = [{"run": f"{r['benchmark']['name']}-{r['benchmark']['spec_hash'][:8]}",
                  "benchmark_hash": r["benchmark"]["benchmark_hash"], "environment": r.get("environment")}
                 for r in results]
-        payload = {"benchmark_hashes": hashes, "title": bench["title"],
-                   "columns": [{"key": c.key, "header": c.header, "direction": c.direction,
+        payload = {"benchmark_hashes": hashes, "title": results[0]["benchmark"]["title"],
+                   "columns": [{"key": c.key, "header": c.header, "direction": c.direction, "group": c.group,
+                                "definition": c.definition,
                                 **({"interval": [f"{c.key}_low", f"{c.key}_high"]} if c.interval else {})}
                                for c in every],
                    "rows": json.loads(frame.to_json(orient="records")), "runs": runs}

@@ -31,6 +31,10 @@ class ResultRow(BaseModel):
     generator_report: dict[str, Any] | None = None  # what the generator counted, e.g. skipped unreadable files
     n_returned: int | None = None
     sample_seconds_per_video: float | None = None
+    fit_seconds: float | None = None  # the generator's fit stage, when it was built
+    peak_rss_mb: float | None = None  # peak process memory while the generator trained and sampled
+    cuda_peak_mb: float | None = None
+    control: bool = False  # a control generator with known ground truth (`Generator.control`)
     error: str | None
     # privacy, coverage, consistency, fidelity (harness.evaluation)
     tau: float | None = None

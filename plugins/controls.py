@@ -33,6 +33,8 @@ log = logging.getLogger("harness")
 class _FromRealVideos(Generator):
     """Returns (noisy) real videos from a pool chosen in `fit`; subclasses choose the pool."""
 
+    control = True
+
     #: Start each returned clip at a random frame of its source (cyclically), so repeats are not identical.
     shift_frames = False
     shows_real_frames = True
@@ -124,6 +126,8 @@ class Collapse(_FromRealVideos):
 class Noise(Generator):
     """Gaussian latents, optionally with the per-channel mean and std of the training latents."""
 
+    control = True
+
     class Config(ComponentConfig):
         match_moments: bool = True
 
@@ -146,6 +150,8 @@ class PhantomFresh(Generator):
     """New phantom patients from the dataset's own generative process, with the requested EFs: the ideal
     conditional generator."""
 
+    control = True
+
     version = "2"  # 2: honours the requested EF
 
     def fit(self, data, ctx):
@@ -165,6 +171,8 @@ class PhantomFresh(Generator):
 class _Recombined(Generator):
     """Each sample keeps one part (motion or content) of a training video drawn by its seed, and takes the rest
     from a new patient; the source is the sample's provenance."""
+
+    control = True
 
     keep: ClassVar[str]
 

@@ -15,9 +15,9 @@ from tests.conftest import run_cli
 def test_markdown_csv_json(tiny_run, tmp_path):
     results = tiny_run["results"]
     md = render([results], "md")
-    assert "recon PSNR dB ↑" in md and "s/video ↓" in md and "| copy" in md
+    assert "recon PSNR dB ↑" in md and "s/video ↓" in md and "| copy (control)" in md
     csv = render([results], "csv").splitlines()
-    assert csv[0].startswith("generator,plugin,samples") and len(csv) == 6
+    assert csv[0].startswith("generator,control,plugin,samples") and len(csv) == 6
     payload = json.loads(render([results], "json"))
     assert payload["benchmark_hashes"] == [results["benchmark"]["benchmark_hash"]]
     assert {c["direction"] for c in payload["columns"]} == {"", "↑", "↓"}
@@ -27,13 +27,38 @@ def test_markdown_csv_json(tiny_run, tmp_path):
     links = re.findall(r"\]\(([^)]+\.png)\)", written)
     assert len(links) == 8 and all((tmp_path / link).is_file() for link in links)  # relative to the table
     # every headline number with its interval, the method said once, and the record of how it was made
-    assert re.search(r"\| copy +\| copy +\| +30 \| [\d.]+ \[[\d.]+, [\d.]+\]", md)
+    assert re.search(r"\| copy \(control\) +\| [\d.]+ \[[\d.]+, [\d.]+\]", md)
     assert md.count("Intervals `[lo, hi]`") == 1 and "How these numbers were made" in md
     assert results["environment"]["git_revision"] is None or results["environment"]["git_revision"][:12] in md
     header = csv[0].split(",")
     assert {"memorised % ↓ low", "memorised % ↓ high", "recall ↑ low", "EF R² ↑ high", "device"} <= set(header)
     assert payload["runs"][0]["environment"] == results["environment"]
     assert next(c for c in payload["columns"] if c["key"] == "fd")["interval"] == ["fd_low", "fd_high"]
+
+
+def test_markdown_is_narrow_tables_sharing_the_generator_column(tiny_run):
+    """Privacy, coverage, fidelity, utility and cost tables, each of at most 9 columns, with the generator first,
+    every row in every table, and each column's definition once under its table."""
+    results = tiny_run["results"]
+    md = render([results], "md")
+    titles = re.findall(r"^### (.+)$", md, flags=re.M)
+    assert titles[:5] == ["Privacy", "Coverage", "Fidelity", "Utility", "Cost and record"]
+    generators = [r["generator"] for r in results["rows"]]
+    for title in titles[:5]:
+        section = md.split(f"### {title}\n\n")[1].split("\n### ")[0]
+        lines = [line for line in section.splitlines() if line.startswith("|")]
+        header = [cell.strip() for cell in lines[0].strip("|").split("|")]
+        assert header[0] == "generator" and len(header) <= 9, (title, header)
+        names = [line.strip("|").split("|")[0].strip().removesuffix(" (control)") for line in lines[2:]]
+        assert names == generators
+        for cell in header[1:]:  # its definition, said once, under this table
+            assert section.count(f"- **{cell}**: ") == 1 and md.count(f"- **{cell}**: ") == 1, cell
+    privacy = md.split("### Privacy\n\n")[1].split("\n### ")[0]
+    assert "content memorised % ↓" in privacy and "motion memorised % ↓" in privacy and "τ" in privacy
+    assert "training s ↓" in md.split("### Cost and record")[1]
+    controls = {r["generator"] for r in results["rows"] if r["control"]}
+    assert controls and "copy" in controls and all(f"| {g} (control)" in privacy for g in controls)
+    assert all(f"| {g} (control)" not in md for g in set(generators) - controls)
 
 
 def test_rows_from_different_devices_or_versions_are_flagged(tiny_run, tmp_path):

@@ -1,4 +1,5 @@
-"""A metric's declaration: its key in a results row, its label, its direction and its digits.
+"""A metric's declaration: its key in a results row, its label, its direction, its digits, the table it belongs to
+and what it means.
 
 Each module that computes metrics declares its columns next to the code (a `COLUMNS` list); the leaderboard loops
 over the declarations, and a plugin's `RowMetric` becomes a column through the same type.
@@ -24,6 +25,10 @@ class Column:
     derived_from: str | None = None
     #: The row also holds `<key>_low` and `<key>_high`, the value's interval.
     interval: bool = False
+    #: The leaderboard table it is shown in (`harness.leaderboard.GROUPS`; "" for the row's name, shown in all).
+    group: str = ""
+    #: One sentence under its table (and the tooltip of its header on the page).
+    definition: str = ""
 
     @property
     def header(self) -> str:

@@ -27,7 +27,9 @@ from harness.pipeline.encoding import Encoded
 from harness.pipeline.stages import Fitted, Stages, Stored
 from harness.spec import MotionSpec
 
-COLUMNS = [Column("motion_memorised_pct", "motion memorised %", "↓", 1, interval=True)]
+COLUMNS = [Column("motion_memorised_pct", "motion memorised %", "↓", 1, interval=True, group="privacy",
+                  definition="samples that move like a training video, whatever they look like (optical-flow "
+                             "motion profile) above τ_motion, set on the real test videos like τ (Chen et al. 2024)")]
 #: videos decoded at a time: bounds the memory of a large split's decoded frames
 CHUNK_VIDEOS = 256
 

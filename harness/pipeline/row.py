@@ -34,7 +34,17 @@ from harness.pipeline.task import RealTask, Selection, measure, train_and_test
 from harness.spec import ConditionSpec
 
 log = logging.getLogger("harness")
-COLUMNS = [Column("sample_seconds_per_video", "s/video", "↓", 4)]
+COLUMNS = [
+    Column("sample_seconds_per_video", "s/video", "↓", 4, group="cost",
+           definition="wall seconds per sampled video on the run's device"),
+    Column("fit_seconds", "training s", "↓", 1, group="cost",
+           definition="wall seconds the generator's fit took (training, or indexing for a control), when it was "
+                      "built"),
+    Column("peak_rss_mb", "peak memory MB", "↓", 0, group="cost",
+           definition="the process's peak resident memory while the generator trained and sampled"),
+    Column("cuda_peak_mb", "peak GPU MB", "↓", 0, group="cost",
+           definition="peak GPU memory allocated while the generator trained and sampled"),
+]
 
 
 @dataclass(frozen=True)
@@ -59,6 +69,14 @@ class RowResult:
     motion_scores: np.ndarray | None = None  # every sample's best motion score (NaN: a frozen sample)
 
 
+def _cost(fit: dict[str, Any], sampling: dict[str, Any]) -> dict[str, Any]:
+    """What the generator's fit and sampling stages recorded (when they were built) that the cost table shows."""
+    cost = {"fit_seconds": fit.get("seconds"),
+            "peak_rss_mb": max((m["peak_rss_mb"] for m in (fit, sampling) if m.get("peak_rss_mb")), default=None),
+            "cuda_peak_mb": max((m["cuda_peak_mb"] for m in (fit, sampling) if m.get("cuda_peak_mb")), default=None)}
+    return {k: v for k, v in cost.items() if v is not None}
+
+
 def conditions(n: int, train: LatentSet, spec: ConditionSpec, ctx: RunContext) -> list[Condition]:
     """The requested videos, identical for every generator of a benchmark (same seeds, same EFs)."""
     rng = ctx.rng("conditions", spec.ef)
@@ -79,7 +97,7 @@ def run_row(stages: Stages, request: RowRequest, encoded: Encoded, reid: ReidMod
     pixels = request.generator.factory.output == "pixels"
     expected = {"clip": ctx.clip} if pixels else {"clip_shape": list(latents["train"].value.clip_shape)}
     base = {"generator": request.name, "plugin": request.generator.name, "generator_hash": request.generator_hash,
-            "n_samples": len(request.conditions)}
+            "control": request.generator.factory.control, "n_samples": len(request.conditions)}
     artifacts = {"generator-fit": generator.key}
     try:
         asked = generator.component.existing_samples(ctx) or request.conditions
@@ -103,7 +121,8 @@ def run_row(stages: Stages, request: RowRequest, encoded: Encoded, reid: ReidMod
     if report:
         base["generator_report"] = report
     row = {**base, "artifacts": artifacts, "n_returned": len(samples.value),
-           "sample_seconds_per_video": round(produced.meta["sample_seconds_per_video"], 5), "error": None}
+           "sample_seconds_per_video": round(produced.meta["sample_seconds_per_video"], 5),
+           **_cost(generator.meta, produced.meta), "error": None}
     table, per_sample, out = samples.value.provenance, None, {}
     try:
         # 2. privacy, recall, consistency and fidelity against the real reference
