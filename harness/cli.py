@@ -42,7 +42,8 @@ def _parser(registry: Registry) -> argparse.ArgumentParser:
 
     board = sub.add_parser("leaderboard", help="render the table of one benchmark's runs")
     board.add_argument("runs", type=Path, nargs="+")
-    board.add_argument("--format", choices=["md", "csv", "json"], default="md")
+    board.add_argument("--format", choices=["md", "csv", "json", "html"], default="md",
+                       help="html: one static page that opens from disk (inline style, script and figures)")
     board.add_argument("--out", type=Path, default=None, help="folder to write leaderboard.<format> into")
     board.add_argument("--allow-mixed", action="store_true", help="show runs of different benchmarks together")
     board.add_argument("--allow-unchecked", action="store_true",

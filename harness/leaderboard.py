@@ -262,8 +262,8 @@ def motion_note(motion: dict[str, Any] | None) -> str:
             "interval resamples like memorised %.\n\n")
 
 
-def utility_tables(results: list[dict[str, Any]]) -> str:
-    """Paper Table 5: the task trained on each training set, tested on the real test split."""
+def utility_frame(results: list[dict[str, Any]]) -> tuple[str, pd.DataFrame] | None:
+    """Paper Table 5: the task trained on each training set, tested on the real test split; with how it was done."""
     lines, seen, note = [], set(), ""
     for result in results:
         downstream = result.get("downstream")
@@ -279,10 +279,16 @@ def utility_tables(results: list[dict[str, Any]]) -> str:
         utility = row.get("utility")
         for strategy, value in (utility.items() if isinstance(utility, dict) else ()):  # error rows have none
             lines.append(_utility_line(row["generator"], strategy, value))
-    if not lines:
+    return (note, pd.DataFrame(lines)) if lines else None
+
+
+def utility_tables(results: list[dict[str, Any]]) -> str:
+    utility = utility_frame(results)
+    if utility is None:
         return ""
+    note, lines = utility
     return ("\n### Downstream utility (train on the set, test on real)\n\n" + note + "\n\n"
-            + tabulate(pd.DataFrame(lines), headers="keys", tablefmt="github", showindex=False) + "\n")
+            + tabulate(lines, headers="keys", tablefmt="github", showindex=False) + "\n")
 
 
 def _utility_line(generator: str, training_set: str, value: dict[str, Any]) -> dict[str, Any]:
@@ -294,7 +300,7 @@ def _utility_line(generator: str, training_set: str, value: dict[str, Any]) -> d
             "error": value.get("error") or ""}
 
 
-def reid_tables(results: list[dict[str, Any]]) -> str:
+def reid_frames(results: list[dict[str, Any]]) -> tuple[pd.DataFrame, pd.DataFrame] | None:
     """The re-ID model's quality (paper Table 1) and AUC per head (Table 3), one line per distinct model."""
     quality, heads, seen = [], [], set()
     for result in results:
@@ -313,12 +319,18 @@ def reid_tables(results: list[dict[str, Any]]) -> str:
                         "reliable": "yes" if reid.get("reliable", True) else "NO (val AUC too low)"})
         heads.append({"model": name, **{f"AUC {h} ↑": _interval(v["auc"], v["auc_low"], v["auc_high"])
                                          for h, v in test["heads"].items()}})
-    if not quality:
+    return (pd.DataFrame(quality), pd.DataFrame(heads)) if quality else None
+
+
+def reid_tables(results: list[dict[str, Any]]) -> str:
+    frames = reid_frames(results)
+    if frames is None:
         return ""
+    quality, heads = frames
     return ("\n### Re-identification model (test pairs, threshold 0.5)\n\n"
-            + tabulate(pd.DataFrame(quality), headers="keys", tablefmt="github", showindex=False)
-            + "\n\n### AUC per head\n\n"
-            + tabulate(pd.DataFrame(heads), headers="keys", tablefmt="github", showindex=False) + "\n")
+            + tabulate(quality, headers="keys", tablefmt="github", showindex=False)
+            + "\n\n### AUC per head\n\n" + tabulate(heads, headers="keys", tablefmt="github", showindex=False)
+            + "\n")
 
 
 def study_tables(result: dict[str, Any]) -> str:
@@ -367,7 +379,7 @@ def render_study(result: dict[str, Any], fmt: str) -> str:
         payload = {"benchmark_hash": result["benchmark"]["benchmark_hash"], "title": result["benchmark"]["title"],
                    "variants": variants, "tests": flat}
         return json.dumps(payload, indent=2, ensure_ascii=False) + "\n"
-    raise UserError(f"unknown leaderboard format '{fmt}'; use md, csv or json.")
+    raise UserError(f"a re-ID study is rendered as md, csv or json, not {fmt}.")
 
 
 def epoch_time_ratios(variants: list[dict[str, Any]]) -> str:
@@ -427,6 +439,10 @@ def render(results: list[dict[str, Any]], fmt: str, allow_mixed: bool = False, b
     every = columns(results)
     if fmt == "md":
         return markdown(results, frame, every, hashes, base or Path.cwd())
+    if fmt == "html":
+        from harness.leaderboard_html import page  # it builds on this module's tables and notes
+
+        return page(results, frame, every, hashes)
     if fmt == "csv":
         return table(frame, [*every, *PROVENANCE], mixed=len(hashes) > 1, inline_intervals=False).to_csv(index=False)
     if fmt == "json":
@@ -440,4 +456,4 @@ def render(results: list[dict[str, Any]], fmt: str, allow_mixed: bool = False, b
                                for c in every],
                    "rows": json.loads(frame.to_json(orient="records")), "runs": runs}
         return json.dumps(payload, indent=2, ensure_ascii=False) + "\n"
-    raise UserError(f"unknown leaderboard format '{fmt}'; use md, csv or json.")
+    raise UserError(f"unknown leaderboard format '{fmt}'; use md, csv, json or html.")

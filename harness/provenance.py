@@ -38,8 +38,16 @@ def mixed_environments(results: list[dict[str, Any]]) -> str | None:
             "differently, which most intervals do not cover, so rank rows from one environment.")
 
 
-def provenance(results: list[dict[str, Any]]) -> str:
-    """How each run's numbers were made: harness version and revision, device, torch build, packages, seed."""
+#: What reproduces exactly and what only within intervals, said under every record.
+REPRODUCIBILITY = ("The same record (revision, packages, device and thread count) and seed reproduce these numbers bit "
+                   "for bit. Another machine, GPU or thread count trains every model slightly differently; only the "
+                   "numbers averaged over several re-ID models (`privacy.reid_seeds`) have intervals that include "
+                   "such variation: `harness compare` shows where another environment's run lands.")
+
+
+def records(results: list[dict[str, Any]]) -> tuple[list[dict[str, Any]], list[str]]:
+    """One line per run (harness version and revision, device, torch build, python, seed) and the distinct
+    package sets."""
     lines, packages = [], set()
     for result in results:
         record = result.get("environment")
@@ -52,12 +60,14 @@ def provenance(results: list[dict[str, Any]]) -> str:
                       "torch": f"{torch_build['version']} ({torch_build['cpu_capability']})",
                       "python": record["python"], "seed": record["seed"]})
         packages.add(", ".join(f"{k} {v}" for k, v in record["packages"].items()))
+    return lines, sorted(packages)
+
+
+def provenance(results: list[dict[str, Any]]) -> str:
+    """How each run's numbers were made, as Markdown."""
+    lines, packages = records(results)
     if not lines:
         return ""
     return ("\n### How these numbers were made\n\n"
             + tabulate(pd.DataFrame(lines), headers="keys", tablefmt="github", showindex=False) + "\n\n"
-            + "".join(f"Packages: {p}.\n" for p in sorted(packages))
-            + "\nThe same record (revision, packages, device and thread count) and seed reproduce these numbers bit "
-            "for bit. Another machine, GPU or thread count trains every model slightly differently; only the "
-            "numbers averaged over several re-ID models (`privacy.reid_seeds`) have intervals that include such "
-            "variation: `harness compare` shows where another environment's run lands.\n")
+            + "".join(f"Packages: {p}.\n" for p in packages) + "\n" + REPRODUCIBILITY + "\n")
