@@ -60,13 +60,14 @@ def grouped(every: list[Column], frame: pd.DataFrame) -> list[tuple[str, str, li
     tables = []
     for group, title in GROUPS:
         shown = [c for c in every if c.group == group and c.source in frame.columns
-                 and any(_filled(c.value(r)) for r in frame.to_dict("records"))]
+                 and any(filled(c.value(r)) for r in frame.to_dict("records"))]
         if shown:
             tables.append((group, title, sorted(shown, key=lambda c: not c.direction)))
     return tables
 
 
-def _filled(value: Any) -> bool:
+def filled(value: Any) -> bool:
+    """A cell with something in it: not None, NaN (a key some other row has) or empty."""
     return value is not None and value == value and value != ""
 
 
@@ -229,7 +230,7 @@ def markdown(results: list[dict[str, Any]], frame: pd.DataFrame, every: list[Col
     bench = results[0]["benchmark"]
     text = (f"## {bench['title']}\n\nbenchmark `{', '.join(hashes)}` · seed {bench['seed']} · dataset "
             f"`{bench['dataset']}` · encoder `{bench['encoder']}`\n\n")
-    if frame.get("control", pd.Series(dtype=bool)).fillna(False).astype(bool).any():
+    if any(row.get("control") is True for row in frame.to_dict("records")):
         text += ("Rows marked *(control)* come from control generators whose answer is known (they copy, hold out, "
                  "collapse or make noise): they check the metrics, they do not compete.\n\n")
     notes = {"privacy": privacy_note(results), "utility": utility_note(results[0].get("downstream"))}

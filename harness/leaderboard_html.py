@@ -40,7 +40,7 @@ def page(results: list[dict[str, Any]], frame: pd.DataFrame, every: list[Column]
     reid = results[0].get("reid")
     if reid:
         parts.append(_prose(leaderboard.interval_note(reid, results[0].get("downstream"))))
-    parts += [_reid(results), _details(results, rows, anchors), _figures(results), _record(results)]
+    parts += [_reid(results), _details(results, rows, anchors, every), _figures(results), _record(results)]
     body = "\n".join(part for part in parts if part)
     return TEMPLATE.format(title=_esc(bench["title"]), style=STYLE, script=SCRIPT, body=body)
 
@@ -125,7 +125,7 @@ def _number(value: Any) -> bool:
 
 def _cell(c: Column, row: dict[str, Any], unreliable: bool) -> str:
     value = c.value(row)
-    if value is None or (isinstance(value, float) and value != value):
+    if not leaderboard.filled(value):
         return '<td data-value=""></td>'
     flag = ' <span class="flag">unreliable</span>' if unreliable else ""
     if not _number(value):
@@ -156,24 +156,26 @@ def _reid(results: list[dict[str, Any]]) -> str:
             + _frame_table(quality) + "<h3>AUC per head</h3>" + _frame_table(heads) + "</section>")
 
 
-def _details(results: list[dict[str, Any]], rows: list[dict[str, Any]], anchors: list[str]) -> str:
+def _details(results: list[dict[str, Any]], rows: list[dict[str, Any]], anchors: list[str], every: list[Column]
+             ) -> str:
     """Per row: errors, what the generator reported, the numbers per re-ID model, downstream utility per
     strategy and where the row was made."""
     utility = leaderboard.utility_frame(results)
+    labels = {c.key: c.label for c in every}
     items = []
     for row, anchor in zip(rows, anchors, strict=True):
-        parts = []
-        for key in ("error", "motion_error"):
-            if row.get(key):
-                parts.append(f'<p class="error">{_esc(row[key])}</p>')
+        parts = [f'<p class="error">{_esc(row[key])}</p>' for key in ("error", "motion_error")
+                 if leaderboard.filled(row.get(key))]
+        returned = row.get("n_returned")
         facts = {"plugin": row.get("plugin"), "config hash": row.get("generator_hash"),
-                 "samples": f"{row.get('n_returned', '')} of {row.get('n_samples')}",
+                 "samples": f"{int(returned)} of {row['n_samples']}" if leaderboard.filled(returned)
+                 else f"none of {row['n_samples']}",
                  "made with": f"harness {row.get('harness_version')}, revision {str(row.get('git_revision'))[:12]}, "
                               f"{row.get('device')}, seed {row.get('seed')}"}
         if isinstance(row.get("generator_report"), dict):
             facts["generator report"] = ", ".join(f"{k}: {v}" for k, v in row["generator_report"].items())
         if isinstance(row.get("per_model"), dict):
-            facts.update({f"{k} per re-ID model": ", ".join(f"{v:.3g}" for v in values)
+            facts.update({f"{labels.get(k, k)} per re-ID model": ", ".join(f"{v:.3g}" for v in values)
                           for k, values in row["per_model"].items()})
         parts.append("<dl>" + "".join(f"<dt>{_esc(k)}</dt><dd>{_esc(v)}</dd>" for k, v in facts.items()) + "</dl>")
         if utility is not None:

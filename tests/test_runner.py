@@ -14,7 +14,7 @@ from harness.cache import ArtifactCache
 from harness.data import LatentSet, SampleSet
 from tests.conftest import ROOT, TINY, run_cli, tiny_spec
 
-TIMING_KEYS = {"sample_seconds_per_video"}
+TIMING_KEYS = {"sample_seconds_per_video", "fit_seconds", "peak_rss_mb", "cuda_peak_mb"}
 
 
 def comparable(results: dict) -> dict:
