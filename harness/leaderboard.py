@@ -38,6 +38,9 @@ BUILTIN = [*evaluation.COLUMNS, *motion.COLUMNS, *downstream.COLUMNS, *reconstru
 #: The generator as Markdown shows it, a control marked.
 MARKED = Column("generator", "generator",
                 read=lambda row: f"{row['generator']} (control)" if row.get("control") is True else row["generator"])
+#: What a row marked as a control is.
+CONTROLS = ("come from control generators whose answer is known (they copy, hold out, collapse or make noise): they "
+            "check the metrics, they do not compete.")
 #: The leaderboard's tables, in order: (group, title); every table repeats the generator column.
 GROUPS = [("privacy", "Privacy"), ("coverage", "Coverage"), ("fidelity", "Fidelity"), ("utility", "Utility"),
           ("plugin", "Plugin metrics"), ("cost", "Cost and record")]
@@ -231,8 +234,7 @@ def markdown(results: list[dict[str, Any]], frame: pd.DataFrame, every: list[Col
     text = (f"## {bench['title']}\n\nbenchmark `{', '.join(hashes)}` · seed {bench['seed']} · dataset "
             f"`{bench['dataset']}` · encoder `{bench['encoder']}`\n\n")
     if any(row.get("control") is True for row in frame.to_dict("records")):
-        text += ("Rows marked *(control)* come from control generators whose answer is known (they copy, hold out, "
-                 "collapse or make noise): they check the metrics, they do not compete.\n\n")
+        text += f"Rows marked *(control)* {CONTROLS}\n\n"
     notes = {"privacy": privacy_note(results), "utility": utility_note(results[0].get("downstream"))}
     for group, title, shown in grouped(every, frame):
         cells = table(frame, [MARKED, *shown], mixed=len(hashes) > 1, inline_intervals=True)
@@ -255,12 +257,11 @@ def motion_note(motion: dict[str, Any] | None) -> str:
     return ("Motion memorised % asks whether a sample moves like a training video, whatever it looks like: optical "
             f"flow (Farnebäck) between frames i and i + {gap} of the decoded clips gives, per step, the image's mean "
             "displacement, mean flow magnitude and mean grey-level change; each part is centred over time and "
-            "scaled to unit norm, and a sample's motion score is its best cosine with a training video's. Motion that "
-            "many real videos share "
-            f"does not count: τ_motion = the {motion['percentile']:g}th percentile of the real test videos' best "
-            f"motion score ({motion['tau']:.3f}), so a real held-out video is motion-memorised "
-            f"{100 - motion['percentile']:g} % of the time; the "
-            "interval resamples like memorised %.\n\n")
+            "scaled to unit norm, and a sample's motion score is its best cosine with a training video's. Motion "
+            f"that many real videos share does not count: τ_motion = the {motion['percentile']:g}th percentile of "
+            f"the real test videos' best motion score ({motion['tau']:.3f}), so a real held-out video is "
+            f"motion-memorised {100 - motion['percentile']:g} % of the time; the interval resamples like "
+            "memorised %.\n\n")
 
 
 def utility_frame(results: list[dict[str, Any]]) -> tuple[str, pd.DataFrame] | None:

@@ -31,8 +31,7 @@ def page(results: list[dict[str, Any]], frame: pd.DataFrame, every: list[Column]
              "utility": leaderboard.utility_note(results[0].get("downstream"))}
     parts = [f"<h1>{_esc(bench['title'])}</h1>", _summary(results, hashes)]
     if any(r.get("control") is True for r in rows):
-        parts.append(_prose("Rows marked *control* come from control generators whose answer is known (they copy, "
-                            "hold out, collapse or make noise): they check the metrics, they do not compete."))
+        parts.append(_prose(f"Rows marked *control* {leaderboard.CONTROLS}"))
     for group, title, shown in leaderboard.grouped(every, frame):
         parts.append(f'<section id="{group}"><h2>{_esc(title)}</h2>'
                      + _table(group, shown, rows, anchors, mixed=len(hashes) > 1) + _definitions(shown)
@@ -175,7 +174,8 @@ def _details(results: list[dict[str, Any]], rows: list[dict[str, Any]], anchors:
         if isinstance(row.get("generator_report"), dict):
             facts["generator report"] = ", ".join(f"{k}: {v}" for k, v in row["generator_report"].items())
         if isinstance(row.get("per_model"), dict):
-            facts.update({f"{labels.get(k, k)} per re-ID model": ", ".join(f"{v:.3g}" for v in values)
+            facts.update({f"{labels.get(k, k.replace('_pct', ' %').replace('_', ' '))} per re-ID model":
+                          ", ".join(f"{v:.3g}" for v in values)
                           for k, values in row["per_model"].items()})
         parts.append("<dl>" + "".join(f"<dt>{_esc(k)}</dt><dd>{_esc(v)}</dd>" for k, v in facts.items()) + "</dl>")
         if utility is not None:

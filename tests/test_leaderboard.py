@@ -1,3 +1,4 @@
+import base64
 import copy
 import json
 import re
@@ -130,16 +131,21 @@ def test_a_published_bundle_holds_no_patient_data(tiny_run, tmp_path):
     results["figures"]["tsne"] = "../samples/copy.csv"
     (run / "results.json").write_text(json.dumps(results))
     bundle = tmp_path / "bundle"
-    for fmt in ("md", "csv", "json"):
+    for fmt in ("md", "csv", "json", "html"):
         done = run_cli("leaderboard", str(run), "--format", fmt, "--out", str(bundle))
         assert done.returncode == 0, done.stderr
     published = sorted(p.relative_to(bundle).as_posix() for p in bundle.rglob("*") if p.is_file())
     drawn = {f"{label}.png" for label in results["figures"] if label not in ("real_frames", "tsne")}
     figures = {p.split("/")[-1] for p in published if p.startswith("figures/")}
-    assert figures == drawn and {p for p in published if "/" not in p} == {"leaderboard.md", "leaderboard.csv",
-                                                                            "leaderboard.json"}
+    tables = ["leaderboard.md", "leaderboard.csv", "leaderboard.json", "leaderboard.html"]
+    assert figures == drawn and {p for p in published if "/" not in p} == set(tables)
+    page = (bundle / "leaderboard.html").read_text()
+    inline = re.findall(r"data:image/png;base64,([A-Za-z0-9+/=]+)", page)  # the page carries its figures inline
+    assert sorted(inline) == sorted(base64.b64encode((run / "figures" / name).read_bytes()).decode()
+                                    for name in drawn)
     training_ids = set(pd.read_csv(run / "samples" / "copy.csv")["nearest_pred"].astype(str))
-    text = "".join((bundle / name).read_text() for name in ("leaderboard.md", "leaderboard.csv", "leaderboard.json"))
+    text = "".join(re.sub(r"data:image/png;base64,[A-Za-z0-9+/=]+", "", (bundle / name).read_text())
+                   for name in tables)
     assert training_ids and not any(video in text for video in training_ids)
     assert "real_frames" not in text and "copy.csv" not in text
 
