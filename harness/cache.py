@@ -29,6 +29,9 @@ from harness.hashing import stable_hash
 TMP_PREFIX = ".tmp-"
 CORRUPT_PREFIX = ".corrupt-"
 META = "meta.json"
+#: A training stage's saved state (`harness.checkpoint`): handed to the next build of the same key when a build is
+#: killed, never part of the artifact.
+CHECKPOINTS = "checkpoint"
 FORMAT = 2  # 2: one meta.json with per-file sizes and hashes
 log = logging.getLogger("harness")
 
@@ -135,14 +138,21 @@ class ArtifactCache:
 
     @contextmanager
     def writing(self, stage: str, key: str) -> Iterator[tuple[Path, dict[str, Any]]]:
-        """Yield an empty temporary folder and the meta dict to fill; on success both become the artifact."""
+        """Yield a temporary folder and the meta dict to fill; on success both become the artifact.
+
+        Called under the key's lock. The folder is empty but for the `checkpoint/` a killed build of the same key
+        left, which training loops resume from; it is dropped from the artifact, and kept (with its temporary
+        folder) when this build fails too.
+        """
         final = self.path(stage, key)
         final.parent.mkdir(parents=True, exist_ok=True)
         tmp = final.parent / f"{TMP_PREFIX}{key}-{uuid.uuid4().hex[:8]}"
         tmp.mkdir()
+        self._take_checkpoints(key, tmp)
         meta: dict[str, Any] = {}
         try:
             yield tmp, meta
+            shutil.rmtree(tmp / CHECKPOINTS, ignore_errors=True)
             record = {"format": FORMAT, "stage": stage, "key": key, "created": time.time(), **meta,
                       "files": _inventory(tmp)}
             (tmp / META).write_text(json.dumps(record, indent=1, default=str))
@@ -154,8 +164,21 @@ class ArtifactCache:
                     raise
                 shutil.rmtree(tmp)  # another process finished the same artifact first
         except BaseException:
-            shutil.rmtree(tmp, ignore_errors=True)
+            if not (tmp / CHECKPOINTS).is_dir():
+                shutil.rmtree(tmp, ignore_errors=True)
             raise
+
+    @staticmethod
+    def _take_checkpoints(key: str, tmp: Path) -> None:
+        """Move the newest checkpoint folder that killed builds of `key` left into `tmp`; remove their leftovers
+        (under the key's lock, no live build owns them)."""
+        killed = [old for old in tmp.parent.glob(f"{TMP_PREFIX}{key}-*") if old != tmp]
+        with_state = sorted((old for old in killed if (old / CHECKPOINTS).is_dir()),
+                            key=lambda old: (old / CHECKPOINTS).stat().st_mtime)
+        if with_state:
+            os.rename(with_state[-1] / CHECKPOINTS, tmp / CHECKPOINTS)
+        for old in killed:
+            shutil.rmtree(old, ignore_errors=True)
 
     @contextmanager
     def lock(self, stage: str, key: str) -> Iterator[None]:

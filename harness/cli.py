@@ -33,6 +33,11 @@ def _parser(registry: Registry) -> argparse.ArgumentParser:
     run.add_argument("--no-progress", action="store_true")
     run.add_argument("--threads", type=int, default=None, help="CPU threads for torch and numba (default "
                                                                 "$HARNESS_THREADS, else torch's default)")
+    run.add_argument("--checkpoint-steps", type=int, default=None,
+                     help="training loops save their state every N steps (and every --checkpoint-minutes); a killed "
+                          "run resumes from the last save")
+    run.add_argument("--checkpoint-minutes", type=float, default=10.0,
+                     help="training loops save their state this often (default 10)")
 
     val = sub.add_parser("validate", help="check a spec and print its hashes")
     val.add_argument("spec", type=Path)
@@ -173,11 +178,14 @@ def _overrides(args) -> dict | None:
 
 
 def cmd_run(args) -> int:
+    from harness.checkpoint import CheckpointPolicy
     from harness.pipeline import run
     from harness.spec import validate_spec
 
     if args.threads is not None and args.threads < 1:
         raise UserError("--threads must be a positive number of CPU threads.")
+    if (args.checkpoint_steps is not None and args.checkpoint_steps < 1) or not args.checkpoint_minutes > 0:
+        raise UserError("--checkpoint-steps and --checkpoint-minutes must be positive.")
     resolved = validate_spec(args.spec, get_registry(), _overrides(args))
     run_dir = args.out or Path("runs") / f"{resolved.spec.name}-{resolved.spec_hash[:10]}"
     run_dir.mkdir(parents=True, exist_ok=True)
@@ -188,7 +196,8 @@ def cmd_run(args) -> int:
     started = time.perf_counter()
     try:
         outcome = run(resolved, get_registry(), _cache(args), run_dir, show_progress=not args.no_progress,
-                      threads=args.threads)
+                      threads=args.threads, checkpoints=CheckpointPolicy(args.checkpoint_steps,
+                                                                         args.checkpoint_minutes))
     finally:
         log.removeHandler(handler)
         handler.close()

@@ -18,7 +18,8 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from harness.cache import ArtifactCache
+from harness.cache import CHECKPOINTS, ArtifactCache
+from harness.checkpoint import CheckpointPolicy, TrainingCheckpoint
 from harness.hashing import derive_seed
 
 if TYPE_CHECKING:
@@ -57,6 +58,8 @@ class RunContext:
     seed: int
     cache: ArtifactCache
     show_progress: bool = True
+    checkpoint_policy: CheckpointPolicy = CheckpointPolicy()
+    _stage: tuple[Path, str] | None = None  # the checkpoint folder and key of the stage being built
     _dataset: Dataset | None = None
     _clip: ClipSpec | None = None
     _encoder: Callable[[], Encoder] | None = None
@@ -67,6 +70,16 @@ class RunContext:
         """A context that also offers the given parts of the run (`encoder` is a thunk that makes it ready)."""
         changes = {"_dataset": dataset, "_clip": clip, "_encoder": encoder, "_privacy_filter": privacy_filter}
         return replace(self, **{k: v for k, v in changes.items() if v is not None})
+
+    def in_stage(self, folder: Path, key: str) -> RunContext:
+        """The context a stage's build receives: training loops in it save their checkpoints in `folder`."""
+        return replace(self, _stage=(folder / CHECKPOINTS, key))
+
+    def checkpoint(self, name: str) -> TrainingCheckpoint:
+        """The checkpoint of a training loop called `name` in the stage being built (`harness.checkpoint`); outside
+        a stage it saves nothing and resumes from nothing."""
+        folder, key = self._stage or (None, "")
+        return TrainingCheckpoint(folder, name, key, self.checkpoint_policy)
 
     @property
     def cache_identity(self) -> dict[str, int]:

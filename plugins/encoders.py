@@ -11,6 +11,7 @@ import torch
 from pydantic import Field, PositiveFloat, PositiveInt
 
 from harness import hookimpl
+from harness.checkpoint import TORCH_RNG
 from harness.components import ComponentConfig, Encoder
 from harness.context import RunContext
 from harness.data import LatentSet, VideoSet
@@ -124,8 +125,11 @@ class VAE(Encoder):
         optimiser = torch.optim.Adam(model.parameters(), lr=c.lr)
         schedule = torch.optim.lr_scheduler.LambdaLR(
             optimiser, lambda s: 0.5 * (1 + math.cos(math.pi * min(s, c.train_steps) / max(c.train_steps, 1))))
-        bar = ctx.progress(range(c.train_steps), desc="training vae")
-        for _ in bar:
+        checkpoint = ctx.checkpoint("vae")
+        state = {"model": model, "optimiser": optimiser, "schedule": schedule, "batches": rng, "torch": TORCH_RNG}
+        start = checkpoint.resume(state)
+        bar = ctx.progress(range(start, c.train_steps), initial=start, total=c.train_steps, desc="training vae")
+        for step in bar:
             idx = np.sort(rng.choice(len(frames), size=c.batch_size, replace=len(frames) < c.batch_size))
             y0, x0 = rng.integers(0, frames.shape[1] - c.crop + 1, 2)
             x = to_unit(frames[idx, y0:y0 + c.crop, x0:x0 + c.crop])[:, None].to(ctx.device)
@@ -137,6 +141,7 @@ class VAE(Encoder):
             optimiser.step()
             schedule.step()
             bar.set_postfix(l1=f"{loss.item():.4f}")
+            checkpoint.save_if_due(step + 1, state, last=step + 1 == c.train_steps)
 
     @torch.no_grad()
     def _scaling_factor(self, model, train: VideoSet, ctx: RunContext) -> float:

@@ -1,5 +1,6 @@
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -96,26 +97,26 @@ def test_control_samples_are_what_they_claim(tiny_run):
 
 
 def test_killed_run_resumes_to_identical_results(tiny_run, tmp_path):
+    """Killed inside the VAE's training: the data stages are kept, the training resumes from its last checkpoint,
+    and every number equals an uninterrupted run's (which saved no checkpoint)."""
     cache, out = tmp_path / "cache", tmp_path / "run"
     cmd = [sys.executable, "-m", "harness.cli", "--cache", str(cache), "run", str(TINY), "--out", str(out),
-           "--no-progress"]
+           "--no-progress", "--checkpoint-steps", "2"]
     proc = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
                             start_new_session=True)
-    log = out / "run.log"
     deadline = time.time() + 300
     while time.time() < deadline:
-        if log.is_file() and "stage encoder-fit started" in log.read_text():
+        if any((cache / "encoder-fit").glob(".tmp-*/checkpoint/vae.pt")):
             break
-        time.sleep(0.05)
+        time.sleep(0.01)
     else:
         proc.kill()
-        pytest.fail("the run never reached the encoder-fit stage")
-    time.sleep(0.5)  # well inside the VAE training loop
+        pytest.fail("the run never saved a checkpoint of the VAE's training")
     os.killpg(proc.pid, signal.SIGKILL)
     proc.wait()
     assert proc.returncode == -signal.SIGKILL
     store = ArtifactCache(cache)
-    # killed inside encoder-fit: the data stages are complete, encoder-fit left only a temporary folder
+    # killed inside encoder-fit: the data stages are complete, encoder-fit left its temporary folder and checkpoint
     assert {a.stage for a in store.entries()} >= {"dataset-train"} and "encoder-fit" not in {
         a.stage for a in store.entries()}
     assert any(p.parent.name == "encoder-fit" for p in store.leftovers())
@@ -123,6 +124,9 @@ def test_killed_run_resumes_to_identical_results(tiny_run, tmp_path):
     assert done.returncode == 0, done.stderr
     executed = [s["stage"] for s in json.loads((out / "manifest.json").read_text())["stages"] if not s["cached"]]
     assert "dataset-train" not in executed and "encoder-fit" in executed
+    assert re.search(r"vae: resumed from the checkpoint at step [1-9]", (out / "run.log").read_text())
+    assert store.leftovers() == []  # the checkpoint went with its temporary folder, not into the artifact
+    assert not any((cache / "encoder-fit").rglob("checkpoint"))
     resumed = json.loads((out / "results.json").read_text())
     assert comparable(resumed) == comparable(tiny_run["results"])
 

@@ -19,6 +19,7 @@ from typing import Any
 import torch
 
 from harness.cache import ArtifactCache, atomic_write_text
+from harness.checkpoint import CheckpointPolicy
 from harness.context import RunContext, resolve_device, set_threads
 from harness.environment import environment
 from harness.errors import UserError
@@ -56,11 +57,13 @@ class RunOutcome:
 
 
 def run(resolved: ResolvedSpec, registry: Registry, cache: ArtifactCache, run_dir: Path,
-        show_progress: bool = True, threads: int | None = None) -> RunOutcome:
+        show_progress: bool = True, threads: int | None = None,
+        checkpoints: CheckpointPolicy | None = None) -> RunOutcome:
     """Run a validated spec; writes `results.json`, `manifest.json`, `samples/` and `figures/` into `run_dir`."""
     started = time.time()
     threads = set_threads(threads)
-    ctx = RunContext(device=_device(resolved), seed=resolved.spec.seed, cache=cache, show_progress=show_progress)
+    ctx = RunContext(device=_device(resolved), seed=resolved.spec.seed, cache=cache, show_progress=show_progress,
+                     checkpoint_policy=checkpoints or CheckpointPolicy())
     stages = Stages(cache)
     run_dir.mkdir(parents=True, exist_ok=True)
 

@@ -111,8 +111,8 @@ class Fitted(Generic[C]):
 
     def _stage(self) -> dict[str, Any]:
         if self._meta is None:
-            def build(folder: Path, **_: Any) -> dict[str, Any]:
-                self._train()
+            def build(folder: Path, component: Chosen[C], **inputs: Any) -> dict[str, Any]:
+                self._fit(self.component, **inputs)  # with the stage's context: it saves its checkpoints there
                 self._ready = True
                 (folder / "state").mkdir()
                 return {"saved": bool(self.component.save_state(folder / "state")),
@@ -176,7 +176,7 @@ class Stages:
             log.info("stage %s started (key %s)", name, key)
             with StageMonitor() as monitor:
                 try:
-                    meta.update(build(folder, **inputs) or {})
+                    meta.update(build(folder, **_in_stage(inputs, folder, key)) or {})
                 except (UserError, Ineligible) as exc:
                     if external or getattr(exc, "from_external_stage", False):
                         exc.from_external_stage = True  # an enclosing stage must not cache it either
@@ -211,3 +211,9 @@ class Stages:
     def executed(self) -> list[str]:
         """Stages that were computed (not loaded from the cache) in this run."""
         return [s.stage for s in self.records if not s.cached]
+
+
+def _in_stage(inputs: dict[str, Any], folder: Path, key: str) -> dict[str, Any]:
+    """The build's inputs, its run context (if it takes one) pointed at the stage's checkpoint folder."""
+    ctx = inputs.get("ctx")
+    return {**inputs, "ctx": ctx.in_stage(folder, key)} if hasattr(ctx, "in_stage") else inputs
