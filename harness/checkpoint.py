@@ -67,13 +67,13 @@ class TrainingCheckpoint:
         log.info("%s: resumed from the checkpoint at step %d", self.name, saved["step"])
         return int(saved["step"])
 
-    def save_if_due(self, step: int, state: dict[str, Any], last: bool = False) -> None:
-        """Save after `step` steps when the policy's steps or minutes have passed (never after the last step:
-        the finished model is the artifact)."""
-        if self.path is None or last:
+    def save_if_due(self, step: int, state: dict[str, Any], force: bool = False) -> None:
+        """Save after `step` steps when the policy's steps or minutes have passed, or now when `force` (the end of
+        a phase that later phases build on, so a resumed run skips it)."""
+        if self.path is None:
             return
         every = self.policy.every_steps
-        due = (every is not None and step % every == 0) or \
+        due = force or (every is not None and step % every == 0) or \
             time.monotonic() - self._last_save >= 60 * self.policy.every_minutes
         if not due:
             return
@@ -83,6 +83,17 @@ class TrainingCheckpoint:
         torch.save(payload, tmp)
         os.replace(tmp, self.path)  # a kill mid-save leaves the previous checkpoint whole
         self._last_save = time.monotonic()
+
+
+class LoopValues(dict):
+    """Plain values a loop carries from step to step (the best score so far, a patience counter), saved with it."""
+
+    def state_dict(self) -> dict[str, Any]:
+        return dict(self)
+
+    def load_state_dict(self, saved: dict[str, Any]) -> None:
+        self.clear()
+        self.update(saved)
 
 
 def _capture(target: Any) -> Any:

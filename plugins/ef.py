@@ -21,6 +21,7 @@ from safetensors.torch import load_file, save_file
 from torch import nn
 
 from harness import hookimpl
+from harness.checkpoint import TORCH_RNG, LoopValues
 from harness.components import ComponentConfig, Task
 from harness.context import RunContext, mixed_precision
 from harness.data import LatentSet
@@ -134,10 +135,13 @@ class EFRegression(Task):
         else:
             opt, sched = torch.optim.AdamW(net.parameters(), lr=cfg.lr or 3e-3, weight_decay=1e-2), None
         rng = ctx.rng("ef-regression-batches")
-        best = (float("inf"), -1, None)
         epochs = cfg.epochs or (45 if cfg.model == "r2plus1d" else 60)
-        train_seconds = 0.0
-        for epoch in ctx.progress(range(epochs), desc="EF regression"):
+        progress = LoopValues(best_loss=float("inf"), best_epoch=-1, best_state=None, train_seconds=0.0)
+        checkpoint = ctx.checkpoint("ef-regression")
+        state = {"net": net, "optimiser": opt, "batches": rng, "progress": progress, "torch": TORCH_RNG,
+                 **({"schedule": sched} if sched is not None else {})}
+        start = checkpoint.resume(state)
+        for epoch in ctx.progress(range(start, epochs), initial=start, total=epochs, desc="EF regression"):
             net.train()
             started = time.perf_counter()
             for batch in np.array_split(rng.permutation(len(x_train)), max(1, len(x_train) // cfg.batch_size)):
@@ -151,16 +155,18 @@ class EFRegression(Task):
                 opt.step()
             if ctx.device.type == "cuda":
                 torch.cuda.synchronize()
-            train_seconds += time.perf_counter() - started
+            progress["train_seconds"] += time.perf_counter() - started
             if sched is not None:
                 sched.step()
             val_loss = float(nn.functional.mse_loss(self._predict(net, x_val, ctx), y_val))
-            if val_loss < best[0]:
-                best = (val_loss, epoch, copy.deepcopy(net.state_dict()))
-        net.load_state_dict(best[2])
+            if val_loss < progress["best_loss"]:
+                progress.update(best_loss=val_loss, best_epoch=epoch, best_state=copy.deepcopy(net.state_dict()))
+            checkpoint.save_if_due(epoch + 1, state)
+        net.load_state_dict(progress["best_state"])
         self.net = net.eval()
-        self.report = {"best_epoch": best[1] + 1, "epochs": epochs, "val_mse": round(best[0], 4), "model": cfg.model,
-                       "train_videos": len(x_train), "epoch_seconds": round(train_seconds / epochs, 4)}
+        self.report = {"best_epoch": progress["best_epoch"] + 1, "epochs": epochs,
+                       "val_mse": round(progress["best_loss"], 4), "model": cfg.model, "train_videos": len(x_train),
+                       "epoch_seconds": round(progress["train_seconds"] / epochs, 4)}
 
     def _augment(self, clip: torch.Tensor, rng: np.random.Generator) -> torch.Tensor:
         """Latent clips are reversed in time and mirrored left-right at random: neither changes the EF."""

@@ -141,7 +141,7 @@ class VAE(Encoder):
             optimiser.step()
             schedule.step()
             bar.set_postfix(l1=f"{loss.item():.4f}")
-            checkpoint.save_if_due(step + 1, state, last=step + 1 == c.train_steps)
+            checkpoint.save_if_due(step + 1, state)
 
     @torch.no_grad()
     def _scaling_factor(self, model, train: VideoSet, ctx: RunContext) -> float:

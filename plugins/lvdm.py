@@ -21,6 +21,7 @@ import torch.nn.functional as F
 from pydantic import Field, PositiveInt
 
 from harness import hookimpl
+from harness.checkpoint import TORCH_RNG
 from harness.components import Generator, PresetConfig
 from harness.context import RunContext, mixed_precision
 from harness.data import Condition, LatentSet, SampleSet
@@ -137,9 +138,9 @@ class EchoLVDM(Generator):
         latents = torch.from_numpy(np.asarray(train.latents, dtype=np.float32))
         efs = torch.as_tensor(train.table["ef"].to_numpy(dtype=np.float32)) / 100.0
         rng = ctx.torch_generator("echo-lvdm-batches")
-        self.lidm = self._train(self.lidm, cfg.setting("lidm_steps"), ctx, "LIDM training",
+        self.lidm = self._train(self.lidm, cfg.setting("lidm_steps"), ctx, "LIDM training", rng,
                                 lambda: self._image_batch(latents, rng), self._image_loss)
-        self.lvdm = self._train(self.lvdm, cfg.setting("lvdm_steps"), ctx, "LVDM training",
+        self.lvdm = self._train(self.lvdm, cfg.setting("lvdm_steps"), ctx, "LVDM training", rng,
                                 lambda: self._video_batch(latents, efs, rng), self._video_loss)
         self._hash = _weights_hash(self.lidm, self.lvdm)
 
@@ -162,13 +163,18 @@ class EchoLVDM(Generator):
         cond = latents[idx, torch.randint(0, latents.shape[1], (len(idx),), generator=rng)]  # a frame of that video
         return pad(clips), pad(cond), efs[idx]
 
-    def _train(self, model, steps, ctx, desc, batch, loss_fn):
+    def _train(self, model, steps, ctx, desc, batches, batch, loss_fn):
+        """Train `model` for `steps` steps; its EMA. Resumable: the last step is saved too, so a run killed in the
+        LVDM phase does not retrain the LIDM."""
         model.to(ctx.device).train()
         ema = copy.deepcopy(model).eval().requires_grad_(False)
         opt = torch.optim.AdamW(model.parameters(), lr=self.config.lr, weight_decay=1e-2)
         sched = scheduler("ddpm")
         gen = ctx.torch_generator("echo-lvdm-noise", desc)
-        for _ in ctx.progress(range(steps), desc=desc):
+        checkpoint = ctx.checkpoint(desc.split()[0].lower())
+        state = {"model": model, "ema": ema, "optimiser": opt, "batches": batches, "noise": gen, "torch": TORCH_RNG}
+        start = checkpoint.resume(state)
+        for step in ctx.progress(range(start, steps), initial=start, total=steps, desc=desc):
             inputs = [x.to(ctx.device) for x in batch()]
             with mixed_precision(ctx.device):
                 loss = loss_fn(model, sched, inputs, gen, ctx.device)
@@ -179,6 +185,7 @@ class EchoLVDM(Generator):
             with torch.no_grad():
                 for e, p in zip(ema.parameters(), model.parameters(), strict=True):
                     e.lerp_(p, 1.0 - self.config.ema_decay)
+            checkpoint.save_if_due(step + 1, state, force=step + 1 == steps)
         return ema
 
     @staticmethod

@@ -32,6 +32,7 @@ from safetensors.torch import load_file, save_file
 from torch import nn
 
 from harness import hookimpl
+from harness.checkpoint import TORCH_RNG, LoopValues
 from harness.components import PresetConfig, ReIdFilter
 from harness.context import RunContext, mixed_precision
 from harness.data import LatentSet
@@ -143,12 +144,17 @@ class Siamese(ReIdFilter):
         loss_fn = nn.BCEWithLogitsLoss()
         rng = ctx.rng("siamese-pairs")
         val_pairs = sample_pairs(len(x_val), x_val.shape[1], np.random.default_rng(0))  # fixed, as the seed code
-        best = (float("inf"), -1, None, float("nan"))
-        epoch_seconds, bad_epochs, epoch = [], 0, 0
-        bar = ctx.progress(range(cfg.setting("max_epochs")), desc="re-ID training")
+        progress = LoopValues(best_loss=float("inf"), best_epoch=-1, best_state=None, best_auc=float("nan"),
+                              epoch_seconds=[], bad_epochs=0)
+        checkpoint = ctx.checkpoint("siamese")
+        state = {"net": net, "optimiser": opt, "pairs": rng, "progress": progress, "torch": TORCH_RNG}
+        start = checkpoint.resume(state)
+        epochs = cfg.setting("max_epochs")
+        epoch = start - 1
+        bar = ctx.progress(range(start, epochs), initial=start, total=epochs, desc="re-ID training")
         for epoch in bar:
             net.train()
-            start = time.perf_counter()
+            started = time.perf_counter()
             pairs = sample_pairs(len(x_train), x_train.shape[1], rng)
             if cfg.setting("hard_negatives") > 0:
                 pairs = _hard_negatives(net, x_train, pairs, cfg.setting("hard_negatives"), cfg.hard_pool, rng,
@@ -162,20 +168,22 @@ class Siamese(ReIdFilter):
                 if cfg.monotone_head:
                     with torch.no_grad():
                         net.head.weight.clamp_(max=0.0)
-            epoch_seconds.append(time.perf_counter() - start)
+            progress["epoch_seconds"].append(time.perf_counter() - started)
             val_loss, val_auc = self._validate(net, x_val, val_pairs, ctx)
-            if val_loss < best[0]:
-                state = {k: v.detach().clone() for k, v in net.state_dict().items()}
-                best, bad_epochs = (val_loss, epoch, state, val_auc), 0
+            if val_loss < progress["best_loss"]:
+                progress.update(best_loss=val_loss, best_epoch=epoch, best_auc=val_auc, bad_epochs=0,
+                                best_state={k: v.detach().clone() for k, v in net.state_dict().items()})
             else:
-                bad_epochs += 1
+                progress["bad_epochs"] += 1
             bar.set_postfix(val_loss=f"{val_loss:.3f}", val_auc=f"{val_auc:.3f}")
-            if bad_epochs >= cfg.setting("patience"):
+            if progress["bad_epochs"] >= cfg.setting("patience"):
                 break
-        net.load_state_dict(best[2])
+            checkpoint.save_if_due(epoch + 1, state)
+        net.load_state_dict(progress["best_state"])
         self.net = net.eval()
-        self.report = {"epochs": epoch + 1, "best_epoch": best[1] + 1, "val_loss": round(best[0], 5),
-                       "val_auc": round(best[3], 5), "epoch_seconds": round(float(np.median(epoch_seconds)), 5),
+        self.report = {"epochs": epoch + 1, "best_epoch": progress["best_epoch"] + 1,
+                       "val_loss": round(progress["best_loss"], 5), "val_auc": round(progress["best_auc"], 5),
+                       "epoch_seconds": round(float(np.median(progress["epoch_seconds"])), 5),
                        "train_pairs_per_epoch": len(x_train), "backbone": cfg.setting("backbone")}
 
     @torch.no_grad()

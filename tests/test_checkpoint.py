@@ -31,7 +31,7 @@ def _train(folder, kill_after: int | None = None, identity: str = "key-a") -> to
         loss.backward()
         optimiser.step()
         schedule.step()
-        checkpoint.save_if_due(step + 1, state, last=step + 1 == STEPS)
+        checkpoint.save_if_due(step + 1, state)
         if kill_after is not None and step + 1 == kill_after:
             raise Killed
     return torch.cat([p.detach().flatten() for p in model.parameters()])
