@@ -31,15 +31,21 @@ from harness.hashing import stable_hash
 PRESETS = {
     # seconds on a CPU: exercises every code path in the tests
     "tiny": dict(lidm_channels=(16, 32), lvdm_channels=(32, 32), heads=(2, 2), lidm_steps=30, lvdm_steps=20,
-                 batch_size=8, window=8, sample_steps=4),
+                 batch_size=8, video_batch_size=2, lr=3e-4, video_lr=3e-4, ema_decay=0.995, noise_offset=0.0,
+                 condition_dropout=0.0, window=8, sample_steps=4),
     # minutes on a 2-core CPU for the phantom benchmark (the video UNet needs multiples of 32 channels)
     "phantom": dict(lidm_channels=(32, 64, 64), lvdm_channels=(32, 64, 64), heads=(2, 4, 4), lidm_steps=600,
-                    lvdm_steps=200, batch_size=16, window=16, sample_steps=10),
-    # the published shapes (seed-code notes §3-4); load trained weights from local folders, GPU
+                    lvdm_steps=200, batch_size=16, video_batch_size=4, lr=3e-4, video_lr=3e-4, ema_decay=0.995,
+                    noise_offset=0.0, condition_dropout=0.0, window=16, sample_steps=10),
+    # the published shapes and training (seed-code notes §3-4): LIDM batch 256 at 3e-4, LVDM batch 16 at 1e-4 with
+    # noise offset 0.1 and 10 % of the EF conditions dropped (for classifier-free guidance), 500k steps each, EMA
     "echonet-synthetic": dict(lidm_channels=(128, 256, 256, 512), lvdm_channels=(128, 256, 256, 512),
-                              heads=(8, 16, 16, 32), lidm_steps=0, lvdm_steps=0, batch_size=16, window=64,
-                              sample_steps=64),
+                              heads=(8, 16, 16, 32), lidm_steps=500_000, lvdm_steps=500_000, batch_size=256,
+                              video_batch_size=16, lr=3e-4, video_lr=1e-4, ema_decay=0.9999, noise_offset=0.1,
+                              condition_dropout=0.1, window=64, sample_steps=64),
 }
+#: The EF a dropped condition is replaced by (EF / 100 lies in [0, 1]): the unconditional input of guidance.
+NULL_EF = -1.0
 PAD = 1  # 14x14 -> 16x16, replicate padding as the seed code's padf
 
 
@@ -102,9 +108,16 @@ class EchoLVDM(Generator):
         preset: Literal["tiny", "phantom", "echonet-synthetic"] = "phantom"
         lidm_steps: int | None = Field(None, ge=0, description="training steps of the image model")
         lvdm_steps: int | None = Field(None, ge=0, description="training steps of the video model")
-        batch_size: PositiveInt | None = None
-        lr: float = Field(3e-4, gt=0)
-        ema_decay: float = Field(0.995, ge=0, lt=1)
+        batch_size: PositiveInt | None = Field(None, description="frames per image-model step")
+        video_batch_size: PositiveInt | None = Field(None, description="clips per video-model step")
+        lr: float | None = Field(None, gt=0, description="AdamW learning rate of the image model")
+        video_lr: float | None = Field(None, gt=0, description="AdamW learning rate of the video model")
+        ema_decay: float | None = Field(None, ge=0, lt=1)
+        noise_offset: float | None = Field(None, ge=0, description="video model: per-sample, per-channel offset "
+                                                                   "added to the training noise")
+        condition_dropout: float | None = Field(None, ge=0, lt=1, description="video model: share of training "
+                                                                              "clips whose EF is dropped")
+        guidance: float = Field(1.0, ge=0, description="classifier-free guidance scale at sampling (1: none)")
         sampler: Literal["ddpm", "ddim"] = "ddim"
         sample_steps: PositiveInt | None = None
         sample_batch: PositiveInt = 16
@@ -130,18 +143,18 @@ class EchoLVDM(Generator):
             self._check_shapes(Path(cfg.weights))
             self.window = min(self.lvdm.config.num_frames, self.clip_frames)
             return
-        if cfg.preset == "echonet-synthetic":
-            raise UserError("echo-lvdm: the echonet-synthetic preset is not trained here; set `weights` to a local "
-                            "folder holding lidm/ and lvdm/ (diffusers save_pretrained) folders.")
+        if cfg.guidance != 1.0 and cfg.setting("condition_dropout") == 0:
+            raise UserError("echo-lvdm: guidance needs a video model that learned without its EF; set "
+                            "condition_dropout above 0 (the echonet-synthetic preset uses 0.1) or guidance to 1.")
         torch.manual_seed(ctx.seed_for("echo-lvdm-init"))
         self.build(channels)
         latents = torch.from_numpy(np.asarray(train.latents, dtype=np.float32))
         efs = torch.as_tensor(train.table["ef"].to_numpy(dtype=np.float32)) / 100.0
         rng = ctx.torch_generator("echo-lvdm-batches")
-        self.lidm = self._train(self.lidm, cfg.setting("lidm_steps"), ctx, "LIDM training", rng,
+        self.lidm = self._train(self.lidm, cfg.setting("lidm_steps"), cfg.setting("lr"), ctx, "LIDM training", rng,
                                 lambda: self._image_batch(latents, rng), self._image_loss)
-        self.lvdm = self._train(self.lvdm, cfg.setting("lvdm_steps"), ctx, "LVDM training", rng,
-                                lambda: self._video_batch(latents, efs, rng), self._video_loss)
+        self.lvdm = self._train(self.lvdm, cfg.setting("lvdm_steps"), cfg.setting("video_lr"), ctx, "LVDM training",
+                                rng, lambda: self._video_batch(latents, efs, rng), self._video_loss)
         self._hash = _weights_hash(self.lidm, self.lvdm)
 
     def build(self, channels: int) -> None:
@@ -157,18 +170,18 @@ class EchoLVDM(Generator):
         return (pad(latents[idx, frame]),)
 
     def _video_batch(self, latents, efs, rng):
-        idx = torch.randint(0, len(latents), (max(1, self.config.setting("batch_size") // 4),), generator=rng)
+        idx = torch.randint(0, len(latents), (self.config.setting("video_batch_size"),), generator=rng)
         start = torch.randint(0, latents.shape[1] - self.window + 1, (len(idx),), generator=rng)
         clips = torch.stack([latents[i, s:s + self.window] for i, s in zip(idx.tolist(), start.tolist(), strict=True)])
         cond = latents[idx, torch.randint(0, latents.shape[1], (len(idx),), generator=rng)]  # a frame of that video
         return pad(clips), pad(cond), efs[idx]
 
-    def _train(self, model, steps, ctx, desc, batches, batch, loss_fn):
+    def _train(self, model, steps, lr, ctx, desc, batches, batch, loss_fn):
         """Train `model` for `steps` steps; its EMA. Resumable: the last step is saved too, so a run killed in the
         LVDM phase does not retrain the LIDM."""
         model.to(ctx.device).train()
         ema = copy.deepcopy(model).eval().requires_grad_(False)
-        opt = torch.optim.AdamW(model.parameters(), lr=self.config.lr, weight_decay=1e-2)
+        opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=1e-2)
         sched = scheduler("ddpm")
         gen = ctx.torch_generator("echo-lvdm-noise", desc)
         checkpoint = ctx.checkpoint(desc.split()[0].lower())
@@ -184,13 +197,18 @@ class EchoLVDM(Generator):
             opt.step()
             with torch.no_grad():
                 for e, p in zip(ema.parameters(), model.parameters(), strict=True):
-                    e.lerp_(p, 1.0 - self.config.ema_decay)
+                    e.lerp_(p, 1.0 - self.config.setting("ema_decay"))
             checkpoint.save_if_due(step + 1, state, force=step + 1 == steps)
         return ema
 
     @staticmethod
-    def _noised(sched, x, gen, device):
-        noise = torch.randn(x.shape, generator=gen).to(device)
+    def _noised(sched, x, gen, device, offset: float = 0.0):
+        """Noised `x`, its timesteps and the v-prediction target; `offset` adds a constant per sample and channel
+        to the noise (noise offset), which lets a model learn overall brightness."""
+        noise = torch.randn(x.shape, generator=gen)
+        if offset > 0:
+            noise = noise + offset * torch.randn((len(x), *[1] * (x.dim() - 4), x.shape[-3], 1, 1), generator=gen)
+        noise = noise.to(device)
         t = torch.randint(0, sched.config.num_train_timesteps, (len(x),), generator=gen).to(device)
         return sched.add_noise(x, noise, t), t, sched.get_velocity(x, noise, t)
 
@@ -201,7 +219,11 @@ class EchoLVDM(Generator):
 
     def _video_loss(self, model, sched, inputs, gen, device):
         clips, cond, ef = inputs
-        noisy, t, target = self._noised(sched, clips, gen, device)
+        dropout = self.config.setting("condition_dropout")
+        if dropout > 0:  # the model also learns the clip without its EF: the unconditional branch of guidance
+            dropped = (torch.rand(len(ef), generator=gen) < dropout).to(device)
+            ef = torch.where(dropped, torch.full_like(ef, NULL_EF), ef)
+        noisy, t, target = self._noised(sched, clips, gen, device, self.config.setting("noise_offset"))
         pred = self._video_forward(model, noisy, cond, ef, t)
         return F.mse_loss(pred, target)
 
@@ -301,9 +323,17 @@ class EchoLVDM(Generator):
         count = torch.zeros(frames, device=video.device)
         tt = torch.full((len(video),), t, device=video.device)
         for s in starts:
-            total[:, s:s + window] += self._video_forward(self.lvdm, video[:, s:s + window], cond, ef, tt).float()
+            total[:, s:s + window] += self._guided(video[:, s:s + window], cond, ef, tt)
             count[s:s + window] += 1
         return total / count.view(1, -1, 1, 1, 1)
+
+    def _guided(self, window, cond, ef, t) -> torch.Tensor:
+        """The LVDM's prediction, moved away from its EF-free prediction by the guidance scale (1: plain)."""
+        pred = self._video_forward(self.lvdm, window, cond, ef, t).float()
+        if self.config.guidance == 1.0:
+            return pred
+        free = self._video_forward(self.lvdm, window, cond, torch.full_like(ef, NULL_EF), t).float()
+        return free + self.config.guidance * (pred - free)
 
     # ------------------------------------------------------------------------------------------ state
 

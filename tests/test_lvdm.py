@@ -51,16 +51,67 @@ def test_bad_weights_and_conditions_are_one_sentence(tmp_path):
         model.sample([Condition("a", 1, 120.0)], ctx=None)
 
 
-def test_published_preset_needs_local_weights():
+def _latents(n: int = 4, frames: int = 8):
     import pandas as pd
 
     from harness.data import LatentSet
 
-    table = pd.DataFrame({"video_id": ["a", "b"], "patient_id": "", "ef": [50.0, 60.0], "split": "train",
-                          "fps": 25.0, "source_file": ""})
-    train = LatentSet(np.zeros((2, 4, 4, 14, 14), np.float16), table)
-    with pytest.raises(UserError, match="set `weights` to a local folder"):
-        EchoLVDM(EchoLVDM.Config(preset="echonet-synthetic")).fit({"train": train, "val": train}, ctx=None)
+    table = pd.DataFrame({"video_id": [f"v{i}" for i in range(n)], "patient_id": "",
+                          "ef": np.linspace(30.0, 70.0, n), "split": "train", "fps": 25.0, "source_file": ""})
+    latents = np.random.default_rng(0).standard_normal((n, frames, 4, 14, 14)).astype(np.float16)
+    return LatentSet(latents, table)
+
+
+def _ctx(tmp_path):
+    import torch
+
+    from harness.cache import ArtifactCache
+    from harness.context import RunContext
+
+    return RunContext(torch.device("cpu"), 0, ArtifactCache(tmp_path), show_progress=False)
+
+
+def test_published_preset_trains_with_the_published_settings(tmp_path):
+    """Without weights the echonet-synthetic preset trains at the published shapes; its defaults are the seed
+    code's (one step of each model here, with small batches)."""
+    published = EchoLVDM.Config(preset="echonet-synthetic")
+    assert [published.setting(k) for k in ("lidm_steps", "lvdm_steps", "batch_size", "video_batch_size", "lr",
+                                           "video_lr", "noise_offset", "condition_dropout")] == [
+        500_000, 500_000, 256, 16, 3e-4, 1e-4, 0.1, 0.1]
+    model = EchoLVDM(EchoLVDM.Config(preset="echonet-synthetic", lidm_steps=1, lvdm_steps=1, batch_size=2,
+                                     video_batch_size=1))
+    train = _latents(2)
+    model.fit({"train": train, "val": train}, _ctx(tmp_path))
+    assert tuple(model.lvdm.config.block_out_channels) == (128, 256, 256, 512) and model.window == 8
+
+
+def test_guidance_moves_samples_and_needs_condition_dropout(tmp_path):
+    from harness.data import Condition
+
+    train, ctx = _latents(), _ctx(tmp_path)
+    with pytest.raises(UserError, match="guidance needs a video model that learned without its EF"):
+        EchoLVDM(EchoLVDM.Config(preset="tiny", guidance=2.0)).fit({"train": train, "val": train}, ctx)
+    guided = EchoLVDM(EchoLVDM.Config(preset="tiny", condition_dropout=0.5, noise_offset=0.1, guidance=3.0))
+    guided.fit({"train": train, "val": train}, ctx)
+    plain = EchoLVDM(EchoLVDM.Config(preset="tiny", condition_dropout=0.5, noise_offset=0.1))
+    plain.__dict__.update({k: v for k, v in guided.__dict__.items() if k != "config"})  # the same trained models
+    conditions = [Condition("a", 1, 30.0), Condition("b", 2, 70.0)]
+    a, b = guided.sample(conditions, ctx).latents, plain.sample(conditions, ctx).latents
+    assert np.isfinite(a).all() and a.shape == b.shape and not np.allclose(a, b)
+
+
+def test_condition_dropout_replaces_the_ef_in_training():
+    import torch
+
+    from harness_plugins.lvdm import NULL_EF, scheduler
+
+    seen = []
+    model = EchoLVDM(EchoLVDM.Config(preset="tiny", condition_dropout=0.5))
+    model._video_forward = lambda net, noisy, cond, ef, t: seen.append(ef) or torch.zeros_like(noisy)
+    clips, ef = torch.zeros(400, 2, 4, 16, 16), torch.full((400,), 0.5)
+    model._video_loss(None, scheduler("ddpm"), (clips, clips[:, 0], ef), torch.Generator().manual_seed(0), "cpu")
+    dropped = (seen[0] == NULL_EF).float().mean().item()
+    assert set(seen[0].tolist()) == {NULL_EF, 0.5} and 0.4 < dropped < 0.6
 
 
 def test_privacy_filter_redraws_flagged_conditioning_frames(lvdm_run, tiny_run):
