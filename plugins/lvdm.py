@@ -177,8 +177,8 @@ class EchoLVDM(Generator):
         return pad(clips), pad(cond), efs[idx]
 
     def _train(self, model, steps, lr, ctx, desc, batches, batch, loss_fn):
-        """Train `model` for `steps` steps; its EMA. Resumable: the last step is saved too, so a run killed in the
-        LVDM phase does not retrain the LIDM."""
+        """Train `model` for `steps` steps and return its EMA. Resumable; the last step is saved too, so a run
+        killed in the LVDM phase does not retrain the LIDM."""
         model.to(ctx.device).train()
         ema = copy.deepcopy(model).eval().requires_grad_(False)
         opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=1e-2)
