@@ -28,6 +28,13 @@ log = logging.getLogger("harness")
 TORCH_RNG = "torch global generators"
 
 
+class ForeignCheckpoint(UserError):
+    """A checkpoint that another configuration wrote. It is about the cache's leftovers, not the stage's inputs, so
+    no stage caches it as its outcome: once the file is gone, the stage builds."""
+
+    from_external_stage = True
+
+
 @dataclass(frozen=True)
 class CheckpointPolicy:
     """How often a training loop saves its state (a run setting: it never changes results, so no cache key)."""
@@ -60,8 +67,8 @@ class TrainingCheckpoint:
             return 0
         saved = torch.load(self.path, map_location="cpu", weights_only=True)
         if saved.get("identity") != self.identity or set(saved["state"]) != set(state):
-            raise UserError(f"{self.path} was written by another configuration of this stage; delete it (or run "
-                            "`harness cache gc --leftovers-only`) to train from the start.")
+            raise ForeignCheckpoint(f"{self.path} was written by another configuration of this stage; delete it (or "
+                                    "run `harness cache gc --leftovers-only`) to train from the start.")
         for name, target in state.items():
             _restore(target, saved["state"][name])
         log.info("%s: resumed from the checkpoint at step %d", self.name, saved["step"])

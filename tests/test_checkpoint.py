@@ -56,3 +56,26 @@ def test_outside_a_stage_nothing_is_saved(tmp_path):
     checkpoint = TrainingCheckpoint(None, "toy", "key", CheckpointPolicy(every_steps=1))
     checkpoint.save_if_due(1, {"torch": TORCH_RNG})
     assert checkpoint.resume({"torch": TORCH_RNG}) == 0 and not list(tmp_path.iterdir())
+
+
+def test_a_foreign_checkpoint_stops_a_stage_without_becoming_its_cached_outcome(tmp_path):
+    from harness.cache import CHECKPOINTS, TMP_PREFIX, ArtifactCache
+    from harness.context import RunContext
+    from harness.pipeline.stages import Stages
+
+    cache = ArtifactCache(tmp_path)
+    stages = Stages(cache)
+    ctx = RunContext(torch.device("cpu"), 0, cache, show_progress=False)
+
+    def build(folder, ctx):
+        return {"step": ctx.checkpoint("toy").resume({"torch": TORCH_RNG})}
+
+    key = stages.key("toy", {"ctx": ctx})
+    killed = tmp_path / "toy" / f"{TMP_PREFIX}{key}-dead" / CHECKPOINTS
+    TrainingCheckpoint(killed, "toy", "another key", CheckpointPolicy()).save_if_due(3, {"torch": TORCH_RNG},
+                                                                                    force=True)
+    with pytest.raises(UserError, match="written by another configuration"):
+        stages.run("toy", build, ctx=ctx)
+    assert cache.get("toy", key) is None and cache.leftovers()  # not cached; the checkpoint stays for the user
+    cache.gc(keep=None)
+    assert stages.run("toy", build, ctx=ctx).meta["step"] == 0
