@@ -42,6 +42,10 @@ class CheckpointPolicy:
     every_steps: int | None = None
     every_minutes: float = 10.0
 
+    def __post_init__(self):
+        if (self.every_steps is not None and self.every_steps < 1) or not self.every_minutes > 0:
+            raise UserError("--checkpoint-steps and --checkpoint-minutes must be positive.")
+
 
 @dataclass
 class TrainingCheckpoint:

@@ -184,8 +184,7 @@ def cmd_run(args) -> int:
 
     if args.threads is not None and args.threads < 1:
         raise UserError("--threads must be a positive number of CPU threads.")
-    if (args.checkpoint_steps is not None and args.checkpoint_steps < 1) or not args.checkpoint_minutes > 0:
-        raise UserError("--checkpoint-steps and --checkpoint-minutes must be positive.")
+    checkpoints = CheckpointPolicy(args.checkpoint_steps, args.checkpoint_minutes)
     resolved = validate_spec(args.spec, get_registry(), _overrides(args))
     run_dir = args.out or Path("runs") / f"{resolved.spec.name}-{resolved.spec_hash[:10]}"
     run_dir.mkdir(parents=True, exist_ok=True)
@@ -196,8 +195,7 @@ def cmd_run(args) -> int:
     started = time.perf_counter()
     try:
         outcome = run(resolved, get_registry(), _cache(args), run_dir, show_progress=not args.no_progress,
-                      threads=args.threads, checkpoints=CheckpointPolicy(args.checkpoint_steps,
-                                                                         args.checkpoint_minutes))
+                      threads=args.threads, checkpoints=checkpoints)
     finally:
         log.removeHandler(handler)
         handler.close()
@@ -351,18 +349,9 @@ def cmd_compare(args) -> int:
     return 0
 
 
-def _used_artifacts(runs: Path) -> set[tuple[str, str]]:
-    keep = set()
-    for manifest in runs.rglob("manifest.json"):
-        try:
-            for stage in json.loads(manifest.read_text()).get("stages", []):
-                keep.add((stage["stage"], stage["key"]))
-        except (json.JSONDecodeError, KeyError, TypeError):
-            continue
-    return keep
-
-
 def cmd_cache(args) -> int:
+    from harness.results import used_artifacts
+
     cache = _cache(args)
     if args.cache_command == "ls":
         entries = cache.entries()
@@ -375,7 +364,7 @@ def cmd_cache(args) -> int:
     if not args.leftovers_only and not args.runs.is_dir():
         raise UserError(f"{args.runs}: no run directories here, so every artifact would count as unused; pass "
                         "--runs DIR (where your runs are) or --leftovers-only.")
-    keep = None if args.leftovers_only else _used_artifacts(args.runs)
+    keep = None if args.leftovers_only else used_artifacts(args.runs)
     removed = cache.gc(keep, dry_run=args.dry_run)
     verb = "would remove" if args.dry_run else "removed"
     print(f"{verb} {len(removed)} cache entries from {cache.root}")

@@ -19,11 +19,12 @@ from harness.cache import atomic_write_bytes
 from harness.errors import UserError
 from harness.figures import PUBLISHABLE
 from harness.metrics import reconstruction
-from harness.metrics.columns import Column
+from harness.metrics.columns import Column, interval_text
 from harness.pipeline import motion
 from harness.pipeline.row import COLUMNS as COST_COLUMNS
 from harness.provenance import PROVENANCE, provenance, row_provenance
 from harness.results import ResultRow
+from harness.study_tables import render_study
 
 #: The row's identity and bookkeeping; the metric columns are declared next to the code that computes them.
 GENERATOR = Column("generator", "generator")
@@ -60,10 +61,10 @@ def columns(results: list[dict[str, Any]]) -> list[Column]:
 def grouped(every: list[Column], frame: pd.DataFrame) -> list[tuple[str, str, list[Column]]]:
     """The tables of the leaderboard: each group's columns that some row has a value for (a GPU column on a CPU
     run, a content column without a re-ID model, … are left out), ranked columns (↑/↓) before reference values."""
-    tables = []
+    tables, records = [], frame.to_dict("records")
     for group, title in GROUPS:
         shown = [c for c in every if c.group == group and c.source in frame.columns
-                 and any(filled(c.value(r)) for r in frame.to_dict("records"))]
+                 and any(filled(c.value(r)) for r in records)]
         if shown:
             tables.append((group, title, sorted(shown, key=lambda c: not c.direction)))
     return tables
@@ -157,10 +158,6 @@ def _with_interval(value: Any, low: Any, high: Any, digits: int) -> Any:
     if not isinstance(value, float) or value != value or low is None or high is None:
         return value
     return f"{value:.{digits}f} [{low:.{digits}f}, {high:.{digits}f}]"
-
-
-def _interval(value: float, low: float, high: float) -> str:
-    return f"{value:.3f} [{low:.3f}, {high:.3f}]"
 
 
 def interval_note(reid: dict[str, Any], downstream: dict[str, Any] | None) -> str:
@@ -296,9 +293,9 @@ def utility_tables(results: list[dict[str, Any]]) -> str:
 def _utility_line(generator: str, training_set: str, value: dict[str, Any]) -> dict[str, Any]:
     ok = value.get("error") is None
     return {"generator": generator, "training set": training_set, "N train": value.get("n_train", ""),
-            "R² ↑": _interval(value["r2"], value["r2_low"], value["r2_high"]) if ok else "",
-            "MAE ↓": _interval(value["mae"], value["mae_low"], value["mae_high"]) if ok else "",
-            "RMSE ↓": _interval(value["rmse"], value["rmse_low"], value["rmse_high"]) if ok else "",
+            "R² ↑": interval_text(value["r2"], value["r2_low"], value["r2_high"]) if ok else "",
+            "MAE ↓": interval_text(value["mae"], value["mae_low"], value["mae_high"]) if ok else "",
+            "RMSE ↓": interval_text(value["rmse"], value["rmse_low"], value["rmse_high"]) if ok else "",
             "error": value.get("error") or ""}
 
 
@@ -313,13 +310,13 @@ def reid_frames(results: list[dict[str, Any]]) -> tuple[pd.DataFrame, pd.DataFra
         name = f"{reid['plugin']} ({result['benchmark']['encoder']})"
         test, training = reid["test"], reid.get("training", {})
         quality.append({"model": name, "test pairs": test["pairs"],
-                        "AUC [95 % CI] ↑": _interval(test["auc"], test["auc_low"], test["auc_high"]),
+                        "AUC [95 % CI] ↑": interval_text(test["auc"], test["auc_low"], test["auc_high"]),
                         "accuracy ↑": round(test["accuracy"], 3), "F1 ↑": round(test["f1"], 3),
                         "precision ↑": round(test["precision"], 3), "recall ↑": round(test["recall"], 3),
                         "val AUC ↑": training.get("val_auc", ""), "epochs": training.get("epochs", ""),
                         "s/epoch ↓": training.get("epoch_seconds", ""),
                         "reliable": "yes" if reid.get("reliable", True) else "NO (val AUC too low)"})
-        heads.append({"model": name, **{f"AUC {h} ↑": _interval(v["auc"], v["auc_low"], v["auc_high"])
+        heads.append({"model": name, **{f"AUC {h} ↑": interval_text(v["auc"], v["auc_low"], v["auc_high"])
                                          for h, v in test["heads"].items()}})
     return (pd.DataFrame(quality), pd.DataFrame(heads)) if quality else None
 
@@ -333,68 +330,6 @@ def reid_tables(results: list[dict[str, Any]]) -> str:
             + tabulate(quality, headers="keys", tablefmt="github", showindex=False)
             + "\n\n### AUC per head\n\n" + tabulate(heads, headers="keys", tablefmt="github", showindex=False)
             + "\n")
-
-
-def study_tables(result: dict[str, Any]) -> str:
-    """A re-ID study: each model on its own test split (Table 1), AUC per head (Table 3), cross-dataset (Table 2)."""
-    study = result["study"]
-    trained = {v["name"]: v for v in study["variants"]}
-    own, heads, cross = [], [], []
-    for test in study["tests"]:
-        variant = trained[test["model"]]
-        training = variant["reid"]["training"]
-        auc = _interval(test["auc"], test["auc_low"], test["auc_high"])
-        if test["model"] == test["tested_on"]:
-            own.append({"model": test["model"], "space": test["space"], "test pairs": test["pairs"],
-                        "AUC [95 % CI] ↑": auc, "accuracy ↑": round(test["accuracy"], 3), "F1 ↑": round(test["f1"], 3),
-                        "precision ↑": round(test["precision"], 3), "recall ↑": round(test["recall"], 3),
-                        "epochs": training.get("epochs"), "s/epoch ↓": training.get("epoch_seconds")})
-            heads.append({"model": test["model"], **{f"AUC {h} ↑": _interval(v["auc"], v["auc_low"], v["auc_high"])
-                                                     for h, v in test["heads"].items()}})
-        else:
-            cross.append({"model": test["model"], "space": test["space"], "test split of": test["tested_on"],
-                          "AUC [95 % CI] ↑": auc, **{f"AUC {h} ↑": round(v["auc"], 3)
-                                                     for h, v in test["heads"].items() if h != "pred"}})
-    text = f"## {result['benchmark']['title']}\n\nbenchmark `{result['benchmark']['benchmark_hash']}` · seed " \
-           f"{result['benchmark']['seed']}\n\n### Re-identification models on their own test split\n\n"
-    text += tabulate(pd.DataFrame(own), headers="keys", tablefmt="github", showindex=False) + "\n"
-    text += "\n### AUC per head\n\n" + tabulate(pd.DataFrame(heads), headers="keys", tablefmt="github",
-                                                    showindex=False) + "\n"
-    if cross:
-        text += "\n### Cross-dataset (trained on one dataset, tested on another)\n\n"
-        text += tabulate(pd.DataFrame(cross), headers="keys", tablefmt="github", showindex=False) + "\n"
-    text += epoch_time_ratios(study["variants"])
-    return text
-
-
-def render_study(result: dict[str, Any], fmt: str) -> str:
-    if fmt == "md":
-        return study_tables(result)
-    flat = [{"model": t["model"], "tested_on": t["tested_on"], "space": t["space"], "pairs": t["pairs"],
-             **{k: t[k] for k in ("auc", "auc_low", "auc_high", "accuracy", "f1", "precision", "recall")},
-             **{f"auc_{h}": v["auc"] for h, v in t["heads"].items()}} for t in result["study"]["tests"]]
-    if fmt == "csv":
-        return pd.DataFrame(flat).to_csv(index=False)
-    if fmt == "json":
-        variants = [{"name": v["name"], "dataset": v["dataset"], "space": v["encoder"]["space"],
-                     "training": v["reid"]["training"]} for v in result["study"]["variants"]]
-        payload = {"benchmark_hash": result["benchmark"]["benchmark_hash"], "title": result["benchmark"]["title"],
-                   "variants": variants, "tests": flat}
-        return json.dumps(payload, indent=2, ensure_ascii=False) + "\n"
-    raise UserError(f"a re-ID study is rendered as md, csv or json, not {fmt}.")
-
-
-def epoch_time_ratios(variants: list[dict[str, Any]]) -> str:
-    """Image-space over latent-space training epoch time, for variants trained on the same dataset settings."""
-    lines = []
-    for image in (v for v in variants if v["encoder"]["space"] == "image"):
-        for latent in (v for v in variants if v["encoder"]["space"] == "latent"):
-            if latent["dataset_args"] == image["dataset_args"] and latent["dataset"] == image["dataset"]:
-                ratio = image["reid"]["training"]["epoch_seconds"] / latent["reid"]["training"]["epoch_seconds"]
-                lines.append(f"- `{image['name']}` vs `{latent['name']}`: {ratio:.1f}× longer per epoch in image space")
-    if not lines:
-        return ""
-    return "\nEpoch time, image vs latent space (same pairs per epoch):\n\n" + "\n".join(lines) + "\n"
 
 
 def publishable_figures(result: dict[str, Any]) -> dict[str, str]:

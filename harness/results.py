@@ -159,3 +159,15 @@ def build_manifest(resolved: ResolvedSpec, ctx, stages, started: float, environm
 def write_run(run_dir: Path, results: dict[str, Any], manifest: dict[str, Any]) -> None:
     atomic_write_text(run_dir / "results.json", json.dumps(results, indent=2))
     atomic_write_text(run_dir / "manifest.json", json.dumps(manifest, indent=2))
+
+
+def used_artifacts(runs: Path) -> set[tuple[str, str]]:
+    """Every (stage, key) the manifests of the run directories under `runs` name: what `harness cache gc` keeps."""
+    keep = set()
+    for manifest in runs.rglob("manifest.json"):
+        try:
+            for stage in json.loads(manifest.read_text()).get("stages", []):
+                keep.add((stage["stage"], stage["key"]))
+        except (json.JSONDecodeError, KeyError, TypeError):
+            continue
+    return keep

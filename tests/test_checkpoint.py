@@ -79,3 +79,10 @@ def test_a_foreign_checkpoint_stops_a_stage_without_becoming_its_cached_outcome(
     assert cache.get("toy", key) is None and cache.leftovers()  # not cached; the checkpoint stays for the user
     cache.gc(keep=None)
     assert stages.run("toy", build, ctx=ctx).meta["step"] == 0
+
+
+def test_a_checkpoint_interval_that_is_not_positive_is_one_sentence():
+    from tests.conftest import TINY, run_cli
+
+    done = run_cli("run", str(TINY), "--checkpoint-steps", "0", "--no-progress")
+    assert done.returncode == 2 and "must be positive" in done.stderr and "Traceback" not in done.stderr

@@ -44,3 +44,8 @@ class Column:
     def bounds(self, row: dict[str, Any]) -> tuple[Any, Any]:
         """The interval's ends (None when the row has none)."""
         return (row.get(f"{self.key}_low"), row.get(f"{self.key}_high")) if self.interval else (None, None)
+
+
+def interval_text(value: float, low: float, high: float) -> str:
+    """`value [low, high]` with three decimals, as the re-ID and utility tables show a number with its interval."""
+    return f"{value:.3f} [{low:.3f}, {high:.3f}]"

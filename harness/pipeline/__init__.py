@@ -120,7 +120,8 @@ def run_generators(resolved: ResolvedSpec, record: dict[str, Any], stages: Stage
             row.row["privacy_reliable"] = False
     figures = draw_figures(run_dir / "figures", rows, reid, motion, task, encoded, spec.privacy.head)
     declared = [{"key": m.name, "label": m.factory.label, "direction": m.factory.direction,
-                 "digits": m.factory.digits, "definition": (m.factory.__doc__ or "").strip().split("\n\n")[0]}
+                 "digits": m.factory.digits,
+                 "definition": " ".join((m.factory.__doc__ or "").strip().split("\n\n")[0].split())}  # 1st paragraph
                 for m in metrics]
     results = build_results(resolved, record, data.reports, encoded.summary, [r.row for r in rows],
                             reid.summary if reid else None, task.summary if task else None, figures, declared)

@@ -20,6 +20,7 @@ from pydantic import BaseModel
 
 from harness.cache import Artifact, ArtifactCache
 from harness.components import Component, ComponentConfig
+from harness.context import RunContext
 from harness.errors import Ineligible, UserError
 from harness.monitor import StageMonitor
 from harness.plugins import Registry
@@ -216,4 +217,4 @@ class Stages:
 def _in_stage(inputs: dict[str, Any], folder: Path, key: str) -> dict[str, Any]:
     """The build's inputs, its run context (if it takes one) pointed at the stage's checkpoint folder."""
     ctx = inputs.get("ctx")
-    return {**inputs, "ctx": ctx.in_stage(folder, key)} if hasattr(ctx, "in_stage") else inputs
+    return {**inputs, "ctx": ctx.in_stage(folder, key)} if isinstance(ctx, RunContext) else inputs
