@@ -5,7 +5,8 @@ An artifact is a folder `<root>/<stage>/<key>/` holding files and one `meta.json
 folder and renamed into place only when complete, so a killed run never leaves a half-written artifact behind a
 valid key. Reading checks every recorded size and hash: a corrupt or truncated artifact is reported in one
 sentence, moved aside and built again. A per-key file lock makes a second process wait for an artifact the first
-is building and then reuse it.
+is building and then reuse it. In a run over several processes (`harness.distributed`), rank 0 looks up and
+writes; every rank builds together and then reads what rank 0 wrote.
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ import json
 import logging
 import os
 import shutil
+import tempfile
 import time
 import uuid
 from collections.abc import Callable, Iterator
@@ -24,6 +26,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from harness.distributed import SINGLE, ProcessGroup
 from harness.hashing import stable_hash
 
 TMP_PREFIX = ".tmp-"
@@ -86,8 +89,9 @@ class CorruptArtifact(Exception):
 
 
 class ArtifactCache:
-    def __init__(self, root: Path | str):
+    def __init__(self, root: Path | str, group: ProcessGroup = SINGLE):
         self.root = Path(root)
+        self.group = group
         self._verified: set[Path] = set()  # checked once per process; the cache only ever adds folders
         self._told_waiting = False
 
@@ -217,6 +221,8 @@ class ArtifactCache:
     def get_or_build(self, stage: str, key: str, build: Callable[[Path, dict[str, Any]], None]
                      ) -> tuple[Artifact, bool]:
         """The artifact, built with `build(folder, meta)` under the key's lock when absent; True when built here."""
+        if self.group.active:
+            return self._get_or_build_together(stage, key, build)
         artifact = self.get(stage, key)
         if artifact is not None:
             return artifact, False
@@ -227,6 +233,43 @@ class ArtifactCache:
             with self.writing(stage, key) as (tmp, meta):
                 build(tmp, meta)
         return self._read(stage, key, self.path(stage, key)), True
+
+    def _get_or_build_together(self, stage: str, key: str, build: Callable[[Path, dict[str, Any]], None]
+                               ) -> tuple[Artifact, bool]:
+        """`get_or_build` over the ranks: rank 0 looks up (under the key's lock) and writes; the other ranks build
+        alongside it in a scratch folder whose `checkpoint/` is rank 0's, so every rank resumes the same training
+        state; then all read rank 0's artifact."""
+        group, error = self.group, None
+        if group.main:
+            if self.get(stage, key) is not None:
+                group.broadcast(None)
+                return self._read(stage, key, self.path(stage, key)), False
+            with self.lock(stage, key):
+                if self.get(stage, key) is not None:  # another run built it while we waited
+                    group.broadcast(None)
+                    return self._read(stage, key, self.path(stage, key)), False
+                try:
+                    with self.writing(stage, key) as (tmp, meta):
+                        group.broadcast(tmp)
+                        build(tmp, meta)
+                except BaseException as exc:
+                    error = exc
+        else:
+            main_folder = group.broadcast(None)
+            if main_folder is None:
+                return self._read(stage, key, self.path(stage, key)), False
+            with tempfile.TemporaryDirectory(prefix="harness-rank-") as scratch:
+                (Path(scratch) / CHECKPOINTS).symlink_to(main_folder / CHECKPOINTS, target_is_directory=True)
+                try:
+                    build(Path(scratch), {})
+                except BaseException as exc:
+                    error = exc
+        group.agree(error)
+        return self._read(stage, key, self.path(stage, key)), True
+
+    def exists(self, stage: str, key: str) -> bool:
+        """Whether the artifact is cached, as rank 0 finds it (every rank must take the same branch)."""
+        return self.group.broadcast(self.get(stage, key) is not None if self.group.main else None)
 
     # ------------------------------------------------------------------------------------------ housekeeping
 

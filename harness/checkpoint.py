@@ -59,6 +59,7 @@ class TrainingCheckpoint:
     name: str
     identity: str  # the stage key: a checkpoint of another configuration is never resumed
     policy: CheckpointPolicy = field(default_factory=CheckpointPolicy)
+    writes: bool = True  # False on the ranks other than 0 of a run over several processes: they only resume
     _last_save: float = field(default_factory=time.monotonic)
 
     @property
@@ -81,7 +82,7 @@ class TrainingCheckpoint:
     def save_if_due(self, step: int, state: dict[str, Any], force: bool = False) -> None:
         """Save after `step` steps when the policy's steps or minutes have passed, or now when `force` (the end of
         a phase that later phases build on, so a resumed run skips it)."""
-        if self.path is None:
+        if self.path is None or not self.writes:
             return
         every = self.policy.every_steps
         due = force or (every is not None and step % every == 0) or \

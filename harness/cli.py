@@ -14,6 +14,7 @@ from harness.cache import ArtifactCache, atomic_write_text, default_cache_root
 from harness.components import ROLES
 from harness.errors import UserError
 from harness.plugins import Registry, get_registry
+from harness.run_command import CPU_PROCESSES, cmd_run
 
 log = logging.getLogger("harness")
 
@@ -38,6 +39,10 @@ def _parser(registry: Registry) -> argparse.ArgumentParser:
                           "run resumes from the last save")
     run.add_argument("--checkpoint-minutes", type=float, default=10.0,
                      help="training loops save their state this often (default 10)")
+    run.add_argument("--nproc", type=int, default=None,
+                     help="run as N processes (torchrun; one per GPU): training with DDP, sampling and features "
+                          "sharded")
+    run.add_argument("--nproc-force", action="store_true", help=f"allow --nproc above {CPU_PROCESSES} on a CPU")
 
     val = sub.add_parser("validate", help="check a spec and print its hashes")
     val.add_argument("spec", type=Path)
@@ -159,66 +164,6 @@ def cmd_validate(args) -> int:
     print(f"  spec hash      {resolved.spec_hash}")
     print(f"  benchmark hash {resolved.benchmark_hash}")
     return 0
-
-
-def _overrides(args) -> dict | None:
-    if not args.generator:
-        return None
-    try:
-        gen_args = json.loads(args.generator_args)
-    except json.JSONDecodeError as exc:
-        raise UserError(f"--generator-args is not valid JSON ({exc.msg}); "
-                        "pass an object like '{\"k\": 1}'.") from None
-    if not isinstance(gen_args, dict):
-        raise UserError("--generator-args must be a JSON object like '{\"k\": 1}'.")
-    entry = {"plugin": args.generator, "args": gen_args}
-    if args.n_samples is not None:
-        entry["n_samples"] = args.n_samples
-    return {"generators": [entry]}
-
-
-def cmd_run(args) -> int:
-    from harness.checkpoint import CheckpointPolicy
-    from harness.pipeline import run
-    from harness.spec import validate_spec
-
-    if args.threads is not None and args.threads < 1:
-        raise UserError("--threads must be a positive number of CPU threads.")
-    checkpoints = CheckpointPolicy(args.checkpoint_steps, args.checkpoint_minutes)
-    resolved = validate_spec(args.spec, get_registry(), _overrides(args))
-    run_dir = args.out or Path("runs") / f"{resolved.spec.name}-{resolved.spec_hash[:10]}"
-    run_dir.mkdir(parents=True, exist_ok=True)
-    handler = logging.FileHandler(run_dir / "run.log")
-    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(message)s"))
-    log.addHandler(handler)
-    log.setLevel(logging.INFO)
-    started = time.perf_counter()
-    try:
-        outcome = run(resolved, get_registry(), _cache(args), run_dir, show_progress=not args.no_progress,
-                      threads=args.threads, checkpoints=checkpoints)
-    finally:
-        log.removeHandler(handler)
-        handler.close()
-    from harness.leaderboard import render
-
-    results = {**outcome.results, "_source": str(run_dir)}
-    atomic_write_text(run_dir / "leaderboard.md", render([results], "md", base=run_dir))
-    errors = [r for r in results["rows"] if r.get("error")]
-    for row in errors:
-        print(f"error: generator '{row['generator']}': {row['error']}", file=sys.stderr)
-    reid = results.get("reid")
-    if reid and not reid["reliable"]:
-        print(f"warning: the re-ID model did not learn (validation AUC {reid['training'].get('val_auc')} < "
-              f"{resolved.spec.privacy.min_val_auc}); its privacy columns are marked unreliable. Train longer "
-              "(reid.args) or check the data.", file=sys.stderr)
-    skipped = results["dataset"]["skipped_videos"]
-    if skipped:
-        print(f"warning: {skipped} unreadable videos or videos without a valid EF were skipped (listed in "
-              "results.json).", file=sys.stderr)
-    print(f"Done in {time.perf_counter() - started:.1f}s: {len(results['rows'])} rows ({len(errors)} failed), "
-          f"{len(outcome.executed)} stages computed; outputs in {run_dir}/ (results.json, leaderboard.md, "
-          "manifest.json, run.log).")
-    return 2 if errors else 0
 
 
 def cmd_export(args) -> int:
@@ -379,6 +324,7 @@ COMMANDS = {"run": cmd_run, "validate": cmd_validate, "plugins": cmd_plugins, "b
 
 def main(argv: list[str] | None = None) -> int:
     args = _parser(get_registry()).parse_args(argv)
+    args.argv = list(sys.argv[1:] if argv is None else argv)  # what `run --nproc` starts again in each process
     console = logging.StreamHandler()
     console.setLevel(logging.WARNING)
     console.setFormatter(logging.Formatter("%(levelname)s: %(message)s"))

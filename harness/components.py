@@ -167,6 +167,12 @@ class Generator(Component):
             or with NaNs is the row's error, not a crash.
         """
 
+    @property
+    def sample_batch_size(self) -> int:
+        """How many samples `sample` draws together. A run over several processes gives each a share of the
+        conditions cut at multiples of it, so no sample's batch depends on the number of processes."""
+        return 1
+
     def existing_samples(self, ctx: RunContext) -> list[Condition] | None:
         """For a generator whose videos already exist (e.g. a folder of them): one condition per video, which
         replace the benchmark's requested ones for its row. None (the default): the benchmark's conditions."""

@@ -20,6 +20,7 @@ from tqdm.auto import tqdm
 
 from harness.cache import CHECKPOINTS, ArtifactCache
 from harness.checkpoint import CheckpointPolicy, TrainingCheckpoint
+from harness.distributed import SINGLE, ProcessGroup
 from harness.hashing import derive_seed
 
 if TYPE_CHECKING:
@@ -59,6 +60,7 @@ class RunContext:
     cache: ArtifactCache
     show_progress: bool = True
     checkpoint_policy: CheckpointPolicy = CheckpointPolicy()
+    group: ProcessGroup = SINGLE  # the processes of a torchrun run (`harness.distributed`)
     _stage: tuple[Path, str] | None = None  # the checkpoint folder and key of the stage being built
     _dataset: Dataset | None = None
     _clip: ClipSpec | None = None
@@ -77,13 +79,14 @@ class RunContext:
 
     def checkpoint(self, name: str) -> TrainingCheckpoint:
         """The checkpoint of a training loop called `name` in the stage being built (`harness.checkpoint`); outside
-        a stage it saves nothing and resumes from nothing."""
+        a stage it saves nothing and resumes from nothing. Every rank resumes from it; only rank 0 saves."""
         folder, key = self._stage or (None, "")
-        return TrainingCheckpoint(folder, name, key, self.checkpoint_policy)
+        return TrainingCheckpoint(folder, name, key, self.checkpoint_policy, writes=self.group.main)
 
     @property
     def cache_identity(self) -> dict[str, int]:
-        """What a stage that receives the context reads from it: the seed (devices must not change results)."""
+        """What a stage that receives the context reads from it: the seed (devices and process counts must not
+        change results)."""
         return {"seed": self.seed}
 
     @property

@@ -48,6 +48,13 @@ class VideoSet:
     def __len__(self) -> int:
         return len(self.frames)
 
+    def subset(self, indices: np.ndarray | range) -> VideoSet:
+        """The chosen videos: in memory, or for a range a view (a memory-mapped set stays on disk)."""
+        if isinstance(indices, range) and indices.step == 1:
+            return VideoSet(self.frames[indices.start:indices.stop], self.table.iloc[indices.start:indices.stop])
+        indices = np.asarray(indices, dtype=np.int64)
+        return VideoSet(np.asarray(self.frames[indices]), self.table.iloc[indices])
+
     def save(self, folder: Path) -> None:
         np.save(folder / "frames.npy", self.frames)
         _save_table(self.table, folder / "table.json")

@@ -21,7 +21,7 @@ PACKAGES = ("reid-harness", "torch", "torchvision", "diffusers", "numpy", "scipy
             "pluggy", "pydantic", "av")
 
 
-def environment(device: torch.device, threads: int, seed: int) -> dict[str, Any]:
+def environment(device: torch.device, threads: int, seed: int, processes: int = 1) -> dict[str, Any]:
     revision, dirty = git_revision()
     return {
         "harness_version": __version__,
@@ -31,7 +31,7 @@ def environment(device: torch.device, threads: int, seed: int) -> dict[str, Any]
         "platform": platform.platform(),
         "packages": _versions(),
         "torch_build": _torch_build(),
-        "device": describe_device(device, threads),
+        "device": {**describe_device(device, threads), "processes": processes},
         "seed": seed,
     }
 
@@ -49,11 +49,14 @@ def describe_device(device: torch.device, threads: int) -> dict[str, Any]:
 
 
 def device_label(record: dict[str, Any]) -> str:
-    """One line for a table: `NVIDIA H100 (cuda)` or `AMD EPYC 7B13 (cpu, 2 threads)`."""
+    """One line for a table: `NVIDIA H100 (cuda)`, `NVIDIA H100 (x8 cuda)` (8 processes) or `AMD EPYC 7B13 (cpu, 2
+    threads)`."""
     device = record.get("device", {})
+    processes = device.get("processes", 1)
+    each = f"{processes} processes, " if processes > 1 else ""
     if device.get("type") == "cuda":
-        return f"{device.get('name')} (cuda)"
-    return f"{device.get('name')} ({device.get('type', 'cpu')}, {device.get('threads')} threads)"
+        return f"{device.get('name')} ({'x' + str(processes) + ' ' if processes > 1 else ''}cuda)"
+    return f"{device.get('name')} ({device.get('type', 'cpu')}, {each}{device.get('threads')} threads)"
 
 
 def cpu_model() -> str:

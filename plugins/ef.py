@@ -47,10 +47,17 @@ class LatentCNN(nn.Module):
         self.register_buffer("ef_mean", torch.tensor(0.0))
         self.register_buffer("ef_scale", torch.tensor(1.0))
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:  # x: [B, C, T, h, w]
+    def forward(self, x: torch.Tensor, keep: torch.Tensor | None = None) -> torch.Tensor:  # x: [B, C, T, h, w]
+        """`keep`: the dropout's scaled mask, when the training loop drew it for a whole batch split over
+        processes (`dropout_mask`); else the module's own dropout."""
         h = self.features(x).flatten(3).transpose(2, 3).flatten(1, 2)  # [B, features x positions, T]
         h = torch.cat([h.mean(2), h.std(2)], dim=1)
-        return self.fc(self.dropout(h))[:, 0] * self.ef_scale + self.ef_mean
+        return self.fc(h * keep if keep is not None else self.dropout(h))[:, 0] * self.ef_scale + self.ef_mean
+
+    def dropout_mask(self, batch: int) -> torch.Tensor:
+        """The scaled keep-mask of a batch, drawn from torch's global generator exactly as `nn.Dropout` draws it."""
+        p = self.dropout.p
+        return torch.empty((batch, self.fc.in_features)).bernoulli_(1 - p).div_(1 - p)
 
 
 def r2plus1d() -> nn.Module:
@@ -141,15 +148,20 @@ class EFRegression(Task):
         state = {"net": net, "optimiser": opt, "batches": rng, "progress": progress, "torch": TORCH_RNG,
                  **({"schedule": sched} if sched is not None else {})}
         start = checkpoint.resume(state)
+        trained = ctx.group.wrap(net, ctx.device)  # DDP over the processes of the run, else `net` itself
         for epoch in ctx.progress(range(start, epochs), initial=start, total=epochs, desc="EF regression"):
             net.train()
             started = time.perf_counter()
             for batch in np.array_split(rng.permutation(len(x_train)), max(1, len(x_train) // cfg.batch_size)):
                 start = int(rng.choice(self._clip_starts(x_train.shape[2])))
-                clip = self._augment(self._clip(x_train[batch], start), rng).to(ctx.device)
+                clip = self._augment(self._clip(x_train[batch], start), rng)  # the batch's draws, made whole
+                part, weight = ctx.group.batch_part(len(batch))  # this process's videos of the batch
+                # a split batch draws its dropout whole; r2plus1d has none
+                keep = {"keep": net.dropout_mask(len(batch))[part].to(ctx.device)} \
+                    if ctx.group.active and isinstance(net, LatentCNN) else {}
                 with mixed_precision(ctx.device):
-                    pred = net(clip).float().reshape(-1)  # r2plus1d's fc gives [B, 1]
-                loss = nn.functional.mse_loss(pred, y_train[batch].to(ctx.device))
+                    pred = trained(clip[part].to(ctx.device), **keep).float().reshape(-1)  # r2plus1d's fc: [B, 1]
+                loss = nn.functional.mse_loss(pred, y_train[batch][part].to(ctx.device)) * weight
                 opt.zero_grad(set_to_none=True)
                 loss.backward()
                 opt.step()

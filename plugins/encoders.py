@@ -128,14 +128,17 @@ class VAE(Encoder):
         checkpoint = ctx.checkpoint("vae")
         state = {"model": model, "optimiser": optimiser, "schedule": schedule, "batches": rng, "torch": TORCH_RNG}
         start = checkpoint.resume(state)
+        loss_of = ctx.group.wrap(_ReconstructionLoss(model, c.kl_weight), ctx.device)
+        part, weight = ctx.group.batch_part(c.batch_size)
+        latent_side = c.crop // 2 ** (len(model.config.block_out_channels) - 1)
         bar = ctx.progress(range(start, c.train_steps), initial=start, total=c.train_steps, desc="training vae")
         for step in bar:
             idx = np.sort(rng.choice(len(frames), size=c.batch_size, replace=len(frames) < c.batch_size))
             y0, x0 = rng.integers(0, frames.shape[1] - c.crop + 1, 2)
-            x = to_unit(frames[idx, y0:y0 + c.crop, x0:x0 + c.crop])[:, None].to(ctx.device)
-            posterior = model.encode(x).latent_dist
-            recon = model.decode(posterior.sample(generator=None)).sample
-            loss = (recon - x).abs().mean() + c.kl_weight * posterior.kl().mean()
+            x = to_unit(frames[idx[part], y0:y0 + c.crop, x0:x0 + c.crop])[:, None].to(ctx.device)
+            # the whole batch's posterior noise, drawn as one process draws it, so every rank takes its own rows
+            eps = torch.randn((c.batch_size, model.config.latent_channels, latent_side, latent_side))
+            loss = loss_of(x, eps[part].to(ctx.device)) * weight
             optimiser.zero_grad(set_to_none=True)
             loss.backward()
             optimiser.step()
@@ -194,6 +197,20 @@ class VAE(Encoder):
             out.append(to_pixels(x))
         frames = np.concatenate(out) if out else np.zeros((0, 112, 112), np.uint8)
         return VideoSet(frames.reshape(n, t, *frames.shape[1:]), latents.table.copy())
+
+
+class _ReconstructionLoss(torch.nn.Module):
+    """The VAE's training loss on a batch as one module, so DDP (which hooks a module's forward) can train it: L1
+    reconstruction from a posterior sample (`eps`: its standard normal noise) plus the weighted KL term."""
+
+    def __init__(self, vae, kl_weight: float):
+        super().__init__()
+        self.vae, self.kl_weight = vae, kl_weight
+
+    def forward(self, x: torch.Tensor, eps: torch.Tensor) -> torch.Tensor:
+        posterior = self.vae.encode(x).latent_dist
+        recon = self.vae.decode(posterior.mean + posterior.std * eps).sample
+        return (recon - x).abs().mean() + self.kl_weight * posterior.kl().mean()
 
 
 @hookimpl

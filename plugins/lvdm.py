@@ -187,10 +187,12 @@ class EchoLVDM(Generator):
         checkpoint = ctx.checkpoint(desc.split()[0].lower())
         state = {"model": model, "ema": ema, "optimiser": opt, "batches": batches, "noise": gen, "torch": TORCH_RNG}
         start = checkpoint.resume(state)
+        trained = ctx.group.wrap(model, ctx.device)  # DDP over the processes of the run, else `model` itself
         for step in ctx.progress(range(start, steps), initial=start, total=steps, desc=desc):
             inputs = [x.to(ctx.device) for x in batch()]
+            part, weight = ctx.group.batch_part(len(inputs[0]))  # every rank draws the batch, each trains on a part
             with mixed_precision(ctx.device):
-                loss = loss_fn(model, sched, inputs, gen, ctx.device)
+                loss = loss_fn(trained, sched, inputs, gen, ctx.device, part) * weight
             opt.zero_grad(set_to_none=True)
             loss.backward()
             torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
@@ -212,20 +214,21 @@ class EchoLVDM(Generator):
         t = torch.randint(0, sched.config.num_train_timesteps, (len(x),), generator=gen).to(device)
         return sched.add_noise(x, noise, t), t, sched.get_velocity(x, noise, t)
 
-    def _image_loss(self, model, sched, inputs, gen, device):
+    def _image_loss(self, model, sched, inputs, gen, device, part: slice):
+        """The loss on this process's `part` of the batch; the batch's noise is drawn whole."""
         (x,) = inputs
         noisy, t, target = self._noised(sched, x, gen, device)
-        return F.mse_loss(model(noisy, t).sample, target)
+        return F.mse_loss(model(noisy[part], t[part]).sample, target[part])
 
-    def _video_loss(self, model, sched, inputs, gen, device):
+    def _video_loss(self, model, sched, inputs, gen, device, part: slice):
         clips, cond, ef = inputs
         dropout = self.config.setting("condition_dropout")
         if dropout > 0:  # the model also learns the clip without its EF: the unconditional branch of guidance
             dropped = (torch.rand(len(ef), generator=gen) < dropout).to(device)
             ef = torch.where(dropped, torch.full_like(ef, NULL_EF), ef)
         noisy, t, target = self._noised(sched, clips, gen, device, self.config.setting("noise_offset"))
-        pred = self._video_forward(model, noisy, cond, ef, t)
-        return F.mse_loss(pred, target)
+        pred = self._video_forward(model, noisy[part], cond[part], ef[part], t[part])
+        return F.mse_loss(pred, target[part])
 
     @staticmethod
     def _video_forward(model, noisy, cond, ef, t):
@@ -234,6 +237,10 @@ class EchoLVDM(Generator):
                      added_time_ids=torch.zeros(len(x), 1, device=x.device, dtype=x.dtype)).sample
 
     # ------------------------------------------------------------------------------------------ sampling
+
+    @property
+    def sample_batch_size(self) -> int:
+        return self.config.sample_batch
 
     @property
     def uses_privacy_filter(self) -> bool:
@@ -256,8 +263,8 @@ class EchoLVDM(Generator):
             torch.cat([o[0] for o in out]).numpy(), conditions, fps=self.fps,
             sources=[[f"lidm:{c.sample_id}"] for c in conditions], sampler=kind, steps=steps,
             model_hash=self.model_hash(),
-            # samples drawn in one batch; regenerating one redraws its batch (bit-exact)
-            batch=[i // self.config.sample_batch for i in range(len(conditions))],
+            # samples drawn in one batch (named by its first sample); regenerating one redraws its batch (bit-exact)
+            batch=[conditions[i - i % self.sample_batch_size].sample_id for i in range(len(conditions))],
             filter_redraws=np.concatenate([o[1] for o in out]),
             conditioning_memorised=np.concatenate([o[2] for o in out]))
 

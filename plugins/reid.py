@@ -149,6 +149,7 @@ class Siamese(ReIdFilter):
         checkpoint = ctx.checkpoint("siamese")
         state = {"net": net, "optimiser": opt, "pairs": rng, "progress": progress, "torch": TORCH_RNG}
         start = checkpoint.resume(state)
+        trained = ctx.group.wrap(net, ctx.device)  # DDP over the processes of the run, else `net` itself
         epochs = cfg.setting("max_epochs")
         epoch = start - 1
         bar = ctx.progress(range(start, epochs), initial=start, total=epochs, desc="re-ID training")
@@ -160,8 +161,10 @@ class Siamese(ReIdFilter):
                 pairs = _hard_negatives(net, x_train, pairs, cfg.setting("hard_negatives"), cfg.hard_pool, rng,
                                         ctx.device)
             for batch in np.array_split(pairs, max(1, -(-len(pairs) // cfg.setting("batch_size")))):
-                logits = _pair_logits(net, x_train, batch, ctx.device)
-                loss = loss_fn(logits, torch.as_tensor(batch[:, 4], dtype=torch.float32, device=ctx.device))
+                part, weight = ctx.group.batch_part(len(batch))  # this process's pairs of the batch
+                logits = _pair_logits(trained, x_train, batch[part], ctx.device)
+                loss = loss_fn(logits, torch.as_tensor(batch[part, 4], dtype=torch.float32, device=ctx.device))
+                loss = loss * weight
                 opt.zero_grad(set_to_none=True)
                 loss.backward()
                 opt.step()

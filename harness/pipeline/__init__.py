@@ -21,6 +21,7 @@ import torch
 from harness.cache import ArtifactCache, atomic_write_text
 from harness.checkpoint import CheckpointPolicy
 from harness.context import RunContext, resolve_device, set_threads
+from harness.distributed import SINGLE, ProcessGroup
 from harness.environment import environment
 from harness.errors import UserError
 from harness.figures import (
@@ -57,24 +58,28 @@ class RunOutcome:
 
 
 def run(resolved: ResolvedSpec, registry: Registry, cache: ArtifactCache, run_dir: Path,
-        show_progress: bool = True, threads: int | None = None,
-        checkpoints: CheckpointPolicy | None = None) -> RunOutcome:
-    """Run a validated spec; writes `results.json`, `manifest.json`, `samples/` and `figures/` into `run_dir`."""
+        show_progress: bool = True, threads: int | None = None, checkpoints: CheckpointPolicy | None = None,
+        group: ProcessGroup = SINGLE, device: str | None = None) -> RunOutcome:
+    """Run a validated spec; writes `results.json`, `manifest.json`, `samples/` and `figures/` into `run_dir`.
+
+    In a run over several processes (`group`), each runs this on its own `device`; only rank 0 writes."""
     started = time.time()
     threads = set_threads(threads)
-    ctx = RunContext(device=_device(resolved), seed=resolved.spec.seed, cache=cache, show_progress=show_progress,
-                     checkpoint_policy=checkpoints or CheckpointPolicy())
+    ctx = RunContext(device=_device(resolved, device), seed=resolved.spec.seed, cache=cache,
+                     show_progress=show_progress, checkpoint_policy=checkpoints or CheckpointPolicy(), group=group)
     stages = Stages(cache)
-    run_dir.mkdir(parents=True, exist_ok=True)
+    if group.main:
+        run_dir.mkdir(parents=True, exist_ok=True)
 
     def choose(role: str, plugin: str, config_key: str) -> Chosen:
         return Chosen.from_registry(registry, role, plugin, resolved.configs[config_key])
 
-    record = environment(ctx.device, threads, ctx.seed)
+    record = environment(ctx.device, threads, ctx.seed, group.world)
     phases = run_study if resolved.spec.reid_study is not None else run_generators
     results = phases(resolved, record, stages, choose, ctx, run_dir)
     manifest = build_manifest(resolved, ctx, stages, started, record)
-    write_run(run_dir, results, manifest)
+    if group.main:
+        write_run(run_dir, results, manifest)
     return RunOutcome(results, manifest)
 
 
@@ -112,13 +117,14 @@ def run_generators(resolved: ResolvedSpec, record: dict[str, Any], stages: Stage
         request = RowRequest(entry.row_name, choose("generators", entry.plugin, f"generators.{entry.row_name}"),
                              resolved.generator_hash(entry.row_name), asked, metrics, boot)
         rows.append(run_row(stages, request, encoded, reid, motion, task, ctx))
-    # 6. per-sample tables and figures
+    # 6. per-sample tables and figures (rank 0 writes them)
     for row in rows:
-        if row.table is not None:
+        if row.table is not None and ctx.group.main:
             atomic_write_text(run_dir / "samples" / f"{row.row['generator']}.csv", row.table.to_csv(index=False))
         if reid is not None and not reid.summary["reliable"]:
             row.row["privacy_reliable"] = False
-    figures = draw_figures(run_dir / "figures", rows, reid, motion, task, encoded, spec.privacy.head)
+    figures = draw_figures(run_dir / "figures", rows, reid, motion, task, encoded, spec.privacy.head) \
+        if ctx.group.main else {}
     declared = [{"key": m.name, "label": m.factory.label, "direction": m.factory.direction,
                  "digits": m.factory.digits,
                  "definition": " ".join((m.factory.__doc__ or "").strip().split("\n\n")[0].split())}  # 1st paragraph
@@ -171,8 +177,8 @@ def run_study(resolved: ResolvedSpec, record: dict[str, Any], stages: Stages, ch
     return results
 
 
-def _device(resolved: ResolvedSpec) -> torch.device:
-    device = resolve_device(resolved.spec.device)
+def _device(resolved: ResolvedSpec, name: str | None) -> torch.device:
+    device = resolve_device(name or resolved.spec.device)
     if device.type == "cuda" and not torch.cuda.is_available():
         raise UserError(f"{resolved.source}: device is 'cuda' but no CUDA GPU is visible; use 'auto' or 'cpu'.")
     return device

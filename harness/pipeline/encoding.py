@@ -11,6 +11,7 @@ import numpy as np
 from harness.components import Encoder
 from harness.context import RunContext
 from harness.data import LatentSet, VideoSet
+from harness.distributed import concat
 from harness.metrics.reconstruction import psnr
 from harness.pipeline.real_data import RealData
 from harness.pipeline.stages import Chosen, Fitted, Stages, Stored
@@ -49,7 +50,8 @@ def _fit(encoder: Encoder, train: Stored[VideoSet], ctx: RunContext) -> None:
 
 
 def _encode(folder: Path, encoder: Fitted[Encoder], videos: Stored[VideoSet], ctx: RunContext) -> None:
-    encoder.get().encode(videos.value, ctx).save(folder)
+    model = encoder.get()
+    concat(ctx.group.map(lambda block: model.encode(videos.value.subset(block), ctx), len(videos.value))).save(folder)
 
 
 def _reconstruction(folder: Path, encoder: Fitted[Encoder], videos: Stored[VideoSet], latents: Stored[LatentSet],

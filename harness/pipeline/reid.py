@@ -190,20 +190,26 @@ def _fit(reid: ReIdFilter, train: Stored[LatentSet], val: Stored[LatentSet], ctx
 def _embed(folder: Path, reid: Fitted[ReIdFilter], latents: Stored[LatentSet], frame_videos: int,
            ctx: RunContext) -> None:
     model, clips = reid.get(), latents.value.latents
-    first = model.embed(clips, ctx, frames=[0])[:, 0]
-    frames = model.embed(clips[:frame_videos], ctx) if frame_videos else first[:0, None]
+    first = torch.cat(ctx.group.map(lambda b: model.embed(clips[b.start:b.stop], ctx, frames=[0])[:, 0], len(clips)))
+    frames = torch.cat(ctx.group.map(lambda b: model.embed(clips[b.start:b.stop], ctx), frame_videos)) \
+        if frame_videos else first[:0, None]
     for name, value in (("first", first), ("frames", frames)):
         np.save(folder / f"{name}.npy", _finite(value).numpy().astype(np.float32))
 
 
 def _embed_frames(folder: Path, reid: Fitted[ReIdFilter], latents: Stored[LatentSet], stride: int, ctx: RunContext,
                   chunk: int = 1024) -> None:
-    clips, model, parts = latents.value.latents, reid.get(), []
-    for start in range(0, len(clips), chunk):  # bounded memory: a chunk of videos' frames at a time
-        frames = np.asarray(clips[start:start + chunk, ::stride])
-        alone = model.embed(frames.reshape(-1, 1, *frames.shape[2:]), ctx)  # [n * F, 1, D]
-        parts.append(alone.view(len(frames), frames.shape[1], -1))
-    np.save(folder / "frames.npy", _finite(torch.cat(parts)).numpy().astype(np.float32))
+    clips, model = latents.value.latents, reid.get()
+
+    def shard(block: range) -> torch.Tensor:
+        parts = []
+        for start in range(block.start, block.stop, chunk):  # bounded memory: a chunk of videos' frames at a time
+            frames = np.asarray(clips[start:min(start + chunk, block.stop), ::stride])
+            alone = model.embed(frames.reshape(-1, 1, *frames.shape[2:]), ctx)  # [n * F, 1, D]
+            parts.append(alone.view(len(frames), frames.shape[1], -1))
+        return torch.cat(parts) if parts else torch.zeros((0, 0, 0))
+
+    np.save(folder / "frames.npy", _finite(torch.cat(ctx.group.map(shard, len(clips)))).numpy().astype(np.float32))
 
 
 def _finite(features: torch.Tensor) -> torch.Tensor:

@@ -20,6 +20,7 @@ import torch
 from harness.components import Generator, RowFeatures, RowMetric
 from harness.context import RunContext
 from harness.data import ClipSpec, Condition, LatentSet, PixelSamples, SampleSet
+from harness.distributed import concat
 from harness.downstream import adherence, learned_real_videos, select
 from harness.errors import GeneratorOutputError, Ineligible, UserError
 from harness.evaluation import row_metrics
@@ -220,13 +221,19 @@ def _fit(generator: Generator, data: dict[str, Stored[LatentSet]], ctx: RunConte
 def _sample(folder: Path, generator, conditions: list[Condition], ctx: RunContext, clip_shape: list[int] | None = None,
             clip: ClipSpec | None = None, privacy: ReidModel | None = None) -> dict[str, float]:
     model = generator.get()
+    if privacy is not None:
+        privacy.reid.get()  # ready on every rank before the ranks sample apart
+
+    def shard(block: range):  # a rank's share of the conditions, never cutting one of the generator's batches
+        part = model.sample([conditions[i] for i in block], ctx)
+        if clip is not None:
+            return check_pixels(part, len(block), clip)
+        check_samples(part, len(block), tuple(clip_shape))
+        return part
+
     start = time.perf_counter()
-    samples = model.sample(conditions, ctx)
+    samples = concat(ctx.group.map(shard, len(conditions), model.sample_batch_size))
     seconds = time.perf_counter() - start
-    if clip is not None:
-        samples = check_pixels(samples, len(conditions), clip)
-    else:
-        check_samples(samples, len(conditions), tuple(clip_shape))
     samples.save(folder)
     return {"sample_seconds_per_video": seconds / max(len(conditions), 1)}
 
@@ -271,7 +278,8 @@ def check_pixels(samples: PixelSamples, n: int, clip: ClipSpec) -> PixelSamples:
 
 
 def _encode_samples(folder: Path, encoder, pixels: Stored[PixelSamples], ctx: RunContext) -> None:
-    latents = encoder.get().encode(pixels.value.videos(), ctx)
+    model, videos = encoder.get(), pixels.value.videos()
+    latents = concat(ctx.group.map(lambda block: model.encode(videos.subset(block), ctx), len(videos)))
     SampleSet(latents.latents, latents.table, pixels.value.provenance).save(folder)
 
 

@@ -100,7 +100,7 @@ class Fitted(Generic[C]):
 
     def record_if_cached(self) -> None:
         """Record the fit stage in the manifest (so `cache gc` keeps it) when its artifact exists; loads nothing."""
-        if self._meta is None and self._stages.cache.get(self._name, self.key) is not None:
+        if self._meta is None and self._stages.cache.exists(self._name, self.key):
             self._stage()
 
     @property
@@ -114,10 +114,10 @@ class Fitted(Generic[C]):
         if self._meta is None:
             def build(folder: Path, component: Chosen[C], **inputs: Any) -> dict[str, Any]:
                 self._fit(self.component, **inputs)  # with the stage's context: it saves its checkpoints there
-                self._ready = True
                 (folder / "state").mkdir()
-                return {"saved": bool(self.component.save_state(folder / "state")),
-                        "report": self.component.fit_report()}
+                saved = bool(self.component.save_state(folder / "state"))
+                self._ready = not saved or self._stages.cache.group.main  # other ranks load what rank 0 saved
+                return {"saved": saved, "report": self.component.fit_report()}
 
             self._meta = self._stages.run(self._name, build, external=True, component=self._chosen,
                                          **self._inputs).meta

@@ -1,0 +1,154 @@
+"""Runs over several processes: one DDP step equals one process's step, and the tiny spec runs as 2 gloo processes."""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+
+import numpy as np
+import pytest
+import torch
+import torch.distributed as dist
+import torch.multiprocessing as mp
+from safetensors.torch import load_file
+from torch import nn
+
+from harness.distributed import SINGLE, ProcessGroup, concat
+from harness.errors import UserError
+from tests.conftest import TINY, run_cli
+
+
+def test_shards_cover_every_item_in_order_without_cutting_a_batch():
+    for n, align, world in [(30, 1, 2), (30, 16, 2), (5, 16, 3), (0, 4, 2), (100, 7, 8)]:
+        blocks = [ProcessGroup(rank, world).shard(n, align) for rank in range(world)]
+        assert [i for block in blocks for i in block] == list(range(n))
+        assert all(block.start % align == 0 for block in blocks if len(block))
+    assert SINGLE.map(lambda block: list(block), 5) == [[0, 1, 2, 3, 4]]
+
+
+def test_a_batch_smaller_than_the_processes_is_one_sentence():
+    with pytest.raises(UserError, match="cannot be split over 4 processes"):
+        ProcessGroup(0, 4).batch_part(3)
+    assert SINGLE.batch_part(5) == (slice(0, 5), 1.0)
+
+
+def _model() -> nn.Module:
+    from plugins.ef import LatentCNN
+
+    torch.manual_seed(0)
+    return nn.ModuleDict({"conv": nn.Sequential(nn.Conv2d(4, 8, 3), nn.BatchNorm2d(8), nn.ReLU()),
+                          "ef": LatentCNN(4, size=8)})
+
+
+def _step(group: ProcessGroup) -> dict[str, torch.Tensor]:
+    """One training step of a batch-norm model and of the EF model (with dropout) on this rank's part of a batch
+    of 10; gradients, batch-norm statistics and the dropout mask must come out as one process's."""
+    model = _model()
+    gen = torch.Generator().manual_seed(1)
+    images, clips, y = torch.randn(10, 4, 8, 8, generator=gen), torch.randn(10, 4, 6, 8, 8, generator=gen), \
+        torch.randn(10, generator=gen)
+    part, weight = group.batch_part(10)
+    conv, ef = group.wrap(model["conv"], torch.device("cpu")), group.wrap(model["ef"], torch.device("cpu"))
+    torch.manual_seed(2)
+    keep = model["ef"].dropout_mask(10)[part]
+    loss = (conv(images[part]).mean((1, 2, 3)) - y[part]).pow(2).mean() * weight
+    loss = loss + (ef(clips[part], keep=keep) - y[part]).pow(2).mean() * weight
+    loss.backward()
+    return {**{f"grad.{k}": p.grad for k, p in model.named_parameters()},
+            **{f"buffer.{k}": b.float() for k, b in model.named_buffers()}}
+
+
+def _worker(rank: int, port: int, queue) -> None:
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+    torch.set_num_threads(1)
+    dist.init_process_group("gloo", rank=rank, world_size=2)
+    try:
+        queue.put((rank, {k: v.detach().numpy().copy() for k, v in _step(ProcessGroup(rank, 2, rank)).items()}))
+    finally:
+        dist.destroy_process_group()
+
+
+def test_one_ddp_step_over_two_processes_equals_one_process():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    ctx = mp.get_context("spawn")
+    queue = ctx.Queue()
+    procs = [ctx.Process(target=_worker, args=(rank, port, queue)) for rank in range(2)]
+    for p in procs:
+        p.start()
+    results = dict(queue.get(timeout=120) for _ in procs)
+    for p in procs:
+        p.join(60)
+    torch.set_num_threads(1)
+    alone = _step(SINGLE)
+    for rank in range(2):
+        for name, value in alone.items():
+            assert np.allclose(results[rank][name], value.detach().numpy(), rtol=1e-4, atol=1e-6), (rank, name)
+
+
+def test_rows_concatenate_in_order():
+    from harness.data import VideoSet
+
+    table = __import__("pandas").DataFrame({"video_id": list("abc"), "patient_id": "", "ef": 50.0, "split": "x",
+                                            "fps": 25.0, "source_file": ""})
+    videos = VideoSet(np.arange(3 * 2 * 4 * 4, dtype=np.uint8).reshape(3, 2, 4, 4), table)
+    joined = concat([videos.subset(range(0, 2)), videos.subset(range(2, 3))])
+    assert np.array_equal(joined.frames, videos.frames) and joined.table["video_id"].tolist() == list("abc")
+
+
+@pytest.mark.parametrize("args, message", [(["--nproc", "3"], "--nproc-force"), (["--nproc", "0"], "positive")])
+def test_too_many_processes_on_a_cpu_is_one_sentence(tmp_path, args, message):
+    if torch.cuda.is_available():
+        pytest.skip("counts GPUs on a GPU machine")
+    done = run_cli("--cache", str(tmp_path / "cache"), "run", str(TINY), "--out", str(tmp_path / "run"), *args)
+    assert done.returncode == 2 and message in done.stderr and "Traceback" not in done.stderr
+    assert len(done.stderr.strip().splitlines()) == 1
+    assert not (tmp_path / "cache").exists()
+
+
+def test_a_process_group_that_cannot_start_is_one_sentence(tmp_path):
+    env = {"WORLD_SIZE": "2", "RANK": "1", "LOCAL_RANK": "1", "MASTER_ADDR": "no-such-host.invalid",
+           "MASTER_PORT": "29500", "HARNESS_JOIN_SECONDS": "3"}
+    done = run_cli("--cache", str(tmp_path / "cache"), "run", str(TINY), "--out", str(tmp_path / "run"), env=env)
+    assert done.returncode == 2, done.stderr
+    assert "process group did not start" in done.stderr and "Traceback" not in done.stderr
+    assert not (tmp_path / "cache").exists()
+
+
+def test_the_tiny_spec_runs_as_two_processes_like_one(tiny_run, tmp_path):
+    """2 gloo processes: rank 0 alone writes; every row asks for the same samples (ids, seeds, EFs); the VAE trained
+    with DDP agrees with the one-process run's up to floating point (different thread counts and reduction order);
+    samples drawn from seeds agree likewise; the controls land where they must."""
+    cache, out = tmp_path / "cache", tmp_path / "run"
+    done = run_cli("--cache", str(cache), "run", str(TINY), "--out", str(out), "--no-progress", "--nproc", "2")
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert done.stdout.count("Done in") == 1  # rank 0 reports, the other rank is silent
+    results = json.loads((out / "results.json").read_text())
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert results["environment"]["device"]["processes"] == 2
+    assert not list(cache.glob("*/.tmp-*")) and not list(cache.glob("**/*rank*"))
+    alone = tiny_run["results"]
+    assert [r["generator"] for r in results["rows"]] == [r["generator"] for r in alone["rows"]]
+    rows = {r["generator"]: r for r in results["rows"]}
+    for row in alone["rows"]:
+        ours = rows[row["generator"]]
+        assert ours["error"] is None and ours["n_returned"] == row["n_returned"]
+        table = (out / "samples" / f"{row['generator']}.csv").read_text().splitlines()
+        theirs = (tiny_run["out"] / "samples" / f"{row['generator']}.csv").read_text().splitlines()
+        assert [line.split(",")[:3] for line in table] == [line.split(",")[:3] for line in theirs]  # id, seed, EF
+    assert rows["copy"]["memorised_pct"] == 100.0 and rows["noise"]["memorised_pct"] == 0.0
+
+    def artifact(root, stage, key, name):
+        return root / stage / key / name
+
+    keys = {s["stage"]: s["key"] for s in manifest["stages"] if s["stage"] == "encoder-fit"}
+    weights = "state/diffusion_pytorch_model.safetensors"
+    ours = load_file(artifact(cache, "encoder-fit", keys["encoder-fit"], weights))
+    theirs = load_file(artifact(tiny_run["cache"], "encoder-fit", keys["encoder-fit"], weights))
+    assert max(float((ours[k] - theirs[k]).abs().max()) for k in ours) < 1e-3
+    noise = rows["noise"]["artifacts"]["samples"]  # each sample's own seed, scaled by the training latents' spread
+    assert np.allclose(np.load(artifact(cache, "samples", noise, "latents.npy")).astype(np.float32),
+                       np.load(artifact(tiny_run["cache"], "samples", noise, "latents.npy")).astype(np.float32),
+                       atol=2e-2)
