@@ -44,6 +44,12 @@ def _parser(registry: Registry) -> argparse.ArgumentParser:
                           "sharded")
     run.add_argument("--nproc-force", action="store_true", help=f"allow --nproc above {CPU_PROCESSES} on a CPU")
 
+    plan = sub.add_parser("plan", help="what each stage of a spec will cost on this device, before running it")
+    plan.add_argument("spec", type=Path)
+    plan.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto")
+    plan.add_argument("--nproc", type=int, default=1, help="plan a run over N processes (one per GPU)")
+    plan.add_argument("--runs", type=Path, default=Path("runs"), help="where earlier runs of the spec are")
+
     val = sub.add_parser("validate", help="check a spec and print its hashes")
     val.add_argument("spec", type=Path)
 
@@ -144,6 +150,17 @@ def _plugin_commands(sub, registry: Registry) -> None:
 
 def _cache(args) -> ArtifactCache:
     return ArtifactCache(args.cache or default_cache_root())
+
+
+def cmd_plan(args) -> int:
+    from harness.plan import check_device, make_plan
+    from harness.spec import validate_spec
+
+    if args.nproc < 1:
+        raise UserError("--nproc must be a positive number of processes.")
+    resolved = validate_spec(args.spec, get_registry())
+    print(make_plan(resolved, get_registry(), check_device(args.device), args.nproc, args.runs, _cache(args).root))
+    return 0
 
 
 def cmd_validate(args) -> int:
@@ -316,7 +333,7 @@ def cmd_cache(args) -> int:
     return 0
 
 
-COMMANDS = {"run": cmd_run, "validate": cmd_validate, "plugins": cmd_plugins, "bench": cmd_bench,
+COMMANDS = {"run": cmd_run, "plan": cmd_plan, "validate": cmd_validate, "plugins": cmd_plugins, "bench": cmd_bench,
             "regenerate": cmd_regenerate, "export": cmd_export, "leaderboard": cmd_leaderboard, "check": cmd_check,
             "compare": cmd_compare,
             "cache": cmd_cache}

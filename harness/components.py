@@ -30,6 +30,7 @@ if TYPE_CHECKING:
 
     from harness.context import RunContext
     from harness.data import Condition, LatentSet, PixelSamples, SampleSet, VideoSet
+    from harness.plan import Estimate, Probe, Workload
 
 
 class ComponentConfig(BaseModel):
@@ -70,6 +71,13 @@ class Component(abc.ABC):  # noqa: B024 - the roles below declare the abstract m
         """What training measured (epochs, validation scores, epoch time), kept with the cached state."""
         return {}
 
+    def plan(self, work: Workload, probe: Probe) -> list[Estimate]:
+        """What this component's stages will cost (`harness plan`): sizes from `work`, seconds from timing a few
+        calls of its models at the configured shapes with `probe`. Empty: not estimated. An estimate names the
+        run's stage it stands for (`encoder-fit`, `encode`, `reid-fit`, `generator-fit`, `samples`, ...), so the
+        plan can tell what is cached."""
+        return []
+
 
 class Dataset(Component):
     """A real video dataset."""
@@ -93,6 +101,11 @@ class Dataset(Component):
     def load_report(self) -> dict[str, Any]:
         """Per split, counts worth putting in the results (e.g. `{"test": {"videos": 60, "skipped": 1}}`)."""
         return {}
+
+    def planned_size(self) -> tuple[dict[str, int], int, int, str] | None:
+        """For `harness plan`, before loading: videos per split, frames per clip, pixels per side, and where the
+        counts come from. None: unknown."""
+        return None
 
 
 @runtime_checkable
@@ -123,6 +136,10 @@ class Encoder(Component):
     @abc.abstractmethod
     def decode(self, latents: LatentSet, ctx: RunContext) -> VideoSet:
         """The inverse of `encode`, back to uint8 clips (for figures and pixel-space tasks)."""
+
+    def frame_shape(self, size: int) -> tuple[int, int, int]:
+        """`(C, h, w)` of a `size` x `size` frame in this encoder's space."""
+        return (1, size, size)
 
 
 class Generator(Component):

@@ -26,8 +26,14 @@ from harness.components import ComponentConfig, Generator, SimulatesPatients
 from harness.context import RunContext
 from harness.data import Condition, LatentSet, SampleSet
 from harness.errors import UserError
+from harness.plan import Estimate, Probe, Workload
 
 log = logging.getLogger("harness")
+
+
+def _no_model(work: Workload) -> list[Estimate]:
+    """A control's plan: it copies, recombines or draws latents, which costs next to nothing."""
+    return [Estimate("samples", f"{work.samples:,} videos, no model", 0.0)]
 
 
 class _FromRealVideos(Generator):
@@ -44,6 +50,9 @@ class _FromRealVideos(Generator):
 
     def _pool(self, data: dict[str, LatentSet], ctx: RunContext) -> LatentSet:
         raise NotImplementedError
+
+    def plan(self, work: Workload, probe: Probe) -> list[Estimate]:
+        return _no_model(work)
 
     def fit(self, data: dict[str, LatentSet], ctx: RunContext) -> None:
         self.pool = self._pool(data, ctx)
@@ -131,6 +140,9 @@ class Noise(Generator):
     class Config(ComponentConfig):
         match_moments: bool = True
 
+    def plan(self, work: Workload, probe: Probe) -> list[Estimate]:
+        return _no_model(work)
+
     def fit(self, data, ctx):
         train = np.asarray(data["train"].latents[:256], dtype=np.float32)
         self.shape = train.shape[1:]
@@ -175,6 +187,9 @@ class _Recombined(Generator):
     control = True
 
     keep: ClassVar[str]
+
+    def plan(self, work: Workload, probe: Probe) -> list[Estimate]:
+        return _no_model(work)
 
     def fit(self, data, ctx):
         if not isinstance(ctx.dataset, SimulatesPatients):

@@ -6,7 +6,7 @@ import argparse
 import time
 from dataclasses import replace
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, ClassVar, Literal
 
 from pydantic import Field, PositiveFloat, PositiveInt, ValidationError
 
@@ -41,6 +41,7 @@ class _FolderDataset(Dataset):
     """Shared loading: read the normalised FileList, keep one split, decode its clips."""
 
     dialect: str = "dynamic"
+    published: ClassVar[dict[str, int]] = {}  # split sizes of the public release, for a plan without the data
 
     def __init__(self, config=None):
         super().__init__(config)
@@ -67,9 +68,26 @@ class _FolderDataset(Dataset):
     def load_report(self) -> dict[str, Any]:
         return dict(self._reports)
 
+    def planned_size(self) -> tuple[dict[str, int], int, int, str] | None:
+        """Videos per split from FileList.csv (before any video is read), or the dataset's published counts."""
+        try:
+            root = self._root(None)
+        except UserError:
+            if not self.published:
+                return None
+            counts, source = dict(self.published), "the published split sizes: no data folder here"
+        else:
+            table = read_filelist(root, self._fold_splits(), patient_from_name=self.dialect == "pediatric")
+            counts = table["split"].value_counts().to_dict()
+            source = f"{root / 'FileList.csv'}"
+        counts = {split: min(counts.get(split, 0), self.config.max_videos or 1 << 62) for split in self.splits()}
+        return counts, self.config.clip_length, self.config.size, source
+
 
 class EchoNetDynamic(_FolderDataset):
     """EchoNet-Dynamic from a local folder (`FileList.csv`, `VolumeTracings.csv`, `Videos/`)."""
+
+    published = {"train": 7465, "val": 1288, "test": 1277}
 
     class Config(ClipConfig):
         root: Path | None = Field(None, description="folder with FileList.csv; else $HARNESS_ECHONET_DYNAMIC")
@@ -141,6 +159,11 @@ class EchoPhantom(_FolderDataset):
         c = self.config
         writer = write_dynamic if c.format == "dynamic" else write_pediatric
         writer(folder, videos, c.view, c.n_frames, c.written_fps, progress=progress)
+
+    def planned_size(self) -> tuple[dict[str, int], int, int, str] | None:
+        counts = {split.lower(): n for split, n in self._counts().items()}
+        return {split: counts[split] for split in self.splits()}, self.config.clip_length, self.config.size, \
+            "the spec (simulated)"
 
     def _counts(self) -> dict[str, int]:
         c = self.config

@@ -27,6 +27,7 @@ from harness.context import RunContext, mixed_precision
 from harness.data import LatentSet
 from harness.errors import UserError
 from harness.metrics.regression import regression_metrics
+from harness.plan import Estimate, Probe, Workload
 from harness.weights import load_state_dict
 
 
@@ -217,6 +218,34 @@ class EFRegression(Task):
 
     def fit_report(self) -> dict[str, Any]:
         return self.report
+
+    def plan(self, work: Workload, probe: Probe) -> list[Estimate]:
+        """Training on the real training split timed per step (the decoding of pixel clips is not included);
+        every generator row trains it again once per strategy on about as many videos."""
+        cfg = self.config
+        epochs = cfg.epochs or (45 if cfg.model == "r2plus1d" else 60)
+        if cfg.model == "latent-cnn":
+            shape = (work.latent[0], work.frames, *work.latent[1:])
+        else:
+            shape = (3, cfg.frames, work.size, work.size)
+        net = self._network(shape[0], shape[-1]).to(probe.device)
+        opt = torch.optim.AdamW(net.parameters())
+
+        def step_at(b: int):
+            x, y = torch.rand(b, *shape, device=probe.device), torch.rand(b, device=probe.device)
+
+            def step():
+                with mixed_precision(probe.device):
+                    loss = nn.functional.mse_loss(net(x).float().reshape(-1), y)
+                opt.zero_grad()
+                loss.backward()
+                opt.step()
+            return step
+
+        steps = epochs * max(1, work.videos["train"] // cfg.batch_size)
+        step = probe.batch_seconds("EF training step", cfg.batch_size, step_at, 2)
+        return [Estimate("downstream-fit", f"{epochs} epochs x {work.videos['train']:,} videos "
+                                           f"(batch {cfg.batch_size})", steps * step)]
 
     def save_state(self, folder: Path) -> bool:
         save_file({k: v.contiguous().cpu() for k, v in self.net.state_dict().items()}, folder / "ef.safetensors")

@@ -12,10 +12,12 @@ from pydantic import Field, PositiveFloat, PositiveInt
 
 from harness import hookimpl
 from harness.checkpoint import TORCH_RNG
-from harness.components import ComponentConfig, Encoder
+from harness.components import Encoder, PresetConfig
 from harness.context import RunContext
 from harness.data import LatentSet, VideoSet
 from harness.errors import UserError
+from harness.plan import Estimate, Probe, Workload
+from harness_plugins.vae_loss import AutoencoderLoss, PatchDiscriminator, Perceptual, hinge_loss
 
 
 def to_unit(frames: np.ndarray | torch.Tensor) -> torch.Tensor:
@@ -51,6 +53,14 @@ PRESETS = {
     "echonet-synthetic": dict(in_channels=3, out_channels=3, block_out_channels=(128, 256, 256, 512),
                               layers_per_block=2, norm_num_groups=32),
 }
+#: How each preset trains. `cpu`: L1 + KL on crops, means over pixels. `echonet-synthetic` (seed-code notes §2):
+#: whole frames, batch 32 at about 5e-4, per-image sums with KL 1e-6, the PatchGAN discriminator from step 50001
+#: at weight 0.5; its step count was never published (8 A100s for 5 days), so it must be set.
+TRAINING = {
+    "cpu": dict(train_steps=1500, batch_size=32, crop=48, lr=2e-3, discriminator=False, per_image=False),
+    "echonet-synthetic": dict(train_steps=None, batch_size=32, crop=112, lr=5e-4, discriminator=True,
+                              per_image=True),
+}
 
 
 class VAE(Encoder):
@@ -63,14 +73,21 @@ class VAE(Encoder):
     space: ClassVar = "latent"
     version = "2"
 
-    class Config(ComponentConfig):
+    class Config(PresetConfig):
+        presets = TRAINING
         preset: Literal["cpu", "echonet-synthetic"] = "cpu"
         weights: Path | None = Field(None, description="local diffusers AutoencoderKL folder to load")
-        train_steps: int = Field(1500, ge=0)
-        batch_size: PositiveInt = 32
-        crop: PositiveInt = Field(48, description="training crop size (multiple of 8)")
-        lr: PositiveFloat = 2e-3
+        train_steps: int | None = Field(None, ge=0, description="preset's: cpu 1500; echonet-synthetic must set it")
+        batch_size: PositiveInt | None = None
+        crop: PositiveInt | None = Field(None, description="training crop size (multiple of 8)")
+        lr: PositiveFloat | None = None
         kl_weight: float = Field(1e-6, ge=0)
+        discriminator: bool | None = Field(None, description="train against a PatchGAN discriminator")
+        disc_start: int = Field(50_001, ge=0, description="step the discriminator switches on (published: 50001)")
+        disc_weight: float = Field(0.5, ge=0)
+        perceptual_weights: Path | None = Field(None, description="local LPIPS weights (VGG-16 features.* and "
+                                                                  "lin0..lin4, safetensors); unset: no perceptual loss")
+        perceptual_weight: float = Field(1.0, ge=0)
         sample_posterior: bool = Field(False, description="encode with a posterior sample instead of its mode")
         batch_frames: PositiveInt | None = Field(
             None, description="frames per encode/decode batch; unset: 16 on a CPU, where batches that stay in the "
@@ -108,9 +125,10 @@ class VAE(Encoder):
         if self.config.weights is not None:
             self.model = self._load(Path(self.config.weights)).to(ctx.device).eval()
             return
-        if self.config.preset != "cpu":
-            raise UserError(f"vae: preset '{self.config.preset}' is not trained by the harness; set "
-                            "encoder.args.weights to a local diffusers folder with its weights.")
+        if self.config.setting("train_steps") is None:
+            raise UserError(f"vae: preset '{self.config.preset}' trains for a number of steps that was never "
+                            "published; set encoder.args.train_steps, or encoder.args.weights to a local diffusers "
+                            "folder with trained weights.")
         torch.manual_seed(ctx.seed_for("vae-init"))
         model = self._build().to(ctx.device).train()
         self._train(model, train, ctx)
@@ -120,30 +138,49 @@ class VAE(Encoder):
 
     def _train(self, model, train: VideoSet, ctx: RunContext) -> None:
         c = self.config
+        steps, batch, crop = c.setting("train_steps"), c.setting("batch_size"), c.setting("crop")
+        if crop > min(train.frames.shape[2:]):
+            raise UserError(f"vae: crop {crop} is larger than the {train.frames.shape[2]}-pixel frames; set "
+                            "encoder.args.crop to at most the frame size.")
         rng = ctx.rng("vae-batches")
         frames = train.frames.reshape(-1, *train.frames.shape[2:])
-        optimiser = torch.optim.Adam(model.parameters(), lr=c.lr)
+        optimiser = torch.optim.Adam(model.parameters(), lr=c.setting("lr"))
         schedule = torch.optim.lr_scheduler.LambdaLR(
-            optimiser, lambda s: 0.5 * (1 + math.cos(math.pi * min(s, c.train_steps) / max(c.train_steps, 1))))
-        checkpoint = ctx.checkpoint("vae")
+            optimiser, lambda s: 0.5 * (1 + math.cos(math.pi * min(s, steps) / max(steps, 1))))
         state = {"model": model, "optimiser": optimiser, "schedule": schedule, "batches": rng, "torch": TORCH_RNG}
+        disc = None
+        if c.setting("discriminator"):
+            disc = PatchDiscriminator(model.config.in_channels).to(ctx.device)
+            disc_optimiser = torch.optim.Adam(disc.parameters(), lr=c.setting("lr"), betas=(0.5, 0.9))
+            state.update(discriminator=disc, disc_optimiser=disc_optimiser)
+        perceptual = Perceptual(c.perceptual_weights).to(ctx.device) if c.perceptual_weights else None
+        checkpoint = ctx.checkpoint("vae")
         start = checkpoint.resume(state)
-        loss_of = ctx.group.wrap(_ReconstructionLoss(model, c.kl_weight), ctx.device)
-        part, weight = ctx.group.batch_part(c.batch_size)
-        latent_side = c.crop // 2 ** (len(model.config.block_out_channels) - 1)
-        bar = ctx.progress(range(start, c.train_steps), initial=start, total=c.train_steps, desc="training vae")
+        loss_of = ctx.group.wrap(AutoencoderLoss(model, c.kl_weight, c.setting("per_image"), perceptual,
+                                                 c.perceptual_weight, disc, c.disc_weight), ctx.device)
+        judge = ctx.group.wrap(disc, ctx.device) if disc is not None else None
+        part, weight = ctx.group.batch_part(batch)
+        latent_side = crop // 2 ** (len(model.config.block_out_channels) - 1)
+        bar = ctx.progress(range(start, steps), initial=start, total=steps, desc="training vae")
         for step in bar:
-            idx = np.sort(rng.choice(len(frames), size=c.batch_size, replace=len(frames) < c.batch_size))
-            y0, x0 = rng.integers(0, frames.shape[1] - c.crop + 1, 2)
-            x = to_unit(frames[idx[part], y0:y0 + c.crop, x0:x0 + c.crop])[:, None].to(ctx.device)
+            idx = np.sort(rng.choice(len(frames), size=batch, replace=len(frames) < batch))
+            y0, x0 = rng.integers(0, frames.shape[1] - crop + 1, 2)
+            x = to_unit(frames[idx[part], y0:y0 + crop, x0:x0 + crop])[:, None]
+            x = self._frames_in(x, model).to(ctx.device)
             # the whole batch's posterior noise, drawn as one process draws it, so every rank takes its own rows
-            eps = torch.randn((c.batch_size, model.config.latent_channels, latent_side, latent_side))
-            loss = loss_of(x, eps[part].to(ctx.device)) * weight
+            eps = torch.randn((batch, model.config.latent_channels, latent_side, latent_side))
+            adversarial = judge is not None and step >= c.disc_start
+            loss, recon = loss_of(x, eps[part].to(ctx.device), adversarial)
             optimiser.zero_grad(set_to_none=True)
-            loss.backward()
+            (loss * weight).backward()
             optimiser.step()
             schedule.step()
-            bar.set_postfix(l1=f"{loss.item():.4f}")
+            if adversarial:  # the discriminator's own step, on real frames and these reconstructions
+                disc_loss = hinge_loss(judge(x), judge(recon.detach())) * weight
+                disc_optimiser.zero_grad(set_to_none=True)
+                disc_loss.backward()
+                disc_optimiser.step()
+            bar.set_postfix(loss=f"{loss.item():.4f}")
             checkpoint.save_if_due(step + 1, state)
 
     @torch.no_grad()
@@ -159,6 +196,51 @@ class VAE(Encoder):
     @staticmethod
     def _frames_in(x: torch.Tensor, model) -> torch.Tensor:
         return x.repeat(1, model.config.in_channels, 1, 1) if model.config.in_channels != 1 else x
+
+    def frame_shape(self, size: int) -> tuple[int, int, int]:
+        scale = 2 ** (len(PRESETS[self.config.preset]["block_out_channels"]) - 1)
+        return (4, size // scale, size // scale)
+
+    def plan(self, work: Workload, probe: Probe) -> list[Estimate]:
+        """Encoding every frame of every split, timed per frame; training timed per step (untrained weights of the
+        preset's shape, so nothing is loaded)."""
+        c, model = self.config, self._build().to(probe.device)
+        channels = model.config.in_channels
+        frames = sum(work.videos.values()) * work.frames
+        with torch.no_grad():
+            per_frame = probe.batch_seconds("vae encode", 256, lambda b: lambda: model.encode(
+                torch.rand(b, channels, work.size, work.size, device=probe.device)).latent_dist.mode(), 16) / 256
+        plan = [Estimate("encode", f"{frames:,} frames", frames * per_frame)]
+        if c.weights is not None:
+            return [Estimate("encoder-fit", f"load {c.weights}", 0.0), *plan]
+        steps, crop = c.setting("train_steps"), c.setting("crop")
+        if steps is None:
+            return [Estimate("encoder-fit", "refused: set train_steps (or weights)", None), *plan]
+        disc = PatchDiscriminator(channels).to(probe.device) if c.setting("discriminator") else None
+        loss = AutoencoderLoss(model, c.kl_weight, c.setting("per_image"), discriminator=disc)
+
+        def step_at(adversarial: bool):
+            def at(b: int):
+                x = torch.rand(b, channels, crop, crop, device=probe.device)
+                eps = torch.randn(b, 4, *self.frame_shape(crop)[1:], device=probe.device)
+
+                def step():
+                    value, recon = loss(x, eps, adversarial)
+                    value.backward()
+                    if adversarial:
+                        hinge_loss(disc(x), disc(recon.detach())).backward()
+                return step
+            return at
+
+        plain = probe.batch_seconds("vae training step", c.setting("batch_size"), step_at(False), 8)
+        adversarial = max(0, steps - c.disc_start) if disc is not None else 0
+        seconds = (steps - adversarial) * plain
+        if adversarial:
+            seconds += adversarial * probe.batch_seconds("vae + discriminator step", c.setting("batch_size"),
+                                                         step_at(True), 8)
+        return [Estimate("encoder-fit", f"{steps:,} steps x {c.setting('batch_size')} crops of {crop} px"
+                         + (f", discriminator from step {c.disc_start:,}" if disc is not None else ""), seconds),
+                *plan]
 
     def save_state(self, folder) -> bool:
         self.model.save_pretrained(folder, safe_serialization=True)
@@ -197,20 +279,6 @@ class VAE(Encoder):
             out.append(to_pixels(x))
         frames = np.concatenate(out) if out else np.zeros((0, 112, 112), np.uint8)
         return VideoSet(frames.reshape(n, t, *frames.shape[1:]), latents.table.copy())
-
-
-class _ReconstructionLoss(torch.nn.Module):
-    """The VAE's training loss on a batch as one module, so DDP (which hooks a module's forward) can train it: L1
-    reconstruction from a posterior sample (`eps`: its standard normal noise) plus the weighted KL term."""
-
-    def __init__(self, vae, kl_weight: float):
-        super().__init__()
-        self.vae, self.kl_weight = vae, kl_weight
-
-    def forward(self, x: torch.Tensor, eps: torch.Tensor) -> torch.Tensor:
-        posterior = self.vae.encode(x).latent_dist
-        recon = self.vae.decode(posterior.mean + posterior.std * eps).sample
-        return (recon - x).abs().mean() + self.kl_weight * posterior.kl().mean()
 
 
 @hookimpl

@@ -40,6 +40,7 @@ from harness.errors import UserError
 from harness.hashing import stable_hash
 from harness.metrics.classification import roc_auc
 from harness.metrics.reid import sample_pairs
+from harness.plan import Estimate, Probe, Workload
 from harness.weights import load_state_dict
 
 PRESETS = {
@@ -218,6 +219,40 @@ class Siamese(ReIdFilter):
 
     def fit_report(self) -> dict:
         return self.report
+
+    def plan(self, work: Workload, probe: Probe) -> list[Estimate]:
+        """Training timed per step on pairs of random frames of the encoder's shape, run to `max_epochs` (early
+        stopping may end it sooner); embedding timed per frame."""
+        cfg = self.config
+        net = self._build(work.latent[0]).to(probe.device)
+        opt = torch.optim.Adam(net.parameters(), lr=cfg.setting("lr"))
+
+        def step_at(b: int):
+            a, other = (torch.rand(b, *work.latent, device=probe.device) for _ in range(2))
+
+            def step():
+                with mixed_precision(probe.device):
+                    loss = net(a, other).float().mean()
+                opt.zero_grad()
+                loss.backward()
+                opt.step()
+            return step
+
+        batch, epochs = cfg.setting("batch_size"), cfg.setting("max_epochs")
+        steps = epochs * -(-work.videos["train"] // batch)
+        step = probe.batch_seconds("re-ID training step", batch, step_at, 4)
+        net.eval()
+        with torch.no_grad():
+            per_frame = probe.batch_seconds("re-ID embedding", 256, lambda b: lambda: net.embed(
+                torch.rand(b, *work.latent, device=probe.device)), 16) / 256
+        kept = len(range(0, work.frames, work.stride))
+        real = sum(work.videos.values()) + work.videos.get("test", 0) * work.frames + \
+            (work.videos["train"] + work.videos.get("test", 0)) * kept
+        samples = work.rows * work.samples * (1 + kept)
+        return [Estimate("reid-fit", f"{epochs} epochs x {work.videos['train']:,} pairs (batch {batch})", steps * step,
+                         "at most: early stopping"),
+                Estimate("embed real", f"{real:,} frames", real * per_frame),
+                Estimate("embed samples", f"{samples:,} frames, all rows", samples * per_frame)]
 
     def save_state(self, folder: Path) -> bool:
         save_file({k: v.contiguous().cpu() for k, v in self.net.state_dict().items()}, folder / "siamese.safetensors")

@@ -71,3 +71,38 @@ def test_psnr_matches_the_definition():
     b[0, 0, 0] = 255
     assert psnr(a, b) == pytest.approx(10 * np.log10(255**2 / (255**2 / 32)))
     assert psnr(a, a) == float("inf")
+
+
+def test_published_preset_trains_with_its_discriminator_from_disc_start(ctx, monkeypatch):
+    from harness_plugins import encoders
+
+    calls = []
+    hinge = encoders.hinge_loss
+    monkeypatch.setattr(encoders, "hinge_loss", lambda real, fake: calls.append(real.shape) or hinge(real, fake))
+    with pytest.raises(UserError, match="train_steps"):
+        VAE(VAE.Config(preset="echonet-synthetic")).fit(videos(1, 2), ctx)
+    vae = VAE(VAE.Config(preset="echonet-synthetic", train_steps=3, batch_size=2, crop=32, disc_start=2))
+    vae.fit(videos(2, 2), ctx)
+    assert len(calls) == 1  # step 2 of 0, 1, 2: the discriminator is off before disc_start
+    latents = vae.encode(videos(1, 2), ctx).latents
+    assert latents.shape == (1, 2, 4, 14, 14) and np.isfinite(latents.astype(np.float32)).all()
+
+
+def test_perceptual_loss_loads_local_lpips_weights(tmp_path):
+    import torchvision
+    from safetensors.torch import save_file
+
+    from harness_plugins.vae_loss import Perceptual
+
+    torch.manual_seed(0)
+    state = {f"features.{k}": v for k, v in torchvision.models.vgg16(weights=None).features.state_dict().items()}
+    state.update({f"lin{i}.weight": torch.rand(1, c, 1, 1) for i, c in enumerate((64, 128, 256, 512, 512))})
+    save_file(state, tmp_path / "lpips.safetensors")
+    lpips = Perceptual(tmp_path / "lpips.safetensors")
+    a, b = torch.rand(2, 1, 64, 64) * 2 - 1, torch.rand(2, 1, 64, 64) * 2 - 1
+    assert torch.allclose(lpips(a, a), torch.zeros(2)) and (lpips(a, b) > 0).all()
+    save_file({"lin0.weight": torch.rand(1, 64, 1, 1)}, tmp_path / "partial.safetensors")
+    with pytest.raises(UserError, match="does not hold VGG-16"):
+        Perceptual(tmp_path / "partial.safetensors")
+    with pytest.raises(UserError, match="does not exist"):
+        Perceptual(tmp_path / "missing.safetensors")

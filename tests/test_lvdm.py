@@ -109,7 +109,8 @@ def test_condition_dropout_replaces_the_ef_in_training():
     model = EchoLVDM(EchoLVDM.Config(preset="tiny", condition_dropout=0.5))
     model._video_forward = lambda net, noisy, cond, ef, t: seen.append(ef) or torch.zeros_like(noisy)
     clips, ef = torch.zeros(400, 2, 4, 16, 16), torch.full((400,), 0.5)
-    model._video_loss(None, scheduler("ddpm"), (clips, clips[:, 0], ef), torch.Generator().manual_seed(0), "cpu")
+    model._video_loss(None, scheduler("ddpm"), (clips, clips[:, 0], ef), torch.Generator().manual_seed(0), "cpu",
+                      slice(None))
     dropped = (seen[0] == NULL_EF).float().mean().item()
     assert set(seen[0].tolist()) == {NULL_EF, 0.5} and 0.4 < dropped < 0.6
 

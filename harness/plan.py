@@ -1,0 +1,240 @@
+"""`harness plan SPEC`: what each stage of a run will cost on this device, before anything runs.
+
+Sizes come from the spec and the dataset (videos per split, clip shape, samples per row); times come from short
+micro-benchmarks of the very models the spec names (`Component.plan`), a few steps each at the configured shapes,
+scaled by the number of steps or items. A component that gives no plan shows as not estimated. What a previous
+run of the same spec left in the cache is marked cached and costs nothing.
+"""
+
+from __future__ import annotations
+
+import json
+import statistics
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import torch
+
+from harness.environment import cpu_model
+from harness.errors import UserError
+from harness.metrics.pairs import max_scores
+
+if TYPE_CHECKING:
+    from harness.plugins import Registry
+    from harness.spec import ResolvedSpec
+
+
+@dataclass(frozen=True)
+class Workload:
+    """What a spec asks of its components, known before any data is read."""
+
+    videos: dict[str, int]  # per split
+    frames: int  # per clip
+    size: int  # pixels per side
+    latent: tuple[int, int, int]  # (C, h, w) of a frame in the encoder's space
+    samples: int  # per generator row
+    rows: int = 1
+    stride: int = 4  # content memorisation compares every stride-th frame
+    processes: int = 1
+
+
+@dataclass(frozen=True)
+class Estimate:
+    """One stage: its size in words and its wall seconds on this device for the whole run (over the processes)."""
+
+    stage: str
+    size: str
+    seconds: float | None
+    note: str = ""
+
+
+@dataclass
+class Probe:
+    """Times a few calls of a model on the plan's device (CUDA calls synchronised), after one warm-up call."""
+
+    device: torch.device
+    processes: int = 1
+    repeats: int = 2
+    timings: list[str] = field(default_factory=list)
+
+    def seconds(self, what: str, call: Callable[[], Any], record: bool = True) -> float:
+        call()
+        self._sync()
+        times = []
+        for _ in range(self.repeats):
+            start = time.perf_counter()
+            call()
+            self._sync()
+            times.append(time.perf_counter() - start)
+        median = statistics.median(times)
+        if record:
+            self.timings.append(f"{what}: {median * 1e3:.1f} ms")
+        return median
+
+    def per_process(self, batch: int) -> int:
+        """The part of a batch one process computes (a DDP step, a sharded stage)."""
+        return max(1, -(-batch // self.processes))
+
+    def batch_seconds(self, what: str, batch: int, call_at: Callable[[int], Callable[[], Any]],
+                      cpu_cap: int = 2) -> float:
+        """Seconds of one step over a global `batch` with this plan's processes: timed at the per-process batch;
+        on a CPU from `cpu_cap` items up, growing fourfold while a step takes under a quarter second, and scaled
+        linearly from the largest batch timed (a CPU's cost grows about linearly with the batch)."""
+        each = self.per_process(batch)
+        timed = min(each, cpu_cap) if self.device.type == "cpu" else each
+        seconds = self.seconds(f"{what} (batch {timed})", call_at(timed), record=False)
+        while timed < each and seconds < 0.25:
+            timed = min(each, 4 * timed)
+            seconds = self.seconds(f"{what} (batch {timed})", call_at(timed), record=False)
+        self.timings.append(f"{what} (batch {timed}): {seconds * 1e3:.1f} ms")
+        return seconds * each / timed
+
+    def _sync(self) -> None:
+        if self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)
+
+
+def scoring(work: Workload, probe: Probe, rows: int, stride: int) -> list[Estimate]:
+    """The core's all-pairs scoring: first frames of every sample and test video against the training videos,
+    and content memorisation's every `stride`-th frame against the training videos' same frames."""
+    dim, train = 128, work.videos.get("train", 0)
+    ref = torch.rand(min(train, 8192) or 1, dim, device=probe.device)
+    query = torch.rand(4096, dim, device=probe.device)
+    weight = -torch.rand(dim, device=probe.device)
+    rate = len(query) * len(ref) / probe.seconds("pred-head pairs", lambda: max_scores(query, ref, "pred", weight,
+                                                                                          0.0))
+    kept = len(range(0, work.frames, stride))
+    first = (rows * work.samples + work.videos.get("test", 0)) * train
+    content = (rows * work.samples + work.videos.get("test", 0)) * kept * train * kept
+    return [Estimate("row-metrics", f"{first:.2e} first-frame pairs, all rows", first / rate / probe.processes),
+            Estimate("content scoring", f"{content:.2e} frame pairs (stride {stride}), all rows",
+                     content / rate / probe.processes)]
+
+
+#: The run's stages an estimate stands for, when the plan asks whether they are cached.
+STAGES = {"dataset": ("dataset-train", "dataset-val", "dataset-test"), "encoder-fit": ("encoder-fit",),
+          "encode": ("encode-train", "encode-val", "encode-test"), "reid-fit": ("reid-fit",),
+          "embed real": ("embed-train", "embed-val", "embed-test", "content-train", "content-test"),
+          "downstream-fit": ("downstream-fit",)}
+
+
+def cached_stages(spec_hash: str, runs: Path, cache_root: Path) -> tuple[set[tuple[str, str]], str | None]:
+    """`(part, stage)` of the estimates whose stages the newest run of this spec under `runs/` computed and the
+    cache still holds, and that run."""
+    manifests = sorted(runs.glob("*/manifest.json"), key=lambda p: p.stat().st_mtime) if runs.is_dir() else []
+    for path in reversed(manifests):
+        try:
+            manifest = json.loads(path.read_text())
+            rows = json.loads((path.parent / "results.json").read_text())["rows"]
+        except (OSError, ValueError, KeyError):
+            continue
+        if manifest.get("spec_hash") != spec_hash:
+            continue
+        have = {s["stage"] for s in manifest.get("stages", [])
+                if (cache_root / s["stage"] / s["key"] / "meta.json").is_file()}
+        parts = {"dataset": "real data", "encoder-fit": "encoder", "encode": "encoder", "reid-fit": "re-ID",
+                 "embed real": "re-ID", "downstream-fit": "downstream"}
+        cached = {(parts[name], name) for name, stages in STAGES.items() if set(stages) <= have}
+        for row in rows:
+            for stage, key in row.get("artifacts", {}).items():
+                if (cache_root / stage / key / "meta.json").is_file():
+                    cached.add((f"row {row['generator']}", stage))
+        return cached, str(path.parent)
+    return set(), None
+
+
+def render(estimates: list[tuple[str, Estimate]], cached: set[tuple[str, str]], device: str, processes: int,
+           source: str | None, timings: list[str]) -> str:
+    """The plan as a table: part of the run, stage, size, estimate, and the total still to compute."""
+    lines = [f"plan on {device}" + (f", {processes} processes" if processes > 1 else ""),
+             f"{'part':<20} {'stage':<16} {'estimate':>10}  size"]
+    total, unknown = 0.0, []
+    for part, est in estimates:
+        if (part, est.stage) in cached:
+            shown = "cached"
+        elif est.seconds is None:
+            shown, unknown = "—", unknown + [f"{part}: {est.stage}"]
+        else:
+            shown, total = duration(est.seconds), total + est.seconds
+        lines.append(f"{part:<20} {est.stage:<16} {shown:>10}  {est.size}" + (f" ({est.note})" if est.note else ""))
+    lines.append(f"total still to compute: about {duration(total)}" +
+                 (f", plus {len(unknown)} stages not estimated" if unknown else ""))
+    lines.append(f"cached: from {source}" if source else "cached: nothing (no earlier run of this spec under runs/)")
+    lines.append("measured: " + "; ".join(timings))
+    return "\n".join(lines)
+
+
+def duration(seconds: float) -> str:
+    if seconds < 120:
+        return f"{seconds:.0f} s"
+    if seconds < 7200:
+        return f"{seconds / 60:.0f} min"
+    if seconds < 3 * 86400:
+        return f"{seconds / 3600:.1f} h"
+    return f"{seconds / 86400:,.0f} days"
+
+
+def check_device(name: str) -> torch.device:
+    device = torch.device("cuda" if name == "auto" and torch.cuda.is_available() else
+                          ("cpu" if name == "auto" else name))
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise UserError("--device cuda: no CUDA GPU is visible on this machine; plan for the CPU or run the plan "
+                        "where the GPU is.")
+    return device
+
+
+def make_plan(resolved: ResolvedSpec, registry: Registry, device: torch.device, processes: int, runs: Path,
+              cache_root: Path) -> str:
+    """The plan of a benchmark spec, as `harness plan` prints it."""
+    spec = resolved.spec
+    if spec.reid_study is not None:
+        raise UserError(f"{resolved.source}: harness plan covers benchmark specs; a re-ID study is its variants' "
+                        "re-ID stages, plan them as benchmark specs one by one.")
+
+    def component(role: str, plugin: str, key: str):
+        return registry.get(role, plugin).factory(resolved.configs[key])
+
+    sized = component("datasets", spec.dataset.plugin, "dataset").planned_size()
+    if sized is None:
+        raise UserError(f"{resolved.source}: dataset '{spec.dataset.plugin}' cannot say its size before loading; "
+                        "point it at its data folder (dataset.args.root) so its FileList.csv can be counted.")
+    videos, frames, size, source = sized
+    encoder = component("encoders", spec.encoder.plugin, "encoder")
+    work = Workload(videos, frames, size, encoder.frame_shape(size), spec.samples_per_generator,
+                    rows=len(spec.generators), stride=spec.privacy.content.frame_stride, processes=processes)
+    probe = Probe(device, processes)
+    parts: list[tuple[str, Estimate]] = [("real data", Estimate("dataset", ", ".join(
+        f"{split} {n:,}" for split, n in videos.items()) + f" videos of {frames} frames", None, f"from {source}"))]
+    parts += [("encoder", e) for e in encoder.plan(work, probe)]
+    if spec.reid is not None:
+        reid = component("reid_filters", spec.reid.plugin, "reid").plan(work, probe)
+        parts += [("re-ID", e) for e in reid] + [("re-ID", e) for e in scoring(work, probe, len(spec.generators),
+                                                                                spec.privacy.content.frame_stride)]
+        if spec.privacy.reid_seeds > 1:
+            parts.append(("re-ID", Estimate("more models", f"{spec.privacy.reid_seeds - 1} more re-ID models",
+                                            sum(e.seconds or 0 for e in reid) * (spec.privacy.reid_seeds - 1))))
+    task: list[Estimate] = []
+    if spec.downstream is not None:
+        task = component("tasks", spec.downstream.task.plugin, "task").plan(work, probe)
+        parts += [("downstream", e) for e in task]
+    for entry in spec.generators:
+        row = f"row {entry.row_name}"
+        estimates = component("generators", entry.plugin, f"generators.{entry.row_name}").plan(
+            replace(work, samples=resolved.n_samples(entry)), probe)
+        parts += [(row, e) for e in estimates] or [(row, Estimate("fit + samples", "not measured by the plugin",
+                                                                   None))]
+        if task:
+            k = len(spec.downstream.strategies)
+            parts.append((row, Estimate("downstream", f"{k} strategies, each about the real training run",
+                                        k * sum(e.seconds or 0 for e in task))))
+    cached, run = cached_stages(resolved.spec_hash, runs, cache_root)
+    return render(parts, cached, _device_name(device), processes, run, probe.timings)
+
+
+def _device_name(device: torch.device) -> str:
+    if device.type == "cuda":
+        return f"{torch.cuda.get_device_name(device)} (cuda)"
+    return f"{cpu_model()} (cpu, {torch.get_num_threads()} threads)"

@@ -1,0 +1,50 @@
+"""`harness plan`: sizes and measured estimates per stage before a run, and what an earlier run left cached."""
+
+from __future__ import annotations
+
+import torch
+
+from tests.conftest import TINY, run_cli
+
+
+def test_plan_lists_every_stage_and_marks_what_the_last_run_cached(tiny_run, tmp_path):
+    fresh = run_cli("--cache", str(tmp_path / "empty"), "plan", str(TINY), "--runs", str(tmp_path))
+    assert fresh.returncode == 0, fresh.stderr
+    lines = fresh.stdout.splitlines()
+    assert lines[0].startswith("plan on ")
+    rows = [line for line in lines if line.startswith("row ")]
+    assert {line.split()[1] for line in rows} == {r["generator"] for r in tiny_run["results"]["rows"]}
+    encoder = next(line for line in lines if line.split()[:2] == ["encoder", "encoder-fit"])
+    assert "20 steps x 8 crops of 32 px" in encoder and "cached" not in encoder
+    assert "train 16, val 30, test 30, holdout 30 videos of 8 frames" in fresh.stdout
+    assert "total still to compute: about" in fresh.stdout and "cached: nothing" in fresh.stdout
+    assert "measured: vae encode" in fresh.stdout  # the estimates come from timing the spec's models
+
+    warm = run_cli("--cache", str(tiny_run["cache"]), "plan", str(TINY), "--runs", str(tiny_run["out"].parent))
+    assert warm.returncode == 0, warm.stderr
+    cached = {tuple(line.split()[:2]) for line in warm.stdout.splitlines() if " cached " in f"{line} "}
+    assert {("encoder", "encoder-fit"), ("encoder", "encode"), ("re-ID", "reid-fit"),
+            ("downstream", "downstream-fit"), ("row", "copy")} <= cached
+    assert f"cached: from {tiny_run['out']}" in warm.stdout
+
+
+def test_plan_on_a_missing_gpu_is_one_sentence(tmp_path):
+    if torch.cuda.is_available():
+        return
+    done = run_cli("plan", str(TINY), "--device", "cuda")
+    assert done.returncode == 2 and "no CUDA GPU is visible" in done.stderr
+    assert len(done.stderr.strip().splitlines()) == 1
+
+
+def test_echonet_sizes_come_from_its_filelist_or_the_published_counts(tmp_path, monkeypatch):
+    from harness_plugins.datasets import EchoNetDynamic
+
+    monkeypatch.delenv("HARNESS_ECHONET_DYNAMIC", raising=False)
+    counts, frames, size, source = EchoNetDynamic(EchoNetDynamic.Config(clip_length=64)).planned_size()
+    assert counts == {"train": 7465, "val": 1288, "test": 1277} and (frames, size) == (64, 112)
+    assert "published" in source
+    rows = ["FileName,EF,ESV,EDV,FrameHeight,FrameWidth,FPS,NumberOfFrames,Split"]
+    rows += [f"v{i},50,1,2,112,112,50,100,{split}" for i, split in enumerate(["TRAIN"] * 3 + ["VAL", "TEST"])]
+    (tmp_path / "FileList.csv").write_text("\n".join(rows) + "\n")
+    counts, *_ = EchoNetDynamic(EchoNetDynamic.Config(root=tmp_path)).planned_size()
+    assert counts == {"train": 3, "val": 1, "test": 1}
