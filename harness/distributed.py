@@ -10,8 +10,10 @@ A single process is a group of one, where all of this is the identity.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import os
+import pickle
 import warnings
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -19,6 +21,7 @@ from datetime import timedelta
 from typing import Any, TypeVar
 
 import numpy as np
+import pandas as pd
 import torch
 import torch.distributed as dist
 from torch import nn
@@ -177,8 +180,6 @@ def leave() -> None:
 
 
 def _picklable(error: BaseException | None) -> BaseException | None:
-    import pickle
-
     if error is None:
         return None
     try:
@@ -239,10 +240,6 @@ def _share_batch_norm(model: nn.Module) -> None:
 
 def concat(parts: Sequence[T]) -> T:
     """Shards of a dataclass of arrays and tables (a `VideoSet`, `LatentSet`, `SampleSet`, ...) in order, as one."""
-    import dataclasses
-
-    import pandas as pd
-
     first = parts[0]
     merged = {}
     for f in dataclasses.fields(first):

@@ -28,6 +28,7 @@ from harness.data import Condition, LatentSet, SampleSet
 from harness.errors import UserError
 from harness.hashing import stable_hash
 from harness.plan import Estimate, Probe, Workload
+from harness_plugins.lvdm_models import build_lidm, build_lvdm, crop, pad, scheduler
 
 PRESETS = {
     # seconds on a CPU: exercises every code path in the tests
@@ -47,65 +48,6 @@ PRESETS = {
 }
 #: The EF a dropped condition is replaced by (EF / 100 lies in [0, 1]): the unconditional input of guidance.
 NULL_EF = -1.0
-PAD = 1  # 14x14 -> 16x16, replicate padding as the seed code's padf
-
-
-def build_lidm(channels: tuple[int, ...], channels_in: int):
-    from diffusers import UNet2DModel
-
-    n = len(channels)
-    if n == 4:  # the published layout: attention in the first three blocks
-        down = ("AttnDownBlock2D",) * 3 + ("DownBlock2D",)
-    else:  # small presets: attention only where the maps are small
-        down = ("DownBlock2D",) + ("AttnDownBlock2D",) * (n - 1)
-    up = tuple(reversed([d.replace("Down", "Up") for d in down]))
-    return UNet2DModel(sample_size=16, in_channels=channels_in, out_channels=channels_in, block_out_channels=channels,
-                       down_block_types=down, up_block_types=up, layers_per_block=2 if n == 4 else 1,
-                       attention_head_dim=8, norm_num_groups=min(32, channels[0]), resnet_time_scale_shift="default")
-
-
-def build_lvdm(channels: tuple[int, ...], heads: tuple[int, ...], channels_in: int, window: int):
-    from diffusers import UNetSpatioTemporalConditionModel
-
-    n = len(channels)
-    if n == 4:  # the published layout: attention in the first three blocks
-        down = ("CrossAttnDownBlockSpatioTemporal",) * 3 + ("DownBlockSpatioTemporal",)
-    else:  # small presets: attention only below full resolution, which halves a CPU step
-        down = ("DownBlockSpatioTemporal",) + ("CrossAttnDownBlockSpatioTemporal",) * (n - 1)
-    up = tuple(reversed([d.replace("Down", "Up") for d in down]))
-    return UNetSpatioTemporalConditionModel(
-        sample_size=16, in_channels=2 * channels_in, out_channels=channels_in, down_block_types=down,
-        up_block_types=up, block_out_channels=channels, num_attention_heads=heads,
-        layers_per_block=2 if n == 4 else 1, transformer_layers_per_block=1, cross_attention_dim=1,
-        addition_time_embed_dim=1, projection_class_embeddings_input_dim=1, num_frames=window)
-
-
-def scheduler(kind: str):
-    from diffusers import DDIMScheduler, DDPMScheduler
-
-    common = dict(num_train_timesteps=1000, beta_schedule="linear", beta_start=1e-4, beta_end=0.02,
-                  prediction_type="v_prediction", clip_sample=True, clip_sample_range=4.0)
-    return DDIMScheduler(**common) if kind == "ddim" else DDPMScheduler(**common, variance_type="fixed_small")
-
-
-def _backward(loss_of, device: torch.device) -> None:
-    """One training step's forward (in the training's precision) and backward, for `harness plan`."""
-    with mixed_precision(device):
-        loss = loss_of()
-    loss.backward()
-
-
-def pad(x: torch.Tensor) -> torch.Tensor:
-    """[..., C, 14, 14] -> [..., C, 16, 16] by replicating the border."""
-    shape = x.shape
-    return F.pad(x.reshape(-1, *shape[-3:]), (PAD,) * 4, mode="replicate").reshape(*shape[:-2], shape[-2] + 2 * PAD,
-                                                                                 shape[-1] + 2 * PAD)
-
-
-def crop(x: torch.Tensor) -> torch.Tensor:
-    return x[..., PAD:-PAD, PAD:-PAD]
-
-
 class EchoLVDM(Generator):
     """LIDM + LVDM with v-prediction, EMA and DDPM/DDIM sampling; presets `tiny`, `phantom`, `echonet-synthetic`."""
 
@@ -353,51 +295,9 @@ class EchoLVDM(Generator):
     # ------------------------------------------------------------------------------------------ plan
 
     def plan(self, work: Workload, probe: Probe) -> list[Estimate]:
-        """Training timed per step of each model at the preset's batches; sampling timed per denoising step of
-        both models (the LVDM once per window, twice with guidance), on untrained models of the preset's shape."""
-        cfg, preset, device = self.config, PRESETS[self.config.preset], probe.device
-        self.clip_frames, self.window = work.frames, min(preset["window"], work.frames)
-        self.build(work.latent[0])
-        lidm, lvdm, sched = self.lidm.to(device), self.lvdm.to(device), scheduler("ddpm")
-        frame = (work.latent[0], work.latent[1] + 2 * PAD, work.latent[2] + 2 * PAD)
-        gen = torch.Generator().manual_seed(0)
+        from harness_plugins.lvdm_plan import plan  # here: that module reads this one's PRESETS
 
-        def image_step(b: int):
-            x = torch.randn(b, *frame, device=device)
-            return lambda: _backward(lambda: self._image_loss(lidm, sched, [x], gen, device, slice(None)), device)
-
-        def video_step(b: int):
-            inputs = [torch.randn(b, self.window, *frame, device=device), torch.randn(b, *frame, device=device),
-                      torch.rand(b, device=device)]
-            return lambda: _backward(lambda: self._video_loss(lvdm, sched, inputs, gen, device, slice(None)), device)
-
-        def forwards(b: int):
-            x, cond = torch.randn(b, self.window, *frame, device=device), torch.randn(b, *frame, device=device)
-            ef, t = torch.rand(b, device=device), torch.full((b,), 500, device=device)
-
-            @torch.no_grad()
-            def run():
-                with mixed_precision(device):
-                    lidm(x[:, 0], t)
-                    for _ in range(n_windows * (1 if cfg.guidance == 1.0 else 2)):
-                        self._video_forward(lvdm, x, cond, ef, t)
-            return run
-
-        starts = range(0, max(work.frames - self.window, 0) + 1, max(self.window // 2, 1))  # as `_windowed`
-        n_windows = len(starts) + int(starts[-1] + self.window < work.frames)
-        batch, steps = min(cfg.sample_batch, probe.per_process(work.samples)), cfg.setting("sample_steps")
-        timed = min(batch, 2) if device.type == "cpu" else batch
-        per_sample = probe.seconds(f"echo-lvdm denoising step (batch {timed})", forwards(timed)) / timed * steps
-        sampling = Estimate("samples", f"{work.samples:,} videos x {steps} steps ({n_windows} windows of "
-                            f"{self.window} frames)", work.samples * per_sample / probe.processes)
-        if cfg.weights:
-            return [Estimate("generator-fit", f"load {cfg.weights}", 0.0), sampling]
-        lidm_steps, lvdm_steps = cfg.setting("lidm_steps"), cfg.setting("lvdm_steps")
-        image = probe.batch_seconds("LIDM training step", cfg.setting("batch_size"), image_step, 4)
-        video = probe.batch_seconds("LVDM training step", cfg.setting("video_batch_size"), video_step, 1)
-        return [Estimate("generator-fit", f"LIDM {lidm_steps:,} steps x {cfg.setting('batch_size')} frames, LVDM "
-                         f"{lvdm_steps:,} steps x {cfg.setting('video_batch_size')} clips",
-                         lidm_steps * image + lvdm_steps * video), sampling]
+        return plan(self, work, probe)
 
     # ------------------------------------------------------------------------------------------ state
 

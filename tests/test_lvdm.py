@@ -103,7 +103,8 @@ def test_guidance_moves_samples_and_needs_condition_dropout(tmp_path):
 def test_condition_dropout_replaces_the_ef_in_training():
     import torch
 
-    from harness_plugins.lvdm import NULL_EF, scheduler
+    from harness_plugins.lvdm import NULL_EF
+    from harness_plugins.lvdm_models import scheduler
 
     seen = []
     model = EchoLVDM(EchoLVDM.Config(preset="tiny", condition_dropout=0.5))
@@ -167,7 +168,8 @@ def test_weight_folder_of_another_preset_is_one_sentence(tmp_path):
     import pandas as pd
 
     from harness.data import LatentSet
-    from harness_plugins.lvdm import PRESETS, build_lidm, build_lvdm
+    from harness_plugins.lvdm import PRESETS
+    from harness_plugins.lvdm_models import build_lidm, build_lvdm
 
     tiny = PRESETS["tiny"]
     build_lidm(tiny["lidm_channels"], 4).save_pretrained(tmp_path / "lidm")
