@@ -106,9 +106,9 @@ class ProcessGroup:
 
         `work` must not itself wait for other ranks: the blocks differ in size, and some may be empty."""
         global _apart
-        block = self.shard(n, align)
         if not self.active:
-            return [work(block)]
+            return [work(range(n))]  # a single process, or a rank already working on its own shard
+        block = self.shard(n, align)
         try:
             _apart = True  # what `work` does in the cache, each rank does on its own (the key's lock still holds)
             result, error = (work(block) if len(block) else None), None

@@ -16,6 +16,7 @@ import numpy as np
 import pandas as pd
 import torch
 
+from harness.distributed import SINGLE, ProcessGroup
 from harness.metrics.columns import Column
 from harness.metrics.consistency import consistency_curve
 from harness.metrics.fidelity import frechet_distance, prdc
@@ -93,10 +94,22 @@ class Reference:
     content_train: torch.Tensor | None = None
     content_test: torch.Tensor | None = None
     content_percentile: float = 95.0
+    #: the run's processes: all-pairs scoring splits the queries among them
+    group: ProcessGroup = SINGLE
 
-    def pmax(self, query: torch.Tensor, head: str, ref: torch.Tensor | None = None):
+    def pmax(self, query: torch.Tensor, head: str, ref: torch.Tensor | None = None
+             ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Every query's best score against `ref` (the training first frames) and the index of that row."""
         ref = self.train_first if ref is None else ref
-        return max_scores(query, ref, head, self.weight, self.bias)
+        parts = self.group.map(lambda b: tuple(t.cpu() for t in max_scores(query[b.start:b.stop], ref, head,
+                                                                             self.weight, self.bias)), len(query))
+        return tuple(torch.cat(column).to(query.device) for column in zip(*parts, strict=True))
+
+    def best_frames(self, query: torch.Tensor, ref: torch.Tensor) -> tuple[np.ndarray, np.ndarray]:
+        """`best_frame_match` of every query video `[Nq, F, D]` against `ref` `[Nr, F', D]`, under this model."""
+        parts = self.group.map(lambda b: best_frame_match(query[b.start:b.stop], ref, self.head, self.weight,
+                                                          self.bias), len(query))
+        return tuple(np.concatenate(column) for column in zip(*parts, strict=True))
 
 
 @dataclass
@@ -182,8 +195,8 @@ def _content_calibration(ref: Reference) -> dict[str, Any] | None:
     """τ_content from the real test videos' best frame match with the training videos (and the other way)."""
     if ref.content_train is None:
         return None
-    pmax_test, nearest_test = best_frame_match(ref.content_test, ref.content_train, ref.head, ref.weight, ref.bias)
-    pmax_train, _ = best_frame_match(ref.content_train, ref.content_test, ref.head, ref.weight, ref.bias)
+    pmax_test, nearest_test = ref.best_frames(ref.content_test, ref.content_train)
+    pmax_train, _ = ref.best_frames(ref.content_train, ref.content_test)
     calibrated = {"tau_test_to_train": privacy_threshold(pmax_test, ref.content_percentile),
                   "tau_train_to_test": privacy_threshold(pmax_train, ref.content_percentile),
                   "pmax_test": pmax_test, "pmax_train": pmax_train, "nearest_test": nearest_test}
@@ -292,7 +305,7 @@ def _content_metrics(frames: tuple[torch.Tensor, ...], ref: Reference, stats: di
     calibrations = [stats["content"], *(replicate["content"] for replicate in stats["replicates"])]
     estimates, flags = [], []
     for features, model, calibrated in zip(frames, (ref, *ref.replicates), calibrations, strict=True):
-        pmax, nearest = best_frame_match(features, model.content_train, model.head, model.weight, model.bias)
+        pmax, nearest = model.best_frames(features, model.content_train)
         tau, calibration = _calibration(model, calibrated)
         estimates.append(memorised_estimate(pmax, calibration, ref.content_percentile, ref.boot))
         flags.append(pmax > tau)

@@ -59,17 +59,34 @@ def _step(group: ProcessGroup) -> dict[str, torch.Tensor]:
             **{f"buffer.{k}": b.float() for k, b in model.named_buffers()}}
 
 
+def _scores(group: ProcessGroup) -> dict[str, torch.Tensor]:
+    """All-pairs scoring of 9 queries (an odd count: the shards differ in size) over the group's processes: first
+    frames against the training set, and best frame matches of frame stacks."""
+    from harness.evaluation import Reference
+
+    gen = torch.Generator().manual_seed(3)
+    train, query = torch.randn(40, 16, generator=gen), torch.randn(9, 16, generator=gen)
+    frames_train, frames_query = torch.randn(40, 3, 16, generator=gen), torch.randn(9, 3, 16, generator=gen)
+    ref = Reference(train_first=train, train_ids=[], test_first=train, test_frames=frames_train[:, :1],
+                    weight=-torch.rand(16, generator=gen), bias=0.5, group=group)
+    pmax, nearest = ref.pmax(query, "pred")
+    content, content_nearest = ref.best_frames(frames_query, frames_train)
+    return {"score.pmax": pmax, "score.nearest": nearest.float(), "score.content": torch.from_numpy(content),
+            "score.content_nearest": torch.from_numpy(content_nearest).float()}
+
+
 def _worker(rank: int, port: int, queue) -> None:
     os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
     torch.set_num_threads(1)
     dist.init_process_group("gloo", rank=rank, world_size=2)
     try:
-        queue.put((rank, {k: v.detach().numpy().copy() for k, v in _step(ProcessGroup(rank, 2, rank)).items()}))
+        group = ProcessGroup(rank, 2, rank)
+        queue.put((rank, {k: v.detach().numpy().copy() for k, v in {**_step(group), **_scores(group)}.items()}))
     finally:
         dist.destroy_process_group()
 
 
-def test_one_ddp_step_over_two_processes_equals_one_process():
+def test_one_ddp_step_and_all_pairs_scoring_over_two_processes_equal_one_process():
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
@@ -82,7 +99,8 @@ def test_one_ddp_step_over_two_processes_equals_one_process():
     for p in procs:
         p.join(60)
     torch.set_num_threads(1)
-    alone = _step(SINGLE)
+    alone = {**_step(SINGLE), **_scores(SINGLE)}
+    assert set(results[0]) == set(alone)
     for rank in range(2):
         for name, value in alone.items():
             assert np.allclose(results[rank][name], value.detach().numpy(), rtol=1e-4, atol=1e-6), (rank, name)

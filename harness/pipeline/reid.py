@@ -106,7 +106,7 @@ def fit_reid(stages: Stages, chosen: Chosen[ReIdFilter], encoded: Encoded, priva
         bias=head.value.bias, head=privacy.head, percentile=privacy.percentile, calibration=privacy.calibration,
         knn=privacy.knn, boot=privacy.bootstrap(ctx.seed_for("bootstrap")),
         content_train=content.train.value, content_test=content.test.value,
-        content_percentile=privacy.content.percentile)
+        content_percentile=privacy.content.percentile, group=ctx.group)
     reference = replace(reference, replicates=tuple(
         replace(reference, train_first=r.train.value.first, test_first=r.test.value.first,
                 test_frames=r.test.value.frames, weight=r.head.value.weight, bias=r.head.value.bias,
