@@ -30,6 +30,8 @@ def _parser(registry: Registry) -> argparse.ArgumentParser:
     run.add_argument("--generator", help="run only this registered generator (its row joins the spec's benchmark)")
     run.add_argument("--generator-args", default="{}", help="JSON object of args for --generator")
     run.add_argument("--n-samples", type=int, default=None, help="samples for --generator")
+    run.add_argument("--row-name", default=None, help="the row's name for --generator (default: the plugin's), "
+                     "to compare settings of one generator in one table")
     run.add_argument("--out", type=Path, default=None, help="run directory (default runs/<name>-<spec hash>)")
     run.add_argument("--no-progress", action="store_true")
     run.add_argument("--threads", type=int, default=None, help="CPU threads for torch and numba (default "

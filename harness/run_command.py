@@ -85,6 +85,9 @@ def report(results: dict, run_dir: Path, min_val_auc: float, computed: int, seco
 
 def _overrides(args) -> dict | None:
     if not args.generator:
+        if args.n_samples is not None or args.row_name is not None or args.generator_args != "{}":
+            raise UserError("--generator-args, --n-samples and --row-name apply to --generator; name the generator "
+                            "to run with --generator.")
         return None
     try:
         gen_args = json.loads(args.generator_args)
@@ -96,6 +99,8 @@ def _overrides(args) -> dict | None:
     entry = {"plugin": args.generator, "args": gen_args}
     if args.n_samples is not None:
         entry["n_samples"] = args.n_samples
+    if args.row_name is not None:
+        entry["name"] = args.row_name
     return {"generators": [entry]}
 
 

@@ -30,32 +30,38 @@ from harness.hashing import stable_hash
 from harness.plan import Estimate, Probe, Workload
 from harness_plugins.lvdm_models import build_lidm, build_lvdm, crop, pad, scheduler
 
+# minutes on a 2-core CPU for the phantom benchmark (the video UNet needs multiples of 32 channels)
+_PHANTOM = dict(lidm_channels=(32, 64, 64), lvdm_channels=(32, 64, 64), heads=(2, 4, 4), lidm_steps=600,
+                lvdm_steps=200, batch_size=16, video_batch_size=4, lr=1e-3, video_lr=1e-3, ema_decay=0.995,
+                noise_offset=0.0, condition_dropout=0.0, window=16, sample_steps=10, ef_embedding=16)
 PRESETS = {
     # seconds on a CPU: exercises every code path in the tests
     "tiny": dict(lidm_channels=(16, 32), lvdm_channels=(32, 32), heads=(2, 2), lidm_steps=30, lvdm_steps=20,
                  batch_size=8, video_batch_size=2, lr=3e-4, video_lr=3e-4, ema_decay=0.995, noise_offset=0.0,
-                 condition_dropout=0.0, window=8, sample_steps=4),
-    # minutes on a 2-core CPU for the phantom benchmark (the video UNet needs multiples of 32 channels)
-    "phantom": dict(lidm_channels=(32, 64, 64), lvdm_channels=(32, 64, 64), heads=(2, 4, 4), lidm_steps=600,
-                    lvdm_steps=200, batch_size=16, video_batch_size=4, lr=3e-4, video_lr=3e-4, ema_decay=0.995,
-                    noise_offset=0.0, condition_dropout=0.0, window=16, sample_steps=10),
+                 condition_dropout=0.0, window=8, sample_steps=4, ef_embedding=16),
+    "phantom": _PHANTOM,  # 2 minutes of training
+    # the video model trained 10x longer, long enough to learn the EF conditioning (11 minutes)
+    "phantom-long": {**_PHANTOM, "lvdm_steps": 2000},
     # the published shapes and training (seed-code notes §3-4): LIDM batch 256 at 3e-4, LVDM batch 16 at 1e-4 with
     # noise offset 0.1 and 10 % of the EF conditions dropped (for classifier-free guidance), 500k steps each, EMA
     "echonet-synthetic": dict(lidm_channels=(128, 256, 256, 512), lvdm_channels=(128, 256, 256, 512),
                               heads=(8, 16, 16, 32), lidm_steps=500_000, lvdm_steps=500_000, batch_size=256,
                               video_batch_size=16, lr=3e-4, video_lr=1e-4, ema_decay=0.9999, noise_offset=0.1,
-                              condition_dropout=0.1, window=64, sample_steps=64),
+                              condition_dropout=0.1, window=64, sample_steps=64, ef_embedding=0),
 }
 #: The EF a dropped condition is replaced by (EF / 100 lies in [0, 1]): the unconditional input of guidance.
 NULL_EF = -1.0
-class EchoLVDM(Generator):
-    """LIDM + LVDM with v-prediction, EMA and DDPM/DDIM sampling; presets `tiny`, `phantom`, `echonet-synthetic`."""
 
-    version = "4-" + stable_hash(PRESETS)[:8]  # 4: small video UNets attend below full resolution only
+
+class EchoLVDM(Generator):
+    """LIDM + LVDM with v-prediction, EMA and DDPM/DDIM sampling; presets `tiny`, `phantom`, `phantom-long`,
+    `echonet-synthetic`."""
+
+    version = "5-" + stable_hash(PRESETS)[:8]  # 5: the EMA warms up as diffusers' EMAModel does
 
     class Config(PresetConfig):
         presets = PRESETS
-        preset: Literal["tiny", "phantom", "echonet-synthetic"] = "phantom"
+        preset: Literal["tiny", "phantom", "phantom-long", "echonet-synthetic"] = "phantom"
         lidm_steps: int | None = Field(None, ge=0, description="training steps of the image model")
         lvdm_steps: int | None = Field(None, ge=0, description="training steps of the video model")
         batch_size: PositiveInt | None = Field(None, description="frames per image-model step")
@@ -67,6 +73,9 @@ class EchoLVDM(Generator):
                                                                    "added to the training noise")
         condition_dropout: float | None = Field(None, ge=0, lt=1, description="video model: share of training "
                                                                               "clips whose EF is dropped")
+        ef_embedding: int | None = Field(None, ge=0, description="video model: also add the EF to the timestep "
+                                         "embedding, projected sinusoidally to this size (0: the EF enters only as "
+                                         "its cross-attention token, as published)")
         guidance: float = Field(1.0, ge=0, description="classifier-free guidance scale at sampling (1: none)")
         sampler: Literal["ddpm", "ddim"] = "ddim"
         sample_steps: PositiveInt | None = None
@@ -111,7 +120,8 @@ class EchoLVDM(Generator):
         """Untrained models of the preset (`fit` trains them; `tests/test_perf.py` times sampling with them)."""
         preset = PRESETS[self.config.preset]
         self.lidm = build_lidm(preset["lidm_channels"], channels)
-        self.lvdm = build_lvdm(preset["lvdm_channels"], preset["heads"], channels, self.window)
+        self.lvdm = build_lvdm(preset["lvdm_channels"], preset["heads"], channels, self.window,
+                               self.config.setting("ef_embedding"))
         self._hash = _weights_hash(self.lidm, self.lvdm)
 
     def _image_batch(self, latents, rng):
@@ -148,8 +158,9 @@ class EchoLVDM(Generator):
             torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
             opt.step()
             with torch.no_grad():
+                decay = ema_decay(step, self.config.setting("ema_decay"))
                 for e, p in zip(ema.parameters(), model.parameters(), strict=True):
-                    e.lerp_(p, 1.0 - self.config.setting("ema_decay"))
+                    e.lerp_(p, 1.0 - decay)
             checkpoint.save_if_due(step + 1, state, force=step + 1 == steps)
         return ema
 
@@ -182,9 +193,13 @@ class EchoLVDM(Generator):
 
     @staticmethod
     def _video_forward(model, noisy, cond, ef, t):
+        """One LVDM prediction. The EF is the cross-attention token; a model built with an EF embedding also gets
+        it, in percent, as its added time id (published models have a 1-wide time-id projection, which is zero
+        whatever its input, so they get zeros)."""
         x = torch.cat([noisy, cond[:, None].expand_as(noisy)], dim=2)
-        return model(x, t, encoder_hidden_states=ef.view(-1, 1, 1).to(x.dtype),
-                     added_time_ids=torch.zeros(len(x), 1, device=x.device, dtype=x.dtype)).sample
+        ef = ef.to(x.dtype)
+        ids = 100 * ef if model.config.addition_time_embed_dim > 1 else torch.zeros_like(ef)
+        return model(x, t, encoder_hidden_states=ef.view(-1, 1, 1), added_time_ids=ids.view(-1, 1)).sample
 
     # ------------------------------------------------------------------------------------------ sampling
 
@@ -346,6 +361,13 @@ class EchoLVDM(Generator):
             raise UserError(f"echo-lvdm: the weights in {folder} cannot be loaded ({type(exc).__name__}: "
                             f"{str(exc).splitlines()[0][:200]}); check that they match the preset.") from None
         self._hash = _weights_hash(self.lidm, self.lvdm)
+
+
+def ema_decay(step: int, decay: float) -> float:
+    """The EMA's decay after 0-based training step `step`: diffusers' `EMAModel` default warm-up
+    min(decay, (1 + step) / (10 + step)), 0 at the first step. Without it, a short training's EMA would still hold a
+    large share of the random initial weights (0.995 ** 200 = 37 % after 200 steps)."""
+    return 0.0 if step == 0 else min(decay, (1 + step) / (10 + step))
 
 
 def _weights_hash(*models) -> str:

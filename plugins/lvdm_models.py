@@ -24,7 +24,11 @@ def build_lidm(channels: tuple[int, ...], channels_in: int):
                        attention_head_dim=8, norm_num_groups=min(32, channels[0]), resnet_time_scale_shift="default")
 
 
-def build_lvdm(channels: tuple[int, ...], heads: tuple[int, ...], channels_in: int, window: int):
+def build_lvdm(channels: tuple[int, ...], heads: tuple[int, ...], channels_in: int, window: int,
+               ef_embedding: int = 0):
+    """The video UNet; `ef_embedding` > 0 gives it a time-id projection of that size, through which the EF is
+    added to the timestep embedding of every block (SVD's added time ids), besides its cross-attention token that
+    only the attention blocks see. The published model has a 1-wide projection, which maps every input to zero."""
     from diffusers import UNetSpatioTemporalConditionModel
 
     n = len(channels)
@@ -37,7 +41,8 @@ def build_lvdm(channels: tuple[int, ...], heads: tuple[int, ...], channels_in: i
         sample_size=16, in_channels=2 * channels_in, out_channels=channels_in, down_block_types=down,
         up_block_types=up, block_out_channels=channels, num_attention_heads=heads,
         layers_per_block=2 if n == 4 else 1, transformer_layers_per_block=1, cross_attention_dim=1,
-        addition_time_embed_dim=1, projection_class_embeddings_input_dim=1, num_frames=window)
+        addition_time_embed_dim=max(ef_embedding, 1), projection_class_embeddings_input_dim=max(ef_embedding, 1),
+        num_frames=window)
 
 
 def scheduler(kind: str):

@@ -157,10 +157,12 @@ def test_filtered_row_runs_with_the_spec_re_id(tiny_run, tmp_path):
 
     out = tmp_path / "run"
     done = run_cli("--cache", str(tiny_run["cache"]), "run", str(TINY), "--generator", "echo-lvdm",
-                   "--generator-args", '{"preset": "tiny", "privacy_filter": true}', "--out", str(out),
-                   "--no-progress")
+                   "--generator-args", '{"preset": "tiny", "privacy_filter": true}', "--row-name", "lvdm-filtered",
+                   "--out", str(out), "--no-progress")
     assert done.returncode == 0, done.stderr
-    table = pd.read_csv(out / "samples" / "echo-lvdm.csv")
+    (row,) = json.loads((out / "results.json").read_text())["rows"]
+    assert row["generator"] == "lvdm-filtered" and row["error"] is None
+    table = pd.read_csv(out / "samples" / "lvdm-filtered.csv")
     assert {"filter_redraws", "conditioning_memorised"} <= set(table.columns)
 
 
@@ -184,3 +186,13 @@ def test_weight_folder_of_another_preset_is_one_sentence(tmp_path):
     loaded = EchoLVDM(EchoLVDM.Config(preset="tiny", weights=str(tmp_path)))
     loaded.fit({"train": train, "val": train}, ctx=None)  # the matching preset loads them
     assert loaded.window == 8 and loaded.model_hash()
+
+
+def test_the_ema_warms_up_like_diffusers_ema_model():
+    """diffusers' EMAModel default: the first step copies the model, then min(decay, (1 + k) / (10 + k))."""
+    from harness_plugins.lvdm import ema_decay
+
+    assert ema_decay(0, 0.995) == 0.0
+    assert ema_decay(1, 0.995) == pytest.approx(2 / 11)
+    assert ema_decay(90, 0.995) == pytest.approx(91 / 100)
+    assert ema_decay(10_000, 0.995) == 0.995

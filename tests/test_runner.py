@@ -249,6 +249,16 @@ def test_non_utf8_or_binary_spec_is_one_sentence(tmp_path, content):
     assert done.stderr.startswith(f"error: {spec}: ") and len(done.stderr.strip().splitlines()) == 1
 
 
+@pytest.mark.parametrize("extra, message", [
+    (["--row-name", "mine"], "apply to --generator"),
+    (["--generator", "copy", "--generator-args", "{k: 1}"], "--generator-args is not valid JSON"),
+])
+def test_generator_options_out_of_place_are_one_sentence(tmp_path, extra, message):
+    done = run_cli("run", str(TINY), "--out", str(tmp_path / "run"), *extra)
+    assert done.returncode == 2 and message in done.stderr and len(done.stderr.strip().splitlines()) == 1
+    assert not (tmp_path / "run").exists()
+
+
 def test_two_runs_on_one_cache_compute_each_stage_once(tmp_path):
     spec = tiny_spec(tmp_path, generators=[{"plugin": "copy"}], downstream=None)
     cache = tmp_path / "cache"
