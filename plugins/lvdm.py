@@ -198,7 +198,8 @@ class EchoLVDM(Generator):
         whatever its input, so they get zeros)."""
         x = torch.cat([noisy, cond[:, None].expand_as(noisy)], dim=2)
         ef = ef.to(x.dtype)
-        ids = 100 * ef if model.config.addition_time_embed_dim > 1 else torch.zeros_like(ef)
+        embeds_ef = getattr(model, "module", model).config.addition_time_embed_dim > 1  # DDP wraps it in training
+        ids = 100 * ef if embeds_ef else torch.zeros_like(ef)
         return model(x, t, encoder_hidden_states=ef.view(-1, 1, 1), added_time_ids=ids.view(-1, 1)).sample
 
     # ------------------------------------------------------------------------------------------ sampling
