@@ -44,7 +44,7 @@ def bench_pairs(n_query: int, n_ref: int, dim: int, device: torch.device, loop_q
     weight, bias = head.weight[0].detach(), float(head.bias[0])
     ref = _features(n_ref, dim, 1, device)
     query = _features(n_query, dim, 2, device)
-    max_scores(query[:64], ref, "pred", weight, bias)  # warm-up (compiles the CPU kernel once)
+    max_scores(query[:64], ref, "pred", weight, bias)  # warm-up (compiles the kernel once)
     max_scores(query[: max(1, 1_000_000 // n_ref + 1)], ref, "pred", weight, bias)
     _sync(device)
     start = time.perf_counter()

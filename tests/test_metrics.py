@@ -1,3 +1,7 @@
+import os
+import subprocess
+import sys
+
 import numpy as np
 import prdc as prdc_reference
 import pytest
@@ -6,6 +10,7 @@ import torch
 from harness.metrics.fidelity import frechet_distance, prdc
 from harness.metrics.pairs import HEADS, max_scores, score_block
 from harness.metrics.privacy import appearances, generative_recall, memorised_fraction, privacy_threshold
+from tests.conftest import ROOT
 
 
 def features(n, d=16, seed=0):
@@ -178,18 +183,49 @@ def test_consistency_is_one_for_constant_features_and_low_for_the_swap():
     assert abs(float(consistency_curve(noise, "corr").mean())) < 0.05
 
 
-def test_compiled_pred_kernel_equals_a_per_query_loop():
-    from harness.metrics.pairs import pred_max_cpu
+def _pred_case(nq: int, nr: int, dim: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    q, r = features(nq, d=dim, seed=6).float(), features(nr, d=dim, seed=7).float()
+    return q, r, torch.randn(dim, generator=torch.Generator().manual_seed(8))
 
-    q, r = features(203, d=128, seed=6).float(), features(517, d=128, seed=7).float()  # 203: a partial query tile
-    w = torch.randn(128, generator=torch.Generator().manual_seed(8))
-    best, arg = pred_max_cpu(q, r, w, bias=-0.5)
+
+def pred_kernel_outputs(kernel, nq: int, nr: int, dim: int) -> dict[str, torch.Tensor]:
+    """A compiled `pred` kernel's answers to three cases `check_pred_kernel` knows the truth of (sizes that leave
+    partial tiles of queries and references: 4 on the CPU, 64 on the GPU)."""
+    q, r, w = _pred_case(nq, nr, dim)
+    out = dict(zip(("best", "arg"), kernel(q, r, w, bias=-0.5), strict=True))
+    r[5] = r[70] = q[3]  # exact copies, the second in a later reference tile
+    out.update(zip(("copy_best", "copy_arg"), kernel(q, r, -w.abs(), bias=0.25), strict=True))
+    out["empty_best"] = kernel(q, r[:0], w, bias=0.0)[0]
+    return out
+
+
+def check_pred_kernel(out: dict[str, torch.Tensor], nq: int, nr: int, dim: int) -> None:
+    q, r, w = _pred_case(nq, nr, dim)
     loop = torch.stack([(qi - r).abs() @ w - 0.5 for qi in q])
-    torch.testing.assert_close(best, loop.max(dim=1).values, atol=1e-5, rtol=0)
-    assert torch.equal(arg, loop.argmax(dim=1))
-    r[5] = q[3]  # an exact copy is found, at the head's bias when every weight is negative
-    best, arg = pred_max_cpu(q, r, -w.abs(), bias=0.25)
-    assert arg[3] == 5 and best[3].item() == pytest.approx(0.25, abs=1e-5)
+    torch.testing.assert_close(out["best"], loop.max(dim=1).values, atol=1e-5, rtol=0)
+    assert torch.equal(out["arg"], loop.argmax(dim=1))
+    # an exact copy is found, at the head's bias when every weight is negative; a later copy does not replace it
+    assert out["copy_arg"][3] == 5 and out["copy_best"][3].item() == pytest.approx(0.25, abs=1e-5)
+    assert torch.isinf(out["empty_best"]).all() and out["empty_best"].shape == (nq,)
+
+
+def test_compiled_cpu_pred_kernel_equals_a_per_query_loop():
+    from harness.metrics.pairs_kernels import pred_max_cpu
+
+    check_pred_kernel(pred_kernel_outputs(pred_max_cpu, 203, 517, 128), 203, 517, 128)
+
+
+def test_triton_pred_kernel_equals_a_per_query_loop(tmp_path):
+    """The GPU kernel's code, run by Triton's interpreter on the CPU (it must be chosen before triton is imported,
+    hence a fresh interpreter), so that machines without a GPU check it too."""
+    pytest.importorskip("triton")
+    script = ("import sys, torch; from tests.test_metrics import pred_kernel_outputs; "
+              "from harness.metrics.pairs_kernels import pred_max_gpu; "
+              "torch.save(pred_kernel_outputs(pred_max_gpu, 70, 140, 32), sys.argv[1])")
+    done = subprocess.run([sys.executable, "-c", script, str(tmp_path / "out.pt")], capture_output=True, text=True,
+                          env={**os.environ, "TRITON_INTERPRET": "1"}, cwd=ROOT, timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+    check_pred_kernel(torch.load(tmp_path / "out.pt", weights_only=True), 70, 140, 32)
 
 
 def test_regression_metrics_equal_scikit_learn_and_bracket_the_value():

@@ -9,12 +9,14 @@ Heads (higher = more similar):
 
 from __future__ import annotations
 
-import functools
-
 import numpy as np
 import torch
 
+from harness.metrics.pairs_kernels import pred_max_cpu, pred_max_gpu, triton_available
+
 HEADS = ("pred", "l1", "l2", "corr")
+#: from this many pairs on, `pred` uses the compiled kernels of `pairs_kernels` (below, compiling costs more)
+FAST_MIN_PAIRS = 1_000_000
 
 
 def _standardise(x: torch.Tensor) -> torch.Tensor:
@@ -62,9 +64,11 @@ def max_scores(query: torch.Tensor, ref: torch.Tensor, head: str, weight: torch.
     Works block by block so that no intermediate exceeds about `block_bytes`, whatever Nq and Nr are; the
     full Nq x Nr matrix is never built. Ties resolve to the lowest reference index.
     """
-    if (head == "pred" and weight is not None and query.device.type == "cpu" and query.dtype == torch.float32
-            and len(query) * len(ref) >= FAST_MIN_PAIRS):
-        return pred_max_cpu(query, ref, weight, bias)
+    if head == "pred" and weight is not None and len(query) * len(ref) >= FAST_MIN_PAIRS:
+        if query.device.type == "cpu" and query.dtype == torch.float32:
+            return pred_max_cpu(query, ref, weight, bias)
+        if query.device.type == "cuda" and triton_available():
+            return pred_max_gpu(query, ref, weight, bias)
     nq, nr, dim = len(query), len(ref), query.shape[1]
     per_pair = dim * query.element_size() if head in ("pred", "l1") else query.element_size()
     cols = max(1, min(nr, block_bytes // max(per_pair, 1)))
@@ -79,73 +83,6 @@ def max_scores(query: torch.Tensor, ref: torch.Tensor, head: str, weight: torch.
             best[r0:r0 + rows] = torch.where(better, values, best[r0:r0 + rows])
             arg[r0:r0 + rows] = torch.where(better, idx + c0, arg[r0:r0 + rows])
     return best, arg
-
-
-# ---------------------------------------------------------------------------------------------- fast exact `pred`
-#
-# w . |a - b| has no matrix-product form, so in torch every pair costs a [rows, cols, D] broadcast that is bound by
-# memory traffic. On the CPU a compiled kernel keeps the running max in registers instead. It uses
-# |a - b| = a + b - 2 min(a, b): the w . a and w . b terms are computed once per row, leaving one min and one
-# multiply-add per dimension and pair; four queries share each load of a reference row, the D-long sum
-# vectorises, and query tiles run in parallel. The result is exact up to float32 reassociation. GPUs keep the
-# blocked torch path.
-
-FAST_MIN_PAIRS = 1_000_000
-
-
-@functools.cache
-def _pred_max_kernel():
-    """The compiled kernel; numba is imported (and the kernel compiled or loaded from its cache) on first use."""
-    import numba
-
-    @numba.njit(parallel=True, fastmath=True, cache=True)
-    def kernel(q, ref, w, best, arg):  # pragma: no cover - compiled
-        nq, dim = q.shape
-        ref_linear = ref @ w
-        for tile in numba.prange((nq + 3) // 4):
-            i0 = tile * 4
-            i1, i2, i3 = min(i0 + 1, nq - 1), min(i0 + 2, nq - 1), min(i0 + 3, nq - 1)
-            b0 = b1 = b2 = b3 = np.float32(-np.inf)
-            a0 = a1 = a2 = a3 = 0
-            for j in range(ref.shape[0]):
-                s0 = s1 = s2 = s3 = np.float32(0.0)
-                for k in range(dim):
-                    r, wk = ref[j, k], w[k]
-                    s0 += wk * min(q[i0, k], r)
-                    s1 += wk * min(q[i1, k], r)
-                    s2 += wk * min(q[i2, k], r)
-                    s3 += wk * min(q[i3, k], r)
-                c = ref_linear[j]
-                s0, s1, s2, s3 = c - 2 * s0, c - 2 * s1, c - 2 * s2, c - 2 * s3
-                if s0 > b0:
-                    b0, a0 = s0, j
-                if s1 > b1:
-                    b1, a1 = s1, j
-                if s2 > b2:
-                    b2, a2 = s2, j
-                if s3 > b3:
-                    b3, a3 = s3, j
-            best[i0], arg[i0] = b0, a0
-            if i0 + 1 < nq:
-                best[i1], arg[i1] = b1, a1
-            if i0 + 2 < nq:
-                best[i2], arg[i2] = b2, a2
-            if i0 + 3 < nq:
-                best[i3], arg[i3] = b3, a3
-
-    return kernel
-
-
-def pred_max_cpu(query: torch.Tensor, ref: torch.Tensor, weight: torch.Tensor,
-                 bias: float) -> tuple[torch.Tensor, torch.Tensor]:
-    """Exact `pred` max and first argmax per query on the CPU, in float32, with O(Nq) extra memory."""
-    q = np.ascontiguousarray(query.detach().cpu().numpy(), dtype=np.float32)
-    r = np.ascontiguousarray(ref.detach().cpu().numpy(), dtype=np.float32)
-    w = np.ascontiguousarray(weight.detach().cpu().numpy(), dtype=np.float32)
-    best, arg = np.empty(len(q), np.float32), np.empty(len(q), np.int64)
-    if len(q) and len(r):
-        _pred_max_kernel()(q, r, w, best, arg)
-    return torch.from_numpy(best + q @ w + np.float32(bias)).to(query.dtype), torch.from_numpy(arg)
 
 
 def best_frame_match(query: torch.Tensor, ref: torch.Tensor, head: str, weight: torch.Tensor, bias: float
