@@ -74,6 +74,14 @@ class ProcessGroup:
         dist.all_gather_object(out, value, group=_collectives)
         return out
 
+    def sum(self, tensor: torch.Tensor) -> torch.Tensor:
+        """The sum of every rank's `tensor` (same shape on all), on every rank."""
+        if not self.active:
+            return tensor
+        total = tensor.detach().clone()
+        dist.all_reduce(total, group=_collectives)
+        return total
+
     def barrier(self) -> None:
         if self.active:
             dist.barrier(group=_collectives)

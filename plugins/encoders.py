@@ -156,10 +156,11 @@ class VAE(Encoder):
         perceptual = Perceptual(c.perceptual_weights).to(ctx.device) if c.perceptual_weights else None
         checkpoint = ctx.checkpoint("vae")
         start = checkpoint.resume(state)
-        loss_of = ctx.group.wrap(AutoencoderLoss(model, c.kl_weight, c.setting("per_image"), perceptual,
-                                                 c.perceptual_weight, disc, c.disc_weight), ctx.device)
-        judge = ctx.group.wrap(disc, ctx.device) if disc is not None else None
         part, weight = ctx.group.batch_part(batch)
+        loss_of = ctx.group.wrap(AutoencoderLoss(model, c.kl_weight, c.setting("per_image"), perceptual,
+                                                 c.perceptual_weight, disc, c.disc_weight,
+                                                 lambda gradient: ctx.group.sum(gradient * weight)), ctx.device)
+        judge = ctx.group.wrap(disc, ctx.device) if disc is not None else None
         latent_side = crop // 2 ** (len(model.config.block_out_channels) - 1)
         bar = ctx.progress(range(start, steps), initial=start, total=steps, desc="training vae")
         for step in bar:

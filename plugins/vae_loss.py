@@ -10,6 +10,7 @@ gradient norms of the reconstruction term and the adversarial term at the decode
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 
 import torch
@@ -46,11 +47,16 @@ def hinge_loss(real: torch.Tensor, fake: torch.Tensor) -> torch.Tensor:
     return 0.5 * (torch.relu(1.0 - real).mean() + torch.relu(1.0 + fake).mean())
 
 
+def _local(gradient: torch.Tensor) -> torch.Tensor:
+    return gradient
+
+
 def adaptive_weight(reconstruction: torch.Tensor, adversarial: torch.Tensor, last_layer: torch.Tensor,
-                    scale: float) -> torch.Tensor:
-    """`scale` x |grad of the reconstruction term| / |grad of the adversarial term| at `last_layer`."""
-    rec = torch.autograd.grad(reconstruction, last_layer, retain_graph=True)[0]
-    adv = torch.autograd.grad(adversarial, last_layer, retain_graph=True)[0]
+                    scale: float, whole_batch: Callable[[torch.Tensor], torch.Tensor] = _local) -> torch.Tensor:
+    """`scale` x |grad of the reconstruction term| / |grad of the adversarial term| at `last_layer`; `whole_batch`
+    turns a process's gradient on its part of the batch into the whole batch's (a multiple of it will do)."""
+    rec = whole_batch(torch.autograd.grad(reconstruction, last_layer, retain_graph=True)[0])
+    adv = whole_batch(torch.autograd.grad(adversarial, last_layer, retain_graph=True)[0])
     return (rec.norm() / (adv.norm() + 1e-4)).clamp(0.0, 1e4).detach() * scale
 
 
@@ -105,15 +111,18 @@ class AutoencoderLoss(nn.Module):
 
     `per_image`: terms summed over each image's pixels and averaged over the batch, as the published loss is (the
     KL weight of 1e-6 is relative to that); else means over pixels (the `cpu` preset). The discriminator is not a
-    submodule: it trains in its own step and its own DDP wrapper.
+    submodule: it trains in its own step and its own DDP wrapper, and gets no gradient here. Over several
+    processes, `whole_batch` makes the adaptive weight the whole batch's (see `adaptive_weight`).
     """
 
     def __init__(self, vae, kl_weight: float, per_image: bool, perceptual: Perceptual | None = None,
-                 perceptual_weight: float = 1.0, discriminator: nn.Module | None = None, disc_weight: float = 0.5):
+                 perceptual_weight: float = 1.0, discriminator: nn.Module | None = None, disc_weight: float = 0.5,
+                 whole_batch: Callable[[torch.Tensor], torch.Tensor] = _local):
         super().__init__()
         self.vae, self.kl_weight, self.per_image = vae, kl_weight, per_image
         self.perceptual, self.perceptual_weight, self.disc_weight = perceptual, perceptual_weight, disc_weight
         self._discriminator = [discriminator]  # in a list: not registered, not trained by this module's DDP
+        self._whole_batch = whole_batch
 
     def forward(self, x: torch.Tensor, eps: torch.Tensor, adversarial: bool = False
                 ) -> tuple[torch.Tensor, torch.Tensor]:
@@ -131,7 +140,9 @@ class AutoencoderLoss(nn.Module):
             reconstruction = error.mean()
             loss = reconstruction + self.kl_weight * posterior.kl().mean()
         if adversarial:
-            fooled = -self._discriminator[0](recon).mean()
+            judge = self._discriminator[0].requires_grad_(False)  # the gradient flows to `recon` only
+            fooled = -judge(recon).mean()
+            judge.requires_grad_(True)
             last = self.vae.decoder.conv_out.weight
-            loss = loss + adaptive_weight(reconstruction, fooled, last, self.disc_weight) * fooled
+            loss = loss + adaptive_weight(reconstruction, fooled, last, self.disc_weight, self._whole_batch) * fooled
         return loss, recon

@@ -75,6 +75,34 @@ def _scores(group: ProcessGroup) -> dict[str, torch.Tensor]:
             "score.content_nearest": torch.from_numpy(content_nearest).float()}
 
 
+def _vae_step(group: ProcessGroup) -> dict[str, torch.Tensor]:
+    """One adversarial step of the published VAE loss (per-image L1 + KL, the discriminator's term scaled by the
+    adaptive weight) and one discriminator step, on this rank's part of a batch of 6."""
+    from diffusers import AutoencoderKL
+
+    from plugins.vae_loss import AutoencoderLoss, PatchDiscriminator, hinge_loss
+
+    torch.manual_seed(0)
+    vae = AutoencoderKL(in_channels=1, out_channels=1, down_block_types=["DownEncoderBlock2D"] * 2,
+                        up_block_types=["UpDecoderBlock2D"] * 2, block_out_channels=(8, 8), layers_per_block=1,
+                        latent_channels=2, norm_num_groups=4, sample_size=16)
+    disc = PatchDiscriminator(1, width=8, layers=2)
+    gen = torch.Generator().manual_seed(4)
+    x, eps = torch.rand(6, 1, 16, 16, generator=gen) * 2 - 1, torch.randn(6, 2, 8, 8, generator=gen)
+    part, weight = group.batch_part(6)
+    cpu = torch.device("cpu")
+    loss_of = group.wrap(AutoencoderLoss(vae, 1e-6, True, discriminator=disc,
+                                         whole_batch=lambda g: group.sum(g * weight)), cpu)
+    judge = group.wrap(disc, cpu)
+    loss, recon = loss_of(x[part], eps[part], True)
+    (loss * weight).backward()
+    assert all(p.grad is None for p in disc.parameters())  # the generator's step leaves the discriminator alone
+    (hinge_loss(judge(x[part]), judge(recon.detach())) * weight).backward()
+    return {**{f"vae.grad.{k}": p.grad for k, p in vae.named_parameters()},
+            **{f"disc.grad.{k}": p.grad for k, p in disc.named_parameters()},
+            **{f"disc.buffer.{k}": b.float() for k, b in disc.named_buffers()}}
+
+
 LVDM_LR = 3e-4
 
 
@@ -99,16 +127,17 @@ def _worker(rank: int, port: int, queue, folder: str) -> None:
     dist.init_process_group("gloo", rank=rank, world_size=2)
     try:
         group = ProcessGroup(rank, 2, rank)
-        results = {**_step(group), **_scores(group), **_lvdm(group, f"{folder}/{rank}")}
+        results = {**_step(group), **_vae_step(group), **_scores(group), **_lvdm(group, f"{folder}/{rank}")}
         queue.put((rank, {k: v.detach().float().numpy().copy() for k, v in results.items()}))
     finally:
         dist.destroy_process_group()
 
 
 def test_one_ddp_step_and_all_pairs_scoring_over_two_processes_equal_one_process(tmp_path):
-    """...and echo-lvdm's trainings, run as DDP, keep the ranks identical and land on the one-process weights up to
-    the reduction-order differences Adam amplifies (at most about 2 learning rates per step; most weights agree
-    far closer)."""
+    """Over 2 gloo processes, one training step (batch norm, dropout; the published VAE loss's adversarial step,
+    whose adaptive weight must be the whole batch's) and all-pairs scoring equal one process's; echo-lvdm's
+    trainings keep the ranks identical and land on the one-process weights up to the reduction-order differences
+    Adam amplifies (at most about 2 learning rates per step; most weights agree far closer)."""
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
@@ -121,12 +150,14 @@ def test_one_ddp_step_and_all_pairs_scoring_over_two_processes_equal_one_process
     for p in procs:
         p.join(60)
     torch.set_num_threads(1)
-    alone = {k: v.detach().float().numpy() for k, v in
-             {**_step(SINGLE), **_scores(SINGLE), **_lvdm(SINGLE, str(tmp_path / "alone"))}.items()}
+    alone = {**_step(SINGLE), **_vae_step(SINGLE), **_scores(SINGLE), **_lvdm(SINGLE, str(tmp_path / "alone"))}
+    alone = {k: v.detach().float().numpy() for k, v in alone.items()}
     assert set(results[0]) == set(alone)
     for rank in range(2):
         for name, value in alone.items():
-            if not name.startswith("lvdm."):
+            if name.startswith(("vae.", "disc.")):  # per-image sums: large gradients, compared at their scale
+                assert np.abs(results[rank][name] - value).max() <= 2e-4 * np.abs(value).max() + 1e-6, (rank, name)
+            elif not name.startswith("lvdm."):
                 assert np.allclose(results[rank][name], value, rtol=1e-4, atol=1e-6), (rank, name)
     trained = [k for k in alone if k.startswith("lvdm.")]
     assert all(np.array_equal(results[0][k], results[1][k]) for k in trained)  # DDP keeps the ranks in step
