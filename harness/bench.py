@@ -14,7 +14,7 @@ from typing import Any
 
 import torch
 
-from harness.metrics.pairs import best_frame_match, max_scores
+from harness.metrics.pairs import best_frame_match, max_scores, pred_kernel
 from harness.monitor import StageMonitor, _rss_bytes
 
 
@@ -67,7 +67,8 @@ def bench_pairs(n_query: int, n_ref: int, dim: int, device: torch.device, loop_q
     memory_seconds, extra = _measured(lambda: max_scores(big, ref, "pred", weight, bias), device)
     harness_rate = n_query * n_ref / harness_seconds
     loop_rate = loop_queries * n_ref / loop_seconds
-    return {"device": str(device), "queries": n_query, "references": n_ref, "dim": dim,
+    return {"device": str(device), "kernel": pred_kernel(query, n_query * n_ref), "queries": n_query,
+            "references": n_ref, "dim": dim,
             "harness_pairs_per_s": harness_rate, "harness_seconds": harness_seconds,
             "loop_pairs_per_s": loop_rate, "loop_queries_timed": loop_queries, "speedup": harness_rate / loop_rate,
             "loop_agreement": agree, "loop_max_abs_diff": max_diff,
@@ -100,7 +101,8 @@ def pairs_report(result: dict[str, Any]) -> str:
     return "\n".join([
         f"pred-head all-pairs max, {result['queries']} x {result['references']} x {result['dim']} on "
         f"{result['device']} ({result['threads']} threads)",
-        f"  harness        {result['harness_pairs_per_s']:.3e} pairs/s ({result['harness_seconds']:.2f} s)",
+        f"  harness        {result['harness_pairs_per_s']:.3e} pairs/s ({result['harness_seconds']:.2f} s, "
+        f"{result['kernel']} kernel)",
         f"  per-query loop {result['loop_pairs_per_s']:.3e} pairs/s (timed on {result['loop_queries_timed']} "
         f"queries; same max on those: {result['loop_agreement']:.0%}, max |diff| {result['loop_max_abs_diff']:.1e})",
         f"  speed-up       {result['speedup']:.1f}x",

@@ -57,6 +57,16 @@ def score_pairs(a: torch.Tensor, b: torch.Tensor, head: str, weight: torch.Tenso
     raise ValueError(f"unknown head {head!r}; expected one of {HEADS}")
 
 
+def pred_kernel(query: torch.Tensor, pairs: int) -> str:
+    """What `max_scores` computes `pred` scores of `pairs` pairs with: "numba" (CPU), "triton" (CUDA) or "torch"
+    (the blocked broadcast: small problems, other devices and dtypes)."""
+    if pairs < FAST_MIN_PAIRS:
+        return "torch"
+    if query.device.type == "cpu" and query.dtype == torch.float32:
+        return "numba"
+    return "triton" if query.device.type == "cuda" and triton_available() else "torch"
+
+
 def max_scores(query: torch.Tensor, ref: torch.Tensor, head: str, weight: torch.Tensor | None = None,
                bias: float = 0.0, block_bytes: int = 64 * 2**20) -> tuple[torch.Tensor, torch.Tensor]:
     """For every query row: the best score over all `ref` rows and the index of that row.
@@ -64,10 +74,11 @@ def max_scores(query: torch.Tensor, ref: torch.Tensor, head: str, weight: torch.
     Works block by block so that no intermediate exceeds about `block_bytes`, whatever Nq and Nr are; the
     full Nq x Nr matrix is never built. Ties resolve to the lowest reference index.
     """
-    if head == "pred" and weight is not None and len(query) * len(ref) >= FAST_MIN_PAIRS:
-        if query.device.type == "cpu" and query.dtype == torch.float32:
+    if head == "pred" and weight is not None:
+        kernel = pred_kernel(query, len(query) * len(ref))
+        if kernel == "numba":
             return pred_max_cpu(query, ref, weight, bias)
-        if query.device.type == "cuda" and triton_available():
+        if kernel == "triton":
             return pred_max_gpu(query, ref, weight, bias)
     nq, nr, dim = len(query), len(ref), query.shape[1]
     per_pair = dim * query.element_size() if head in ("pred", "l1") else query.element_size()
