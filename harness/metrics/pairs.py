@@ -74,6 +74,9 @@ def max_scores(query: torch.Tensor, ref: torch.Tensor, head: str, weight: torch.
     Works block by block so that no intermediate exceeds about `block_bytes`, whatever Nq and Nr are; the
     full Nq x Nr matrix is never built. Ties resolve to the lowest reference index.
     """
+    if head == "l1":  # -mean |a - b| is the pred head with every weight -1/D: it takes the same kernels
+        head, bias = "pred", 0.0
+        weight = torch.full((query.shape[1],), -1.0 / query.shape[1], dtype=query.dtype, device=query.device)
     if head == "pred" and weight is not None:
         kernel = pred_kernel(query, len(query) * len(ref))
         if kernel == "numba":
@@ -81,7 +84,7 @@ def max_scores(query: torch.Tensor, ref: torch.Tensor, head: str, weight: torch.
         if kernel == "triton":
             return pred_max_gpu(query, ref, weight, bias)
     nq, nr, dim = len(query), len(ref), query.shape[1]
-    per_pair = dim * query.element_size() if head in ("pred", "l1") else query.element_size()
+    per_pair = dim * query.element_size() if head == "pred" else query.element_size()
     cols = max(1, min(nr, block_bytes // max(per_pair, 1)))
     rows = max(1, min(nq, block_bytes // max(per_pair * cols, 1)))
     best = torch.full((nq,), -torch.inf, dtype=query.dtype, device=query.device)
