@@ -228,6 +228,35 @@ def test_triton_pred_kernel_equals_a_per_query_loop(tmp_path):
     check_pred_kernel(torch.load(tmp_path / "out.pt", weights_only=True), 70, 140, 32)
 
 
+def test_a_triton_kernel_that_fails_falls_back_to_torch_once(monkeypatch, caplog):
+    from types import SimpleNamespace
+
+    from harness.metrics import pairs
+
+    calls = []
+
+    def broken(*args):
+        calls.append(args)
+        raise RuntimeError("no compiler here\nmore detail")
+
+    on_gpu = SimpleNamespace(device=torch.device("cuda"), dtype=torch.float32)  # what the choice reads of a query
+    choose = pairs.pred_kernel
+    monkeypatch.setattr(pairs, "_triton_failed", [])
+    monkeypatch.setattr(pairs, "triton_available", lambda: True)
+    monkeypatch.setattr(pairs, "pred_max_gpu", broken)
+    monkeypatch.setattr(pairs, "pred_kernel", lambda query, n: choose(on_gpu, n))  # decide as for a GPU tensor
+    assert choose(on_gpu, 10**7) == "triton"
+    q, r = features(1100, d=8, seed=1).float(), features(1000, d=8, seed=2).float()
+    w = torch.randn(8, generator=torch.Generator().manual_seed(3))
+    best, _ = pairs.max_scores(q, r, "pred", w, 0.1)
+    best_again, _ = pairs.max_scores(q, r, "pred", w, 0.1)
+    assert choose(on_gpu, 10**7) == "torch" and len(calls) == 1
+    assert "the Triton pred kernel failed (RuntimeError: no compiler here)" in caplog.text
+    loop = torch.stack([(qi - r).abs() @ w + 0.1 for qi in q])
+    torch.testing.assert_close(best, loop.max(dim=1).values)
+    torch.testing.assert_close(best_again, best)
+
+
 def test_regression_metrics_equal_scikit_learn_and_bracket_the_value():
     from sklearn.metrics import mean_absolute_error, mean_squared_error, r2_score
 

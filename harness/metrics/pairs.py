@@ -9,6 +9,8 @@ Heads (higher = more similar):
 
 from __future__ import annotations
 
+import logging
+
 import numpy as np
 import torch
 
@@ -17,6 +19,8 @@ from harness.metrics.pairs_kernels import pred_max_cpu, pred_max_gpu, triton_ava
 HEADS = ("pred", "l1", "l2", "corr")
 #: from this many pairs on, `pred` uses the compiled kernels of `pairs_kernels` (below, compiling costs more)
 FAST_MIN_PAIRS = 1_000_000
+_triton_failed: list[Exception] = []  # why the Triton kernel failed in this process, if it did
+log = logging.getLogger("harness")
 
 
 def _standardise(x: torch.Tensor) -> torch.Tensor:
@@ -64,7 +68,7 @@ def pred_kernel(query: torch.Tensor, pairs: int) -> str:
         return "torch"
     if query.device.type == "cpu" and query.dtype == torch.float32:
         return "numba"
-    return "triton" if query.device.type == "cuda" and triton_available() else "torch"
+    return "triton" if query.device.type == "cuda" and triton_available() and not _triton_failed else "torch"
 
 
 def max_scores(query: torch.Tensor, ref: torch.Tensor, head: str, weight: torch.Tensor | None = None,
@@ -82,7 +86,12 @@ def max_scores(query: torch.Tensor, ref: torch.Tensor, head: str, weight: torch.
         if kernel == "numba":
             return pred_max_cpu(query, ref, weight, bias)
         if kernel == "triton":
-            return pred_max_gpu(query, ref, weight, bias)
+            try:
+                return pred_max_gpu(query, ref, weight, bias)
+            except Exception as exc:  # a Triton that cannot compile here (driver, toolchain): torch still works
+                _triton_failed.append(exc)
+                log.warning("the Triton pred kernel failed (%s: %s); all-pairs scores fall back to the slower torch "
+                            "path for the rest of this process", type(exc).__name__, str(exc).splitlines()[0])
     nq, nr, dim = len(query), len(ref), query.shape[1]
     per_pair = dim * query.element_size() if head == "pred" else query.element_size()
     cols = max(1, min(nr, block_bytes // max(per_pair, 1)))
