@@ -147,14 +147,18 @@ def _profiles(folder: Path, encoder: Fitted[Encoder], latents: Stored[LatentSet]
     model, clips, table = encoder.get(), latents.value.latents, latents.value.table
     unique, inverse = _distinct(clips)  # a collapsed or copying generator repeats clips: decode each once
     threads = torch.get_num_threads()
-    parts = []
-    for start in ctx.progress(range(0, len(unique), CHUNK_VIDEOS), desc="motion (decode + flow)"):
-        chosen = unique[start:start + CHUNK_VIDEOS]
-        chunk = LatentSet(np.asarray(clips[chosen, ::gap]), table.iloc[chosen].reset_index(drop=True))
-        with torch.autocast(ctx.device.type, dtype=torch.bfloat16, enabled=precision == "bfloat16"):
-            frames = model.decode(chunk, ctx).frames
-        parts.append(motion_profiles(np.asarray(frames), size, threads))
-    profiles = np.concatenate(parts) if parts else np.zeros((0, len(range(0, clips.shape[1], gap)) - 1, 4))
+
+    def shard(block: range) -> np.ndarray:  # this process's distinct clips, in chunks as one process cuts them
+        parts = []
+        for start in ctx.progress(range(block.start, block.stop, CHUNK_VIDEOS), desc="motion (decode + flow)"):
+            chosen = unique[start:min(start + CHUNK_VIDEOS, block.stop)]
+            chunk = LatentSet(np.asarray(clips[chosen, ::gap]), table.iloc[chosen].reset_index(drop=True))
+            with torch.autocast(ctx.device.type, dtype=torch.bfloat16, enabled=precision == "bfloat16"):
+                frames = model.decode(chunk, ctx).frames
+            parts.append(motion_profiles(np.asarray(frames), size, threads))
+        return np.concatenate(parts) if parts else np.zeros((0, len(range(0, clips.shape[1], gap)) - 1, 4))
+
+    profiles = np.concatenate(ctx.group.map(shard, len(unique), CHUNK_VIDEOS))
     np.save(folder / "profiles.npy", profiles[inverse].astype(np.float32))
 
 
