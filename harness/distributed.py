@@ -199,8 +199,9 @@ def _picklable(error: BaseException | None) -> BaseException | None:
 
 class _SharedStatistics:
     """Batch norm whose training statistics span every rank's part of the batch, as one process's would (torch's
-    SyncBatchNorm needs a GPU). The per-channel sums travel through torch.distributed.nn's differentiable
-    all_reduce, so gradients flow through the shared mean and variance too."""
+    SyncBatchNorm needs a GPU). Each rank's count, mean and squared deviations travel in one differentiable
+    all_reduce (torch.distributed.nn's: gradients flow through the shared mean and variance too), and every rank
+    pools them the same way (Chan et al.), so each layer waits for the others once forward and once backward."""
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if not self.training:
@@ -209,12 +210,17 @@ class _SharedStatistics:
 
         dims, channels = [0, *range(2, x.dim())], x.shape[1]
         shape = (1, channels, *[1] * (x.dim() - 2))
-        count = torch.tensor([x.numel() / channels], dtype=x.dtype, device=x.device)
-        sums = all_reduce(torch.cat([x.sum(dims), count]), group=_collectives)
-        n = sums[-1]
-        mean = sums[:channels] / n
-        # two passes, as one process computes it
-        var = all_reduce((x - mean.view(shape)).pow(2).sum(dims), group=_collectives) / n
+        own_mean = x.mean(dims)
+        own = torch.cat([own_mean, (x - own_mean.view(shape)).pow(2).sum(dims),
+                         x.new_tensor([x.numel() / channels])])
+        rank, world = dist.get_rank(_collectives), dist.get_world_size(_collectives)
+        # every rank's row of the table, filled in by the sum (the other rows are zeros: the sum is exact)
+        table = all_reduce(torch.stack([own if r == rank else torch.zeros_like(own) for r in range(world)]),
+                           group=_collectives)
+        means, squares, counts = table[:, :channels], table[:, channels:-1], table[:, -1:]
+        n = counts.sum()
+        mean = (counts * means).sum(0) / n
+        var = (squares.sum(0) + (counts * (means - mean).pow(2)).sum(0)) / n
         with torch.no_grad():
             self.num_batches_tracked += 1
             self.running_mean.lerp_(mean.detach(), self.momentum)
