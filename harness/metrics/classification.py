@@ -8,16 +8,11 @@ but vectorised over resamples and without the seed code's off-by-one that never 
 from __future__ import annotations
 
 import numpy as np
-from scipy.stats import rankdata
 
 
 def roc_auc(labels: np.ndarray, scores: np.ndarray) -> float:
     labels, scores = np.asarray(labels).astype(bool), np.asarray(scores, dtype=np.float64)
-    n_pos, n_neg = int(labels.sum()), int((~labels).sum())
-    if n_pos == 0 or n_neg == 0:
-        return float("nan")
-    ranks = rankdata(scores)
-    return float((ranks[labels].sum() - n_pos * (n_pos + 1) / 2) / (n_pos * n_neg))
+    return float(_weighted_auc(labels, scores, np.ones((1, len(scores))))[0])
 
 
 def _weighted_auc(labels: np.ndarray, scores: np.ndarray, weights: np.ndarray) -> np.ndarray:
