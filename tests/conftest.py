@@ -1,7 +1,12 @@
-"""Shared fixtures: one real run of the tiny spec per session, reused by the tests that only read its outputs."""
+"""Shared fixtures: one real run of the tiny spec per session, reused by the tests that only read its outputs.
+
+Under pytest-xdist (`tox` runs the suite as 2 workers, whole files each) every worker and every run it starts
+use one CPU thread, so the workers share the cores instead of oversubscribing them, and the workers share the
+one tiny run."""
 
 from __future__ import annotations
 
+import fcntl
 import json
 import os
 import subprocess
@@ -15,6 +20,12 @@ ROOT = Path(__file__).resolve().parents[1]
 TINY = ROOT / "benchmarks" / "tiny.yaml"
 
 os.environ.setdefault("HARNESS_DISABLE_PLUGIN_AUTOLOAD", "1")
+WORKER = os.environ.get("PYTEST_XDIST_WORKER")
+if WORKER:
+    os.environ.update(HARNESS_THREADS="1", OMP_NUM_THREADS="1", NUMBA_NUM_THREADS="1")
+    import torch
+
+    torch.set_num_threads(1)
 
 
 def run_cli(*args: str, env: dict | None = None, cwd: Path | None = None) -> subprocess.CompletedProcess:
@@ -46,12 +57,18 @@ def tiny_spec(folder: Path, name: str = "spec.yaml", **changes) -> Path:
 
 @pytest.fixture(scope="session")
 def tiny_run(tmp_path_factory) -> dict:
-    base = tmp_path_factory.mktemp("tiny")
+    session = tmp_path_factory.getbasetemp()
+    base = (session.parent if WORKER else session) / "tiny"  # the xdist workers' session folder is the parent
+    base.mkdir(exist_ok=True)
     cache, out = base / "cache", base / "run"
-    done = run_cli("--cache", str(cache), "run", str(TINY), "--out", str(out), "--no-progress")
-    assert done.returncode == 0, done.stderr
+    with open(base / ".lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)  # the first worker runs it, the others wait and read
+        if not (out / "results.json").exists():
+            done = run_cli("--cache", str(cache), "run", str(TINY), "--out", str(out), "--no-progress")
+            assert done.returncode == 0, done.stderr
+            (base / "stdout.txt").write_text(done.stdout)
     return {"cache": cache, "out": out, "results": json.loads((out / "results.json").read_text()),
-            "stdout": done.stdout}
+            "stdout": (base / "stdout.txt").read_text()}
 
 
 @pytest.fixture
