@@ -11,6 +11,7 @@ writes; every rank builds together and then reads what rank 0 wrote.
 
 from __future__ import annotations
 
+import contextlib
 import fcntl
 import hashlib
 import json
@@ -218,11 +219,12 @@ class ArtifactCache:
             path.unlink(missing_ok=True)
             handle.close()  # releases the lock
 
-    def get_or_build(self, stage: str, key: str, build: Callable[[Path, dict[str, Any]], None]
+    def get_or_build(self, stage: str, key: str, build: Callable[[Path, dict[str, Any]], None], alone: bool = False
                      ) -> tuple[Artifact, bool]:
-        """The artifact, built with `build(folder, meta)` under the key's lock when absent; True when built here."""
+        """The artifact, built with `build(folder, meta)` under the key's lock when absent; True when built here.
+        Over several ranks, `alone` lets rank 0 build it by itself while the others wait (see below)."""
         if self.group.active:
-            return self._get_or_build_together(stage, key, build)
+            return self._get_or_build_together(stage, key, build, alone)
         artifact = self.get(stage, key)
         if artifact is not None:
             return artifact, False
@@ -234,11 +236,12 @@ class ArtifactCache:
                 build(tmp, meta)
         return self._read(stage, key, self.path(stage, key)), True
 
-    def _get_or_build_together(self, stage: str, key: str, build: Callable[[Path, dict[str, Any]], None]
-                               ) -> tuple[Artifact, bool]:
+    def _get_or_build_together(self, stage: str, key: str, build: Callable[[Path, dict[str, Any]], None],
+                               alone: bool) -> tuple[Artifact, bool]:
         """`get_or_build` over the ranks: rank 0 looks up (under the key's lock) and writes; the other ranks build
         alongside it in a scratch folder whose `checkpoint/` is rank 0's, so every rank resumes the same training
-        state; then all read rank 0's artifact."""
+        state; then all read rank 0's artifact. A build that needs no other rank (`alone`: reading a dataset) runs
+        on rank 0 only, as in a single process, and the others wait: they would only write a copy in scratch."""
         group, error = self.group, None
         if group.main:
             if self.get(stage, key) is not None:
@@ -251,19 +254,21 @@ class ArtifactCache:
                 try:
                     with self.writing(stage, key) as (tmp, meta):
                         group.broadcast(tmp)
-                        build(tmp, meta)
+                        with group.apart() if alone else contextlib.nullcontext():
+                            build(tmp, meta)
                 except BaseException as exc:
                     error = exc
         else:
             main_folder = group.broadcast(None)
             if main_folder is None:
                 return self._read(stage, key, self.path(stage, key)), False
-            with tempfile.TemporaryDirectory(prefix="harness-rank-") as scratch:
-                (Path(scratch) / CHECKPOINTS).symlink_to(main_folder / CHECKPOINTS, target_is_directory=True)
-                try:
-                    build(Path(scratch), {})
-                except BaseException as exc:
-                    error = exc
+            if not alone:
+                with tempfile.TemporaryDirectory(prefix="harness-rank-") as scratch:
+                    (Path(scratch) / CHECKPOINTS).symlink_to(main_folder / CHECKPOINTS, target_is_directory=True)
+                    try:
+                        build(Path(scratch), {})
+                    except BaseException as exc:
+                        error = exc
         group.agree(error)
         return self._read(stage, key, self.path(stage, key)), True
 

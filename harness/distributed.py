@@ -15,7 +15,8 @@ import logging
 import os
 import pickle
 import warnings
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import timedelta
 from typing import Any, TypeVar
@@ -108,22 +109,30 @@ class ProcessGroup:
         bounds = np.linspace(0, units, self.world + 1).round().astype(int)
         return range(min(bounds[self.rank] * align, n), min(bounds[self.rank + 1] * align, n))
 
+    @contextmanager
+    def apart(self) -> Iterator[None]:
+        """Inside, this rank works on its own: collective steps are the identity, and what it does in the cache it
+        does as a single process would (the key's lock still holds)."""
+        global _apart
+        outer, _apart = _apart, True
+        try:
+            yield
+        finally:
+            _apart = outer
+
     def map(self, work: Callable[[range], T], n: int, align: int = 1) -> list[T]:
         """`work(block)` on each rank's block of `n` items; the results of the non-empty blocks in order, on every
         rank. A failure on any rank is raised on all.
 
         `work` must not itself wait for other ranks: the blocks differ in size, and some may be empty."""
-        global _apart
         if not self.active:
             return [work(range(n))]  # a single process, or a rank already working on its own shard
         block = self.shard(n, align)
         try:
-            _apart = True  # what `work` does in the cache, each rank does on its own (the key's lock still holds)
-            result, error = (work(block) if len(block) else None), None
+            with self.apart():
+                result, error = (work(block) if len(block) else None), None
         except Exception as exc:
             result, error = None, exc
-        finally:
-            _apart = False
         gathered = self.gather((result, _picklable(error), len(block)))
         self.agree(error or next((e for _, e, _ in gathered if e is not None), None))
         return [r for r, _, size in gathered if size] or [work(block)]
@@ -150,7 +159,7 @@ class ProcessGroup:
 
 
 SINGLE = ProcessGroup()
-_apart = False  # True while this rank works on its own shard in `ProcessGroup.map`
+_apart = False  # True while this rank works on its own (`ProcessGroup.apart`)
 # torch.distributed.nn's all_reduce is the differentiable one; its suggested successor has no backward
 warnings.filterwarnings("ignore", message="torch.distributed.nn.functional.all_reduce is deprecated")
 

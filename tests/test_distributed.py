@@ -103,6 +103,20 @@ def _vae_step(group: ProcessGroup) -> dict[str, torch.Tensor]:
             **{f"disc.buffer.{k}": b.float() for k, b in disc.named_buffers()}}
 
 
+def _built_alone(group: ProcessGroup, folder: str) -> dict[str, torch.Tensor]:
+    """A stage built `alone` (reading a dataset): rank 0 builds it as a single process would, every rank reads
+    it; each build says in `builders.txt` which rank made it and whether it saw the other ranks."""
+    from harness.cache import ArtifactCache
+
+    def build(tmp, meta):
+        with open(f"{folder}/builders.txt", "a") as log:
+            log.write(f"rank {group.rank} in step: {group.active}\n")
+        np.save(tmp / "value.npy", np.arange(3.0))
+
+    artifact, _ = ArtifactCache(f"{folder}/cache", group).get_or_build("dataset", "k", build, alone=True)
+    return {"cache.alone": torch.from_numpy(np.load(artifact.path / "value.npy"))}
+
+
 LVDM_LR = 3e-4
 
 
@@ -127,7 +141,8 @@ def _worker(rank: int, port: int, queue, folder: str) -> None:
     dist.init_process_group("gloo", rank=rank, world_size=2)
     try:
         group = ProcessGroup(rank, 2, rank)
-        results = {**_step(group), **_vae_step(group), **_scores(group), **_lvdm(group, f"{folder}/{rank}")}
+        results = {**_step(group), **_vae_step(group), **_scores(group), **_lvdm(group, f"{folder}/{rank}"),
+                   **_built_alone(group, folder)}
         queue.put((rank, {k: v.detach().float().numpy().copy() for k, v in results.items()}))
     finally:
         dist.destroy_process_group()
@@ -137,7 +152,8 @@ def test_one_ddp_step_and_all_pairs_scoring_over_two_processes_equal_one_process
     """Over 2 gloo processes, one training step (batch norm, dropout; the published VAE loss's adversarial step,
     whose adaptive weight must be the whole batch's) and all-pairs scoring equal one process's; echo-lvdm's
     trainings keep the ranks identical and land on the one-process weights up to the reduction-order differences
-    Adam amplifies (at most about 2 learning rates per step; most weights agree far closer)."""
+    Adam amplifies (at most about 2 learning rates per step; most weights agree far closer). A stage built alone
+    (a dataset) is built by rank 0 only and read by both."""
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
@@ -150,7 +166,10 @@ def test_one_ddp_step_and_all_pairs_scoring_over_two_processes_equal_one_process
     for p in procs:
         p.join(60)
     torch.set_num_threads(1)
-    alone = {**_step(SINGLE), **_vae_step(SINGLE), **_scores(SINGLE), **_lvdm(SINGLE, str(tmp_path / "alone"))}
+    (tmp_path / "single").mkdir()
+    alone = {**_step(SINGLE), **_vae_step(SINGLE), **_scores(SINGLE), **_lvdm(SINGLE, str(tmp_path / "alone")),
+             **_built_alone(SINGLE, str(tmp_path / "single"))}
+    assert (tmp_path / "builders.txt").read_text() == "rank 0 in step: False\n"  # the other rank did not build
     alone = {k: v.detach().float().numpy() for k, v in alone.items()}
     assert set(results[0]) == set(alone)
     for rank in range(2):

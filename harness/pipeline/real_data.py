@@ -28,7 +28,9 @@ def load_real_data(stages: Stages, chosen: Chosen[Dataset], ctx: RunContext) -> 
     videos, reports = {}, {}
     dataset = chosen.create()
     for split in dataset.splits():
-        artifact = stages.run(f"dataset-{split}", _load_split, external=True, dataset=chosen, split=split, ctx=ctx)
+        # read and written by one process: the others of a multi-process run would each write a copy in scratch
+        artifact = stages.run(f"dataset-{split}", _load_split, external=True, alone=True, dataset=chosen,
+                              split=split, ctx=ctx)
         videos[split] = Stored(artifact.key, VideoSet.load(artifact.path))
         reports[split] = artifact.meta["report"]
     return RealData(dataset, videos, reports)

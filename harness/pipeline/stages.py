@@ -165,8 +165,9 @@ class Stages:
         return self.cache.key(name, **{k: identity(v) for k, v in inputs.items()})
 
     def run(self, name: str, build: Callable[..., dict[str, Any] | None], *, external: bool = False,
-            **inputs: Any) -> Artifact:
-        """The artifact of `build(folder, **inputs) -> meta`, built only when the cache lacks it.
+            alone: bool = False, **inputs: Any) -> Artifact:
+        """The artifact of `build(folder, **inputs) -> meta`, built only when the cache lacks it (over several
+        processes by rank 0 alone when `alone`: a build no other rank could share, see `ArtifactCache`).
 
         Returns the artifact (its `meta` holds what the build returned and what it cost); replays a cached
         deterministic failure by raising it again.
@@ -187,7 +188,7 @@ class Stages:
             meta.update(monitor.record())
             log.info("stage %s finished in %.1fs", name, meta["seconds"])
 
-        artifact, built = self.cache.get_or_build(name, key, build_here)
+        artifact, built = self.cache.get_or_build(name, key, build_here, alone)
         meta = artifact.meta
         self.records.append(StageRecord(name, key, cached=not built, seconds=meta.get("seconds"),
                                         peak_rss_mb=meta.get("peak_rss_mb"), cuda_peak_mb=meta.get("cuda_peak_mb")))
