@@ -1,6 +1,6 @@
 """Shared fixtures: one real run of the tiny spec per session, reused by the tests that only read its outputs.
 
-Under pytest-xdist (`tox` runs the suite as 2 workers, whole files each) every worker and every run it starts
+Under pytest-xdist (`tox` runs the suite as one worker per core, whole files each) every worker and every run it starts
 use one CPU thread, so the workers share the cores instead of oversubscribing them, and the workers share the
 one tiny run."""
 

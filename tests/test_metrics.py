@@ -81,6 +81,7 @@ def test_auc_equals_scikit_learn_with_ties():
     labels = rng.random(300) < 0.4
     scores = np.round(rng.normal(labels * 0.8, 1.0), 1)  # rounding makes many ties
     assert roc_auc(labels, scores) == pytest.approx(roc_auc_score(labels, scores), abs=1e-12)
+    assert np.isnan(roc_auc(labels[labels], scores[labels])) and np.isnan(roc_auc(labels[:0], scores[:0]))
 
 
 def test_bootstrap_interval_brackets_the_auc_and_matches_a_loop():

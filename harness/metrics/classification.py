@@ -12,6 +12,8 @@ import numpy as np
 
 def roc_auc(labels: np.ndarray, scores: np.ndarray) -> float:
     labels, scores = np.asarray(labels).astype(bool), np.asarray(scores, dtype=np.float64)
+    if labels.all() or not labels.any():
+        return float("nan")  # one class only (or no pairs): no AUC
     return float(_weighted_auc(labels, scores, np.ones((1, len(scores))))[0])
 
 
