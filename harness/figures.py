@@ -21,7 +21,7 @@ FIGURES_VERSION = 2  # bump when a figure's drawing changes (2: τ's interval; t
 #: Every figure this module draws, by label (each in `<label>.png`): aggregates, and frames of generated rows only
 #: (the filmstrip leaves out rows that show real frames). Only these are ever published next to a table.
 PUBLISHABLE = ("pmax_histograms", "tsne", "consistency", "appearances", "motion_histograms", "headline",
-               "ef_scatter", "filmstrip")
+               "ef_scatter", "filmstrip", "robustness")
 
 
 def tsne_coordinates(train: np.ndarray, synthetic: np.ndarray, seed: int, limit: int = 1500) -> np.ndarray:
@@ -217,6 +217,52 @@ def render_headline_figure(folder: Path, rows: list[dict[str, Any]], nominal_pct
         if ax.get_legend_handles_labels()[0]:
             ax.legend(fontsize=7)
     out = {"headline": _save(fig, folder / "headline.png")}
+    atomic_write_text(done, json.dumps({"stamp": stamp, "figures": out}))
+    return out
+
+
+#: the Robustness figure's measures: key, label, colour
+DETECTION = (("memorised_pct", "first frame", "tab:blue"), ("content_memorised_pct", "content", "tab:orange"),
+             ("motion_memorised_pct", "motion", "tab:green"))
+
+
+def render_robustness_figure(folder: Path, robustness: dict[str, Any]) -> dict[str, str]:
+    """Detection rate against strength, one panel per perturbation: each memorised % of the near-copies (solid)
+    and of the perturbed held-out videos (dashed), with interval bars, strengths in the spec's order."""
+    lines = [line for line in robustness["rows"] if line.get("memorised_pct") is not None]
+    if not lines:
+        return {}
+    folder.mkdir(parents=True, exist_ok=True)
+    stamp = stable_hash({"rows": lines, "version": FIGURES_VERSION})
+    done = folder / "robustness-figure.json"
+    previous = _unchanged(done, stamp)
+    if previous is not None:
+        return previous
+    names = list(dict.fromkeys(line["perturbation"] for line in lines))
+    fig, axes = _grid(len(names), size=3.0)
+    for ax, name in zip(axes, names, strict=True):
+        strengths = list(dict.fromkeys(line["strength"] for line in lines if line["perturbation"] == name))
+        x = np.arange(len(strengths))
+        for source, style in (("train", "-"), ("holdout", "--")):
+            for key, label, colour in DETECTION:
+                found = {line["strength"]: line for line in lines if line["perturbation"] == name
+                         and line["source"] == source and line.get(key) is not None}
+                shown = [i for i, s in enumerate(strengths) if s in found]
+                if not shown:
+                    continue
+                values = np.array([found[strengths[i]][key] for i in shown], dtype=float)
+                low = np.array([found[strengths[i]].get(f"{key}_low", np.nan) for i in shown], dtype=float)
+                high = np.array([found[strengths[i]].get(f"{key}_high", np.nan) for i in shown], dtype=float)
+                spread = np.clip(np.nan_to_num([values - low, high - values]), 0, None)
+                ax.errorbar(x[shown], values, yerr=spread, fmt="o" + style, color=colour, capsize=2, markersize=3,
+                            label=f"{label} ({'near-copy' if source == 'train' else 'held-out'})")
+        ax.axhline(5, color="k", linewidth=0.8, linestyle=":")
+        ax.set_xticks(x, strengths, fontsize=8)
+        ax.set_ylim(-3, 103)
+        ax.set_title(name, fontsize=9)
+        ax.set_ylabel("memorised %", fontsize=8)
+    axes[0].legend(fontsize=6)
+    out = {"robustness": _save(fig, folder / "robustness.png")}
     atomic_write_text(done, json.dumps({"stamp": stamp, "figures": out}))
     return out
 

@@ -36,6 +36,8 @@ def page(results: list[dict[str, Any]], frame: pd.DataFrame, every: list[Column]
         parts.append(f'<section id="{group}"><h2>{_esc(title)}</h2>'
                      + _table(group, shown, rows, anchors, mixed=len(hashes) > 1) + _definitions(shown)
                      + _prose(notes.get(group, "")) + "</section>")
+        if group == "privacy":
+            parts.append(_robustness(results))
     reid = results[0].get("reid")
     if reid:
         parts.append(_prose(leaderboard.interval_note(reid, results[0].get("downstream"))))
@@ -153,6 +155,15 @@ def _reid(results: list[dict[str, Any]]) -> str:
     quality, heads = frames
     return ('<section id="reid"><h2>Re-identification model</h2><p class="note">Test pairs, threshold 0.5.</p>'
             + _frame_table(quality) + "<h3>AUC per head</h3>" + _frame_table(heads) + "</section>")
+
+
+def _robustness(results: list[dict[str, Any]]) -> str:
+    robustness = leaderboard.robustness_frame(results)
+    if robustness is None:
+        return ""
+    note, lines = robustness
+    return ('<section id="robustness"><h2>Robustness of memorisation detection (near-copies)</h2>'
+            + _frame_table(lines) + _prose(note) + "</section>")
 
 
 def _details(results: list[dict[str, Any]], rows: list[dict[str, Any]], anchors: list[str], every: list[Column]

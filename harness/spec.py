@@ -156,6 +156,37 @@ class ReidStudySpec(_Strict):
         return self
 
 
+class RobustnessSpec(_Strict):
+    """Near-copy controls with known answers: each listed perturbation applied to training videos (a memorising
+    generator's output on its way to a user: they must score as memorised) and to held-out videos (they must score
+    like the plain holdout). Privacy only, no downstream task: the Robustness table under the privacy table."""
+
+    generator: str = Field("near-copy", description="the control plugin; its args take `perturbation`, `strength` "
+                                                    "and `source` (train or holdout)")
+    perturbations: list[str] = Field(min_length=1, description="'name:strength' entries, e.g. 'h264:28'")
+    samples: PositiveInt = Field(200, description="samples per perturbation and side")
+
+    @field_validator("perturbations")
+    @classmethod
+    def _named(cls, value: list[str]) -> list[str]:
+        for entry in value:
+            if ":" not in entry:
+                raise ValueError(f"'{entry}' is not 'name:strength' (e.g. 'h264:28')")
+        if len(set(value)) != len(value):
+            raise ValueError("a perturbation is listed twice; list each once")
+        return value
+
+    def entries(self) -> list[tuple[str, dict[str, str]]]:
+        """(row name, generator args) of every near-copy row: the training side, then the held-out side."""
+        out = []
+        for source, prefix in (("train", ""), ("holdout", "holdout ")):
+            for entry in self.perturbations:
+                name, strength = entry.split(":", 1)
+                out.append((f"{prefix}{entry}", {"perturbation": name.strip(), "strength": strength.strip(),
+                                                 "source": source}))
+        return out
+
+
 class LeaderboardSpec(_Strict):
     title: str | None = None
 
@@ -176,6 +207,7 @@ class Spec(_Strict):
     reid_study: ReidStudySpec | None = None
     downstream: DownstreamSpec | None = None
     metrics: list[PluginRef] = Field(default_factory=list, description="extra row metrics (plugin RowMetrics)")
+    robustness: RobustnessSpec | None = None
     leaderboard: LeaderboardSpec = Field(default_factory=LeaderboardSpec)
 
     @model_validator(mode="after")
@@ -189,6 +221,9 @@ class Spec(_Strict):
             if needing:
                 raise ValueError(f"downstream strategies {', '.join(needing)} pick samples with the re-ID model; add "
                                  "a `reid` section or remove them")
+        if self.robustness is not None and self.reid is None:
+            raise ValueError("`robustness` measures memorisation with the re-ID model; add a `reid` section or "
+                             "remove it")
         if self.reid_study is not None and self.reid is None and any(v.reid is None for v in self.reid_study.variants):
             raise ValueError("every reid_study variant needs a `reid` (or set a top-level `reid`)")
         return self
@@ -252,6 +287,9 @@ class ResolvedSpec:
             data["downstream"]["task"]["args"] = self.configs["task"].model_dump(mode="json")
         for ref, raw in zip(self.spec.metrics, data["metrics"], strict=True):
             raw["args"] = self.configs[f"metrics.{ref.plugin}"].model_dump(mode="json")
+        if self.spec.robustness is not None:
+            data["robustness"]["rows"] = {row: self.configs[f"robustness.{row}"].model_dump(mode="json")
+                                          for row, _ in self.spec.robustness.entries()}
         for entry, raw in zip(self.spec.generators, data["generators"], strict=True):
             raw["args"] = self.configs[f"generators.{entry.row_name}"].model_dump(mode="json")
             raw["name"] = entry.row_name
@@ -270,15 +308,22 @@ class ResolvedSpec:
         entry = next(g for g in self.resolved()["generators"] if g["name"] == row_name)
         return stable_hash(entry)
 
+    def robustness_hash(self, row: str) -> str:
+        """A near-copy row's generator hash, as `generator_hash` for a spec's rows."""
+        return stable_hash({"plugin": self.spec.robustness.generator, "name": row,
+                            "args": self.configs[f"robustness.{row}"].model_dump(mode="json"),
+                            "n_samples": self.spec.robustness.samples})
+
     def n_samples(self, entry: GeneratorEntry) -> int:
         return entry.n_samples or self.spec.samples_per_generator
 
 
 def benchmark_hash(resolved: dict[str, Any]) -> str:
-    """What makes rows comparable: a resolved spec (`ResolvedSpec.resolved`, or a manifest's) without its rows,
-    their sample counts, the device and the presentation."""
+    """What makes rows comparable: a resolved spec (`ResolvedSpec.resolved`, or a manifest's) without its rows
+    (the near-copy rows of `robustness` included), their sample counts, the device and the presentation."""
     data = {k: v for k, v in resolved.items()
-            if k not in ("generators", "metrics", "leaderboard", "description", "samples_per_generator", "device")}
+            if k not in ("generators", "metrics", "leaderboard", "description", "samples_per_generator", "device",
+                         "robustness")}
     return stable_hash(data)
 
 
@@ -387,6 +432,27 @@ def validate_spec(path: Path, registry: Registry, overrides: dict[str, Any] | No
             configs[key] = factory.Config.model_validate(ref.args)
         except ValidationError as err:
             problems.extend(_pydantic_problems(err, loc + ("args",), root))
+    problems.extend(_robustness_configs(spec, registry, root, configs))
     if problems:
         raise SpecErrors(file, problems)
     return ResolvedSpec(spec, file, configs)
+
+
+def _robustness_configs(spec: Spec, registry: Registry, root: yaml.Node | None, configs: dict[str, Any]
+                        ) -> list[SpecProblem]:
+    """Every near-copy row's validated args into `configs`; a bad entry is one problem, not one per side."""
+    if spec.robustness is None:
+        return []
+    known, plugin = registry.components["generators"], spec.robustness.generator
+    if plugin not in known:
+        loc = ("robustness", "generator")
+        return [SpecProblem(loc, _line_of(root, loc), unknown_name_message("generators", plugin, list(known)))]
+    problems: dict[tuple[Any, ...], SpecProblem] = {}
+    for i, (row, args) in enumerate(spec.robustness.entries()):
+        loc = ("robustness", "perturbations", i % len(spec.robustness.perturbations))
+        try:
+            configs[f"robustness.{row}"] = known[plugin].factory.Config.model_validate(args)
+        except ValidationError as err:
+            message = "; ".join(e["msg"].removeprefix("Value error, ") for e in err.errors())
+            problems.setdefault(loc, SpecProblem(loc, _line_of(root, loc), message))
+    return list(problems.values())

@@ -11,22 +11,28 @@ motion-copy   new patients beating with a training patient's -> motion memorised
 content-copy  a training patient's anatomy and texture with  -> content memorised, motion not (echo-phantom)
               new motion (the requested EF)
 noise         Gaussian latents                              -> worst fidelity, no utility
+near-copy     training (or held-out) videos through one named -> memorised like copy (like holdout for held-out
+              perturbation at one strength (`perturbations`)     videos): the Robustness table
 """
 
 from __future__ import annotations
 
 import logging
-from typing import ClassVar
+from pathlib import Path
+from typing import ClassVar, Literal
 
 import numpy as np
-from pydantic import Field, PositiveInt
+from pydantic import Field, PositiveInt, field_validator, model_validator
 
 from harness import hookimpl
 from harness.components import ComponentConfig, Generator, SimulatesPatients
 from harness.context import RunContext
-from harness.data import Condition, LatentSet, SampleSet
+from harness.data import Condition, LatentSet, PixelSamples, SampleSet
 from harness.errors import UserError
 from harness.plan import Estimate, Probe, Workload
+from harness.videoio import VideoReadError, read_avi
+from harness_plugins.echonet import resample_clip, resize_clip
+from harness_plugins.perturbations import PERTURBATIONS, Video, check, perturb, strength_text
 
 log = logging.getLogger("harness")
 
@@ -220,6 +226,83 @@ class ContentCopy(_Recombined):
     shows_real_frames = True  # a training patient's anatomy: never drawn in a filmstrip
 
 
+class NearCopy(Generator):
+    """Real videos, each through one named perturbation at one strength (`harness_plugins.perturbations`): from the
+    training split, a memorising generator whose output was decoded, compressed, resampled, shifted or re-scaled on
+    its way to the user (it must score as memorised); from the held-out videos, the same path for videos nobody
+    trained on (it must score like the plain holdout). Each sample reads its source video's file at the file's own
+    rate, perturbs it and is read into the run's clip exactly as the datasets read their files; `encoder` decodes
+    the source's latents instead, and the run encodes the pixels again."""
+
+    output = "pixels"
+    control = True
+    shows_real_frames = True
+    splits = ("train", "val", "holdout")
+
+    class Config(ComponentConfig):
+        perturbation: str = Field("mjpeg", description=f"one of {', '.join(PERTURBATIONS)}")
+        strength: str = Field("95", description="one of the perturbation's named strengths")
+        source: Literal["train", "holdout"] = Field("train", description="training videos (near-copies) or held-out "
+                                                                         "ones (the false-positive side)")
+
+        @field_validator("strength", mode="before")
+        @classmethod
+        def _as_text(cls, value: object) -> str:
+            return strength_text(value)
+
+        @model_validator(mode="after")
+        def _known(self) -> NearCopy.Config:
+            check(self.perturbation, self.strength)
+            return self
+
+    def plan(self, work: Workload, probe: Probe) -> list[Estimate]:
+        return _no_model(work)
+
+    def fit(self, data, ctx):
+        split = self.config.source if self.config.source in data else "val"
+        self.pool = data[split]
+        if len(self.pool) == 0:
+            raise UserError(f"near-copy: the dataset's {split} split is empty; the control needs its videos.")
+        self.order = ctx.rng("pool-order", "near-copy", self.config.source).permutation(len(self.pool))
+
+    def sample(self, conditions, ctx):
+        picks = [int(self.order[i % len(self.order)]) for i in range(len(conditions))]
+        if self.config.perturbation == "encoder":
+            frames = self._round_trips(picks, ctx)
+        else:
+            frames = np.stack([self._from_file(p, np.random.default_rng(c.seed), ctx)
+                               for c, p in zip(conditions, picks, strict=True)])
+        ids = self.pool.table["video_id"].astype(str).tolist()
+        return PixelSamples.from_conditions(frames, conditions, fps=ctx.clip.fps,
+                                            ef=self.pool.table["ef"].to_numpy()[picks],
+                                            sources=[[ids[p]] for p in picks],
+                                            perturbation=self.config.perturbation, strength=self.config.strength)
+
+    def _from_file(self, pick: int, rng: np.random.Generator, ctx: RunContext) -> np.ndarray:
+        row = self.pool.table.iloc[pick]
+        path = Path(str(row["source_file"]))
+        try:
+            frames, native = read_avi(path)
+        except VideoReadError as exc:
+            raise UserError(f"near-copy: cannot read the source video ({exc}); the control perturbs the dataset's "
+                            "own files, which must stay where the dataset found them.") from None
+        fps = float(row["source_fps"]) if "source_fps" in row and row["source_fps"] > 0 else native
+        video = perturb(Video(frames, fps, fps), self.config.perturbation, self.config.strength, rng)
+        clip, _ = resample_clip(video.frames, video.labelled_fps, ctx.clip.fps, ctx.clip.frames)
+        return resize_clip(clip, ctx.clip.height)
+
+    def _round_trips(self, picks: list[int], ctx: RunContext, chunk: int = 64) -> np.ndarray:
+        """The sources' latents decoded, then (for more than one round trip) encoded and decoded again; `chunk`
+        videos at a time, so memory does not grow with the sample count."""
+        encoder, parts = ctx.encoder, []
+        for start in range(0, len(picks), chunk):
+            videos = encoder.decode(self.pool.subset(np.asarray(picks[start:start + chunk])), ctx)
+            for _ in range(int(self.config.strength) - 1):
+                videos = encoder.decode(encoder.encode(videos, ctx), ctx)
+            parts.append(np.asarray(videos.frames))
+        return np.concatenate(parts)
+
+
 @hookimpl
 def register_generators(register):
     register("copy", Copy)
@@ -229,3 +312,4 @@ def register_generators(register):
     register("phantom-fresh", PhantomFresh)
     register("motion-copy", MotionCopy)
     register("content-copy", ContentCopy)
+    register("near-copy", NearCopy)

@@ -46,6 +46,9 @@ class Column:
         return (row.get(f"{self.key}_low"), row.get(f"{self.key}_high")) if self.interval else (None, None)
 
 
-def interval_text(value: float, low: float, high: float) -> str:
-    """`value [low, high]` with three decimals, as the re-ID and utility tables show a number with its interval."""
-    return f"{value:.3f} [{low:.3f}, {high:.3f}]"
+def interval_text(value: float, low: float | None, high: float | None, digits: int = 3) -> str:
+    """`value [low, high]` (three decimals by default), as the re-ID and utility tables show a number with its
+    interval; the value alone when it has none."""
+    if low is None or high is None:
+        return f"{value:.{digits}f}"
+    return f"{value:.{digits}f} [{low:.{digits}f}, {high:.{digits}f}]"

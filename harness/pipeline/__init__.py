@@ -29,11 +29,13 @@ from harness.figures import (
     render_figures,
     render_headline_figure,
     render_motion_figure,
+    render_robustness_figure,
 )
 from harness.pipeline.encoding import Encoded, encode_real
 from harness.pipeline.motion import MotionReference, fit_motion
 from harness.pipeline.real_data import load_real_data
 from harness.pipeline.reid import ReidModel, fit_reid
+from harness.pipeline.robustness import run_robustness
 from harness.pipeline.row import RowRequest, RowResult, conditions, run_row
 from harness.pipeline.stages import Chosen, Stages
 from harness.pipeline.study import describe, study_tests
@@ -117,6 +119,10 @@ def run_generators(resolved: ResolvedSpec, record: dict[str, Any], stages: Stage
         request = RowRequest(entry.row_name, choose("generators", entry.plugin, f"generators.{entry.row_name}"),
                              resolved.generator_hash(entry.row_name), asked, metrics, boot)
         rows.append(run_row(stages, request, encoded, reid, motion, task, ctx))
+    # 5b. near-copies of training and held-out videos: does memorisation detection survive what generators do?
+    robustness = None
+    if spec.robustness is not None:
+        robustness = run_robustness(stages, resolved, choose, encoded, reid, motion, boot, ctx, run_dir)
     # 6. per-sample tables and figures (rank 0 writes them)
     for row in rows:
         if row.table is not None and ctx.group.main:
@@ -125,6 +131,8 @@ def run_generators(resolved: ResolvedSpec, record: dict[str, Any], stages: Stage
             row.row["privacy_reliable"] = False
     figures = draw_figures(run_dir / "figures", rows, reid, motion, task, encoded, spec.privacy.head) \
         if ctx.group.main else {}
+    if robustness is not None and ctx.group.main:
+        figures.update(render_robustness_figure(run_dir / "figures", robustness))
     declared = [{"key": m.name, "label": m.factory.label, "direction": m.factory.direction,
                  "digits": m.factory.digits,
                  "definition": " ".join((m.factory.__doc__ or "").strip().split("\n\n")[0].split())}  # 1st paragraph
@@ -132,6 +140,8 @@ def run_generators(resolved: ResolvedSpec, record: dict[str, Any], stages: Stage
     results = build_results(resolved, record, data.reports, encoded.summary, [r.row for r in rows],
                             reid.summary if reid else None, task.summary if task else None, figures, declared)
     results["motion"] = motion.summary if motion is not None else None
+    if robustness is not None:
+        results["robustness"] = robustness
     return results
 
 

@@ -58,6 +58,7 @@ class RowRequest:
     conditions: list[Condition]
     metrics: list[Chosen[RowMetric]]
     boot: Bootstrap  # how the row's intervals are drawn
+    figures: bool = True  # False: nothing for the figures (no t-SNE), e.g. the Robustness table's rows
 
 
 @dataclass(frozen=True)
@@ -162,7 +163,7 @@ def privacy_metrics(stages: Stages, request: RowRequest, samples: Stored[SampleS
     content = [embed_frames(stages, "content-samples", model, samples, stride, ctx)
                for model in (reid.reid, *(r.reid for r in reid.replicates))]
     artifact = stages.run("row-metrics", _row_metrics, features=features, replicates=replicates, content=content,
-                          reid=reid, samples=samples, row=request.name, ctx=ctx)
+                          reid=reid, samples=samples, row=request.name, tsne=request.figures, ctx=ctx)
     metrics = artifact.meta["metrics"]
     if request.metrics:
         metrics["extra_metrics"] = {chosen.name: stages.run("row-metric", _extra_metric, metric=chosen,
@@ -285,15 +286,17 @@ def _encode_samples(folder: Path, encoder, pixels: Stored[PixelSamples], ctx: Ru
 
 def _row_metrics(folder: Path, features: Stored[Features], replicates: list[Stored[Features]],
                  content: list[Stored[torch.Tensor]], reid: ReidModel, samples: Stored[SampleSet], row: str,
-                 ctx: RunContext) -> dict[str, Any]:
+                 tsne: bool, ctx: RunContext) -> dict[str, Any]:
     first = features.value
     metrics, per_sample, arrays = row_metrics(first.first, first.frames, reid.reference, reid.stats,
                                               samples.value.provenance["sample_id"].tolist(),
                                               tuple(r.value.first for r in replicates),
                                               tuple(c.value for c in content))
     per_sample.to_csv(folder / "per_sample.csv", index=False)
-    arrays["tsne"] = tsne_coordinates(reid.reference.train_first.cpu().numpy(), arrays.pop("features"),
-                                      ctx.seed_for("tsne", row))
+    features = arrays.pop("features")
+    if tsne:
+        arrays["tsne"] = tsne_coordinates(reid.reference.train_first.cpu().numpy(), features,
+                                          ctx.seed_for("tsne", row))
     np.savez(folder / "arrays.npz", **arrays)
     return {"metrics": metrics}
 
