@@ -21,11 +21,13 @@ from harness.metrics.columns import Column
 from harness.metrics.consistency import consistency_curve
 from harness.metrics.fidelity import frechet_distance, prdc
 from harness.metrics.intervals import Bootstrap, Estimate, frechet_interval, memorised_estimate, pooled, recall_estimate
-from harness.metrics.pairs import HEADS, best_frame_match, max_scores
+from harness.metrics.pairs import HEADS, best_frame_match, identity_score, max_scores
 from harness.metrics.privacy import (
     appearances,
+    ceiling_level,
     generative_recall,
     irs_infinity,
+    is_memorised,
     memorised_fraction,
     privacy_threshold,
 )
@@ -120,10 +122,12 @@ class PrivacyFilter:
     reference: Reference
     tau: float
 
+    ceiling: float = np.inf
+
     def memorised(self, frames: np.ndarray) -> np.ndarray:
         features = self.embed(frames).to(self.reference.train_first.device)
         pmax, _ = self.reference.pmax(features, self.reference.head)
-        return (pmax > self.tau).cpu().numpy()
+        return is_memorised(pmax.cpu().numpy(), self.tau, self.ceiling)
 
 
 def _check_features(features: torch.Tensor, what: str) -> None:
@@ -146,7 +150,8 @@ def _calibrate(ref: Reference, head: str) -> dict[str, Any]:
     pmax_train = ref.pmax(ref.train_first, head, ref=ref.test_first)[0].cpu().numpy()
     return {"tau_test_to_train": privacy_threshold(pmax_test, ref.percentile),
             "tau_train_to_test": privacy_threshold(pmax_train, ref.percentile),
-            "pmax_test": pmax_test, "pmax_train": pmax_train, "nearest_test": nearest_test}
+            "pmax_test": pmax_test, "pmax_train": pmax_train, "nearest_test": nearest_test,
+            "ceiling": ceiling_level(identity_score(head, ref.bias), pmax_test)}
 
 
 def _calibration(ref: Reference, calibrated: dict[str, Any]) -> tuple[float, np.ndarray]:
@@ -180,7 +185,10 @@ def reference_stats(ref: Reference) -> dict[str, Any]:
         "calibration_pmax": calibration,  # the P_max values that set tau (resampled for the intervals)
         "tau_test_to_train": main["tau_test_to_train"],
         "tau_train_to_test": main["tau_train_to_test"],
-        "test_memorised_pct": 100 * memorised_fraction(main["pmax_test"], tau),
+        "test_memorised_pct": 100 * memorised_fraction(main["pmax_test"], tau, main["ceiling"]),
+        "ceiling": main["ceiling"],
+        # real held-out videos reach the score of an exact copy: the model cannot tell the two apart
+        "tau_at_ceiling": bool(tau >= main["ceiling"]),
         "reference_recall": generative_recall(main["nearest_test"], n_train),
         "reference_irs_inf": irs["value"],
         "consistency_real": _curves(ref.test_frames, ref),
@@ -199,7 +207,8 @@ def _content_calibration(ref: Reference) -> dict[str, Any] | None:
     pmax_train, _ = ref.best_frames(ref.content_train, ref.content_test)
     calibrated = {"tau_test_to_train": privacy_threshold(pmax_test, ref.content_percentile),
                   "tau_train_to_test": privacy_threshold(pmax_train, ref.content_percentile),
-                  "pmax_test": pmax_test, "pmax_train": pmax_train, "nearest_test": nearest_test}
+                  "pmax_test": pmax_test, "pmax_train": pmax_train, "nearest_test": nearest_test,
+                  "ceiling": ceiling_level(identity_score(ref.head, ref.bias), pmax_test)}
     return _with_tau(ref, calibrated)
 
 
@@ -213,10 +222,12 @@ def _privacy_estimates(pmax: np.ndarray, nearest: np.ndarray, ref: Reference, ca
     """One re-ID model's privacy and recall numbers for a row, and which samples it finds memorised."""
     n_train, n, boot = len(ref.train_first), len(pmax), ref.boot
     tau, calibration = _calibration(ref, calibrated)
-    memorised = pmax > tau
+    ceiling = calibrated["ceiling"]
+    memorised = is_memorised(pmax, tau, ceiling)
     return {
-        "memorised_pct": memorised_estimate(pmax, calibration, ref.percentile, boot),
-        "memorised_pct_train_to_test": memorised_estimate(pmax, calibrated["pmax_train"], ref.percentile, boot),
+        "memorised_pct": memorised_estimate(pmax, calibration, ref.percentile, boot, ceiling),
+        "memorised_pct_train_to_test": memorised_estimate(pmax, calibrated["pmax_train"], ref.percentile, boot,
+                                                          ceiling),
         "recall": recall_estimate(nearest, n_train, boot),
         "recall_after_filter": recall_estimate(nearest[~memorised], n_train, boot, denominator=min(n_train, n)),
         # the real test videos' recall at this row's sample count, so that rows and reference compare
@@ -238,7 +249,8 @@ def row_metrics(first: torch.Tensor, frames: torch.Tensor, ref: Reference, stats
     for head in HEADS:
         pmax, nearest = (t.cpu().numpy() for t in ref.pmax(first, head))
         tau = _calibration(ref, stats["heads"][head])[0]
-        by_head[head] = {"tau": tau, "memorised_pct": 100 * memorised_fraction(pmax, tau),
+        by_head[head] = {"tau": tau, "memorised_pct": 100 * memorised_fraction(pmax, tau,
+                                                                                stats["heads"][head]["ceiling"]),
                          "recall": generative_recall(nearest, n_train)}
         per_sample[f"pmax_{head}"] = pmax
         per_sample[f"nearest_{head}"] = [ref.train_ids[i] for i in nearest]
@@ -307,12 +319,13 @@ def _content_metrics(frames: tuple[torch.Tensor, ...], ref: Reference, stats: di
     for features, model, calibrated in zip(frames, (ref, *ref.replicates), calibrations, strict=True):
         pmax, nearest = model.best_frames(features, model.content_train)
         tau, calibration = _calibration(model, calibrated)
-        estimates.append(memorised_estimate(pmax, calibration, ref.content_percentile, ref.boot))
-        flags.append(pmax > tau)
+        estimates.append(memorised_estimate(pmax, calibration, ref.content_percentile, ref.boot,
+                                            calibrated["ceiling"]))
+        flags.append(is_memorised(pmax, tau, calibrated["ceiling"]))
         if model is ref:
             per_sample["content_pmax"] = pmax
             per_sample["content_nearest"] = [ref.train_ids[i] for i in nearest]
-            per_sample["content_memorised"] = pmax > tau
+            per_sample["content_memorised"] = flags[-1]
     if len(flags) > 1:
         per_sample["content_memorised_models"] = np.mean(flags, axis=0)
     estimate = pooled(estimates, ref.boot, (0.0, 100.0))

@@ -30,9 +30,8 @@ from harness.context import RunContext
 from harness.data import Condition, LatentSet, PixelSamples, SampleSet
 from harness.errors import UserError
 from harness.plan import Estimate, Probe, Workload
-from harness.videoio import VideoReadError, read_avi
-from harness_plugins.echonet import resample_clip, resize_clip
-from harness_plugins.perturbations import PERTURBATIONS, Video, check, perturb, strength_text
+from harness.videoio import VideoReadError
+from harness_plugins.perturbations import PERTURBATIONS, check, perturbed_clip, strength_text
 
 log = logging.getLogger("harness")
 
@@ -280,16 +279,12 @@ class NearCopy(Generator):
 
     def _from_file(self, pick: int, rng: np.random.Generator, ctx: RunContext) -> np.ndarray:
         row = self.pool.table.iloc[pick]
-        path = Path(str(row["source_file"]))
         try:
-            frames, native = read_avi(path)
+            return perturbed_clip(Path(str(row["source_file"])), row.get("source_fps"), self.config.perturbation,
+                                  self.config.strength, rng, ctx.clip)
         except VideoReadError as exc:
             raise UserError(f"near-copy: cannot read the source video ({exc}); the control perturbs the dataset's "
                             "own files, which must stay where the dataset found them.") from None
-        fps = float(row["source_fps"]) if "source_fps" in row and row["source_fps"] > 0 else native
-        video = perturb(Video(frames, fps, fps), self.config.perturbation, self.config.strength, rng)
-        clip, _ = resample_clip(video.frames, video.labelled_fps, ctx.clip.fps, ctx.clip.frames)
-        return resize_clip(clip, ctx.clip.height)
 
     def _round_trips(self, picks: list[int], ctx: RunContext, chunk: int = 64) -> np.ndarray:
         """The sources' latents decoded, then (for more than one round trip) encoded and decoded again; `chunk`

@@ -23,7 +23,9 @@ import av
 import cv2
 import numpy as np
 
+from harness.data import ClipSpec
 from harness.videoio import read_avi
+from harness_plugins.echonet import resample_clip, resize_clip
 
 
 @dataclass(frozen=True)
@@ -188,9 +190,25 @@ def check(name: str, strength: str) -> None:
 
 
 def perturb(video: Video, name: str, strength: str, rng: np.random.Generator) -> Video:
-    """`video` through the named perturbation (a file operation; `encoder` is the generator's own)."""
+    """`video` through the named perturbation (a file operation; `encoder` is the caller's own)."""
     check(name, strength)
     apply = PERTURBATIONS[name].apply
     if apply is None:
         raise ValueError(f"perturbation '{name}' acts on latents, not on a video file")
     return apply(video, strength, rng)
+
+
+def perturbed_clip(path: Path, fps: float | None, name: str, strength: str, rng: np.random.Generator,
+                   clip: ClipSpec) -> np.ndarray:
+    """The video file at `path` (sampled at `fps`; None: its container's rate) through the named perturbation,
+    read into the run's clip `uint8 [T, H, W]` exactly as the datasets read their files. Raises VideoReadError."""
+    frames, native = read_avi(path)
+    rate = fps if fps and fps > 0 else native
+    return as_clip(perturb(Video(frames, rate, rate), name, strength, rng), clip)
+
+
+def as_clip(video: Video, clip: ClipSpec) -> np.ndarray:
+    """A video read into the run's clip as the datasets read theirs: from its labelled rate to the clip's, cut to
+    its length (padded with the last frame), resized."""
+    resampled, _ = resample_clip(video.frames, video.labelled_fps, clip.fps, clip.frames)
+    return resize_clip(resampled, clip.height)

@@ -35,25 +35,29 @@ from harness import hookimpl
 from harness.checkpoint import TORCH_RNG, LoopValues
 from harness.components import PresetConfig, ReIdFilter
 from harness.context import RunContext, mixed_precision
-from harness.data import LatentSet
+from harness.data import LatentSet, VideoSet
 from harness.errors import UserError
 from harness.hashing import stable_hash
 from harness.metrics.classification import roc_auc
 from harness.metrics.reid import sample_pairs
 from harness.plan import Estimate, Probe, Workload
 from harness.weights import load_state_dict
+from harness_plugins.perturbations import PERTURBATIONS, Video, as_clip, perturb, perturbed_clip
 
 PRESETS = {
     # the seed paper's latent-space model (UltrasoundPrivacy config_*.json, "Final")
     "paper-latent": dict(backbone="resnet50", lr=5e-4, batch_size=1024, patience=150, max_epochs=1000,
-                         hard_negatives=0.0),
+                         hard_negatives=0.0, normalise="clip", perturbed=0.0),
     # the seed paper's image-space model (config_*_is.json)
     "paper-image": dict(backbone="resnet50", lr=1e-4, batch_size=128, patience=50, max_epochs=1000,
-                        hard_negatives=0.0),
+                        hard_negatives=0.0, normalise="clip", perturbed=0.0),
     # minutes on a 2-core CPU for phantom-sized cohorts; a higher lr because few steps fit in that time (at 5e-4
     # the head barely leaves its random init in 200 steps and exact copies are not their own nearest video)
-    "cpu": dict(backbone="resnet18", lr=2e-3, batch_size=64, patience=20, max_epochs=100, hard_negatives=1.0),
+    "cpu": dict(backbone="resnet18", lr=2e-3, batch_size=64, patience=20, max_epochs=100, hard_negatives=1.0,
+                normalise="frame", perturbed=0.5),
 }
+#: what `recipe: paper` keeps of the seed code, whatever the preset: its normalisation and its training pairs
+PAPER_RECIPE = dict(normalise="clip", perturbed=0.0)
 
 #: EchoNet-Synthetic's re-ID checkpoints name the backbone `model` and the head `fc_end` (outside-formats.md §3).
 ECHONET_SYNTHETIC_NAMES = {"model.": "backbone.", "fc_end.": "head."}
@@ -65,6 +69,18 @@ def normalise_videos(x: torch.Tensor) -> torch.Tensor:
     low = flat.min(dim=1).values.view(-1, *([1] * (x.dim() - 1)))
     high = flat.max(dim=1).values.view(-1, *([1] * (x.dim() - 1)))
     return 2.0 * (x - low) / (high - low).clamp_min(1e-8) - 1.0
+
+
+def normalise_frames(x: torch.Tensor) -> torch.Tensor:
+    """Every channel of every frame (`[..., C, H, W]`) to zero mean and unit variance on its own: what a frame
+    looks like to the model does not depend on the clip's other frames (a codec that changes later frames more, or
+    a clip cut elsewhere, leaves it alone), and a global gain or offset of a channel cancels."""
+    mean = x.mean(dim=(-2, -1), keepdim=True)
+    std = x.std(dim=(-2, -1), keepdim=True, unbiased=False)
+    return (x - mean) / std.clamp_min(1e-6)
+
+
+NORMALISE = {"clip": normalise_videos, "frame": normalise_frames}
 
 
 class SiameseNetwork(nn.Module):
@@ -112,6 +128,15 @@ class Siamese(ReIdFilter):
         monotone_head: bool = Field(True, description="keep the head's weights <= 0 while training, so the score "
                                                       "only falls as two frames' features differ; false: the "
                                                       "paper's unconstrained head")
+        normalise: Literal["clip", "frame"] | None = Field(
+            None, description="clip: per-video min-max over the whole clip (the seed code's); frame: every frame's "
+                              "channels standardised on their own; preset's if unset")
+        perturbed: float | None = Field(
+            None, ge=0, le=1, description="share of training pairs whose second frame comes from a perturbed copy "
+                                          "of its video (codec, frame rate, start, shift, scale, crop, gain, gamma, "
+                                          "noise, the encoder's round trip), positives and negatives alike; 0: the "
+                                          "paper's frame pairs; preset's if unset")
+        views: PositiveInt = Field(2, description="perturbed copies made of every training video")
 
     def __init__(self, config=None):
         super().__init__(config)
@@ -138,8 +163,13 @@ class Siamese(ReIdFilter):
             raise UserError("the siamese re-ID model needs at least 2 training and 2 validation videos.")
         cfg = self.config
         torch.manual_seed(ctx.seed_for("siamese-init"))
-        x_train = normalise_videos(torch.from_numpy(np.asarray(train.latents, dtype=np.float32)))
-        x_val = normalise_videos(torch.from_numpy(np.asarray(val.latents, dtype=np.float32)))
+        normalise = NORMALISE[cfg.setting("normalise")]
+        x_train = normalise(torch.from_numpy(np.asarray(train.latents, dtype=np.float32)))
+        x_val = normalise(torch.from_numpy(np.asarray(val.latents, dtype=np.float32)))
+        perturbed = cfg.setting("perturbed")
+        x_pairs = x_train  # every frame a training pair may take: the videos, then their perturbed copies
+        if perturbed > 0:
+            x_pairs = torch.cat([x_train, normalise(torch.from_numpy(training_views(train, cfg.views, ctx)))])
         net = self._build(x_train.shape[2]).to(ctx.device)
         opt = torch.optim.Adam(net.parameters(), lr=cfg.setting("lr"))
         loss_fn = nn.BCEWithLogitsLoss()
@@ -161,9 +191,11 @@ class Siamese(ReIdFilter):
             if cfg.setting("hard_negatives") > 0:
                 pairs = _hard_negatives(net, x_train, pairs, cfg.setting("hard_negatives"), cfg.hard_pool, rng,
                                         ctx.device)
+            if perturbed > 0:
+                pairs = _perturbed_partners(pairs, len(x_train), cfg.views, perturbed, rng)
             for batch in np.array_split(pairs, max(1, -(-len(pairs) // cfg.setting("batch_size")))):
                 part, weight = ctx.group.batch_part(len(batch))  # this process's pairs of the batch
-                logits = _pair_logits(trained, x_train, batch[part], ctx.device)
+                logits = _pair_logits(trained, x_pairs, batch[part], ctx.device)
                 loss = loss_fn(logits, torch.as_tensor(batch[part, 4], dtype=torch.float32, device=ctx.device))
                 loss = loss * weight
                 opt.zero_grad(set_to_none=True)
@@ -188,7 +220,8 @@ class Siamese(ReIdFilter):
         self.report = {"epochs": epoch + 1, "best_epoch": progress["best_epoch"] + 1,
                        "val_loss": round(progress["best_loss"], 5), "val_auc": round(progress["best_auc"], 5),
                        "epoch_seconds": round(float(np.median(progress["epoch_seconds"])), 5),
-                       "train_pairs_per_epoch": len(x_train), "backbone": cfg.setting("backbone")}
+                       "train_pairs_per_epoch": len(x_train), "backbone": cfg.setting("backbone"),
+                       "normalise": cfg.setting("normalise"), "perturbed": perturbed}
 
     @torch.no_grad()
     def _validate(self, net: SiameseNetwork, x: torch.Tensor, pairs: np.ndarray, ctx: RunContext):
@@ -204,13 +237,14 @@ class Siamese(ReIdFilter):
     @torch.no_grad()
     def embed(self, videos: np.ndarray, ctx: RunContext, frames: list[int] | None = None,
               batch_videos: int = 64) -> torch.Tensor:
-        """Features `[N, F, D]` of the chosen frames (all when None), each video normalised over its whole clip."""
+        """Features `[N, F, D]` of the chosen frames (all when None), normalised as in training (`normalise`)."""
         self.net.eval().to(ctx.device)
         chosen = list(range(videos.shape[1])) if frames is None else list(frames)
+        normalise = NORMALISE[self.config.setting("normalise")]
         out = []
         for start in ctx.progress(range(0, len(videos), batch_videos), desc="re-ID features"):
             clip = torch.from_numpy(np.asarray(videos[start:start + batch_videos], dtype=np.float32))
-            x = normalise_videos(clip)[:, chosen].to(ctx.device)
+            x = normalise(clip)[:, chosen].to(ctx.device)
             f = self.net.embed(x.reshape(-1, *x.shape[2:])).float().cpu()
             out.append(f.view(len(x), len(chosen), -1))
         return torch.cat(out)
@@ -265,6 +299,53 @@ class Siamese(ReIdFilter):
         net = SiameseNetwork(self.config.setting("backbone"), meta["in_channels"], self.config.features)
         net.load_state_dict(load_file(folder / "siamese.safetensors"))
         self.net, self.report = net.eval(), meta["report"]
+
+
+def training_views(train: LatentSet, views: int, ctx: RunContext, chunk: int = 64) -> np.ndarray:
+    """`[N * views, T, C, h, w]` latents of perturbed copies of every training video (copy k of video i at
+    i * views + k): each through a perturbation and strength drawn at random from every known one, from the video's
+    own file (read as the datasets read it) or, without one, from its decoded clip; the run's encoder encodes
+    them. These are the paths a memorising generator's output takes (`harness_plugins.perturbations`)."""
+    rng, encoder, clip = ctx.rng("siamese-views"), ctx.encoder, ctx.clip
+    names = list(PERTURBATIONS)
+    table = train.table.loc[np.repeat(np.arange(len(train)), views)].reset_index(drop=True)
+    parts = []
+    for start in ctx.progress(range(0, len(table), chunk), desc="re-ID training views"):
+        rows = range(start, min(start + chunk, len(table)))
+        sources = LatentSet(np.asarray(train.latents[[i // views for i in rows]]), table.iloc[list(rows)])
+        decoded = None
+        frames = []
+        for i in rows:
+            name = names[rng.integers(len(names))]
+            strength = PERTURBATIONS[name].strengths[rng.integers(len(PERTURBATIONS[name].strengths))]
+            path = Path(str(table["source_file"].iloc[i] or ""))
+            if name != "encoder" and path.is_file():
+                fps = table["source_fps"].iloc[i] if "source_fps" in table else None
+                frames.append(perturbed_clip(path, fps, name, strength, rng, clip))
+                continue
+            if decoded is None:
+                decoded = np.asarray(encoder.decode(sources, ctx).frames)
+            video = decoded[i - start]
+            if name == "encoder":
+                for _ in range(int(strength) - 1):
+                    one = VideoSet(video[None], table.iloc[[i]])
+                    video = np.asarray(encoder.decode(encoder.encode(one, ctx), ctx).frames[0])
+                frames.append(video)
+            else:
+                frames.append(as_clip(perturb(Video(video, clip.fps, clip.fps), name, strength, rng), clip))
+        parts.append(np.asarray(encoder.encode(VideoSet(np.stack(frames), table.iloc[list(rows)]), ctx).latents,
+                                dtype=np.float32))
+    return np.concatenate(parts)
+
+
+def _perturbed_partners(pairs: np.ndarray, videos: int, views: int, share: float, rng: np.random.Generator
+                        ) -> np.ndarray:
+    """`pairs` with `share` of them (positives and negatives alike, so a perturbation is no cue) taking their
+    second frame from a random perturbed copy of the second video (index `videos + video * views + copy`)."""
+    out = pairs.copy()
+    chosen = rng.random(len(pairs)) < share
+    out[chosen, 2] = videos + out[chosen, 2] * views + rng.integers(0, views, int(chosen.sum()))
+    return out
 
 
 def _pair_logits(net: SiameseNetwork, x: torch.Tensor, pairs: np.ndarray, device: torch.device) -> torch.Tensor:

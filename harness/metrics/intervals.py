@@ -21,7 +21,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from harness.metrics.privacy import expected_distinct
+from harness.metrics.privacy import expected_distinct, is_memorised
 
 
 @dataclass(frozen=True)
@@ -79,16 +79,18 @@ class Estimate:
 
 
 def memorised_estimate(pmax: np.ndarray, pmax_calibration: np.ndarray, percentile: float,
-                       boot: Bootstrap) -> Estimate:
-    """The memorised share (in %) and its replicates, resampling the samples and the videos that set τ together."""
+                       boot: Bootstrap, ceiling: float = np.inf) -> Estimate:
+    """The memorised share (in %) and its replicates, resampling the samples and the videos that set τ together;
+    a score at the `ceiling` counts whatever τ is (`harness.metrics.privacy.is_memorised`)."""
     pmax = np.asarray(pmax, dtype=np.float64)
     calibration = np.asarray(pmax_calibration, dtype=np.float64)
     rng, draws = boot.rng(1), []
     for size in boot.chunks(len(pmax) + len(calibration)):
         tau = np.percentile(calibration[rng.integers(0, len(calibration), (size, len(calibration)))], percentile,
                             axis=1)
-        draws.append((pmax[rng.integers(0, len(pmax), (size, len(pmax)))] > tau[:, None]).mean(axis=1))
-    observed = float(np.mean(pmax > np.percentile(calibration, percentile)))
+        drawn = pmax[rng.integers(0, len(pmax), (size, len(pmax)))]
+        draws.append(((drawn > tau[:, None]) | (drawn >= ceiling)).mean(axis=1))
+    observed = float(np.mean(is_memorised(pmax, np.percentile(calibration, percentile), ceiling)))
     return Estimate(100 * observed, 100 * np.concatenate(draws))
 
 

@@ -7,8 +7,9 @@ also the mean absolute change of the grey levels (the motion's energy, which fol
 estimate is coarse). The motion descriptor centres each of the three parts over time and scales it to unit norm, so
 where the heart sits, its size, texture and brightness do not matter, only how the motion unfolds. (Adding the grey
 change raised `motion-copy` on the phantom from 80.7 to 87.7 % motion-memorised, holdout 3.7 to 3.3 %.) Two
-clips' motion score is the cosine of their descriptors; clips start at the start of their acquisition, so they are
-compared aligned in time.
+clips' motion score is the cosine of their descriptors, at best over a few time bases (`time_bases`): a sample may
+replay a training video's beat at another speed or from a later step, and the descriptors are then compared on the
+steps the two share, the reference read at the sample's time base.
 """
 
 from __future__ import annotations
@@ -60,22 +61,60 @@ def frozen(profiles: np.ndarray) -> np.ndarray:
 def descriptors(profiles: np.ndarray) -> np.ndarray:
     """`[N, 4 (F - 1)]` unit-norm motion descriptors: displacement, flow magnitude and grey change, equally
     weighted."""
+    return _descriptors(torch.from_numpy(np.asarray(profiles, dtype=np.float64))).numpy().astype(np.float32)
+
+
+def _descriptors(profiles: torch.Tensor) -> torch.Tensor:
+    """`descriptors` of `[N, S, 4]` profiles on their own device: each part centred over the steps and scaled to
+    unit norm, the three parts then weighted equally."""
     parts = []
     for part in (profiles[..., :2], profiles[..., 2:3], profiles[..., 3:4]):
-        centred = part - part.mean(axis=1, keepdims=True)
-        norm = np.linalg.norm(centred.reshape(len(part), -1), axis=1)[:, None, None]
-        parts.append(np.divide(centred, norm, out=np.zeros_like(centred), where=norm > 1e-12))
-    return (np.concatenate(parts, axis=2).reshape(len(profiles), -1) / np.sqrt(len(parts))).astype(np.float32)
+        centred = part - part.mean(dim=1, keepdim=True)
+        norm = centred.reshape(len(part), -1).norm(dim=1)[:, None, None]
+        parts.append(torch.where(norm > 1e-12, centred / norm.clamp_min(1e-12), torch.zeros_like(centred)))
+    return torch.cat(parts, dim=2).reshape(len(profiles), -1) / np.sqrt(len(parts))
 
 
-def best_motion_match(query: torch.Tensor, ref: torch.Tensor, chunk: int = 4096) -> tuple[np.ndarray, np.ndarray]:
-    """For every query descriptor its best motion score over the reference descriptors, and which one; chunked over
-    the queries so memory stays bounded, on whatever device the tensors are on."""
-    scores, index = [], []
-    for start in range(0, len(query), chunk):
-        best = (query[start:start + chunk] @ ref.T).max(dim=1)
-        scores.append(best.values)
-        index.append(best.indices)
-    if not scores:
+def time_bases(steps: int, speeds: tuple[float, ...] = (1.0,), lags: tuple[int, ...] = (0,), overlap: float = 0.6
+               ) -> list[tuple[np.ndarray, np.ndarray]]:
+    """The alignments a query's motion is compared on: for every speed s (the query replays the reference s times
+    as fast, e.g. a video resampled to another frame rate and read at the wrong one) and lag l (it starts l steps
+    later), the query's steps j whose reference position s j + l lies inside the reference, and those positions.
+    Alignments that cover fewer than `overlap` of the steps (and fewer than 3) are left out."""
+    out = []
+    need = max(min(3, steps), int(np.ceil(overlap * steps)))  # the aligned base always qualifies
+    for speed in speeds:
+        for lag in lags:
+            positions = speed * np.arange(steps) + lag
+            inside = (positions >= 0) & (positions <= steps - 1 + 1e-9)
+            if inside.sum() >= need:
+                out.append((np.flatnonzero(inside), np.minimum(positions[inside], steps - 1)))
+    return out
+
+
+def _at(profiles: torch.Tensor, positions: np.ndarray) -> torch.Tensor:
+    """`[N, len(positions), 4]` profiles read at fractional step positions (linear interpolation)."""
+    low = np.floor(positions).astype(int)
+    high = np.minimum(low + 1, profiles.shape[1] - 1)
+    weight = torch.as_tensor(positions - low, dtype=profiles.dtype, device=profiles.device)[None, :, None]
+    return profiles[:, low] * (1 - weight) + profiles[:, high] * weight
+
+
+def best_motion_match(query: torch.Tensor, ref: torch.Tensor, bases: list[tuple[np.ndarray, np.ndarray]] | None = None,
+                      chunk: int = 4096) -> tuple[np.ndarray, np.ndarray]:
+    """For every query profile `[Nq, S, 4]` its best motion score (cosine of descriptors) over the reference
+    profiles `[Nr, S, 4]` and every time base (`time_bases`; default: aligned, same speed), and which reference
+    scores it; chunked over the queries so memory stays bounded, on whatever device the tensors are on."""
+    bases = bases or time_bases(query.shape[1])
+    if len(query) == 0:
         return np.zeros(0, np.float32), np.zeros(0, np.int64)
-    return torch.cat(scores).cpu().numpy(), torch.cat(index).cpu().numpy()
+    best = torch.full((len(query),), -torch.inf, device=query.device, dtype=query.dtype)
+    index = torch.zeros(len(query), dtype=torch.long, device=query.device)
+    for steps, positions in bases:
+        reference = _descriptors(_at(ref, positions))
+        for start in range(0, len(query), chunk):
+            found = (_descriptors(query[start:start + chunk, steps]) @ reference.T).max(dim=1)
+            better = found.values > best[start:start + chunk]
+            best[start:start + chunk] = torch.where(better, found.values, best[start:start + chunk])
+            index[start:start + chunk] = torch.where(better, found.indices, index[start:start + chunk])
+    return best.float().cpu().numpy(), index.cpu().numpy()

@@ -28,6 +28,14 @@ def _standardise(x: torch.Tensor) -> torch.Tensor:
     return x / x.norm(dim=1, keepdim=True).clamp_min(1e-12)
 
 
+def identity_score(head: str, bias: float = 0.0) -> float:
+    """What a frame scores against itself under `head`: an exact copy's score, the ceiling of a model whose score
+    only falls as features differ."""
+    if head not in HEADS:
+        raise ValueError(f"unknown head {head!r}; expected one of {HEADS}")
+    return {"pred": float(bias), "l1": 0.0, "l2": 0.0, "corr": 1.0}[head]
+
+
 def score_block(a: torch.Tensor, b: torch.Tensor, head: str, weight: torch.Tensor | None = None,
                 bias: float = 0.0) -> torch.Tensor:
     """Scores `[len(a), len(b)]` of one block; callers keep blocks small."""

@@ -11,9 +11,28 @@ def privacy_threshold(pmax_reference: np.ndarray, percentile: float = 95.0) -> f
     return float(np.percentile(np.asarray(pmax_reference, dtype=np.float64), percentile))
 
 
-def memorised_fraction(pmax: np.ndarray, tau: float) -> float:
-    """Share of queries whose P_max exceeds tau (strictly), i.e. that look like a training video."""
-    return float(np.mean(np.asarray(pmax) > tau))
+#: how close a score must come to the score of a frame with itself to be a copy, whatever τ says: this share of the
+#: way from the real held-out videos' median best score to that ceiling
+CEILING_TOLERANCE = 1e-3
+
+
+def ceiling_level(identity: float, calibration: np.ndarray) -> float:
+    """The score from which a query is a copy: `identity` (what a frame scores against itself) less a tolerance for
+    the floating-point noise of embedding the same frame in another batch (`CEILING_TOLERANCE`)."""
+    typical = float(np.median(np.asarray(calibration, dtype=np.float64)))
+    return identity - CEILING_TOLERANCE * max(identity - typical, 0.0)
+
+
+def is_memorised(pmax: np.ndarray, tau: float, ceiling: float = np.inf) -> np.ndarray:
+    """Queries whose P_max exceeds tau (strictly), i.e. that look like a training video, or reaches the ceiling (a
+    copy is memorised even when real held-out videos, and so tau, reach the ceiling too)."""
+    pmax = np.asarray(pmax)
+    return (pmax > tau) | (pmax >= ceiling)
+
+
+def memorised_fraction(pmax: np.ndarray, tau: float, ceiling: float = np.inf) -> float:
+    """Share of queries `is_memorised`."""
+    return float(np.mean(is_memorised(pmax, tau, ceiling)))
 
 
 def generative_recall(nearest: np.ndarray, n_train: int) -> float:

@@ -175,9 +175,10 @@ def run_study(resolved: ResolvedSpec, record: dict[str, Any], stages: Stages, ch
         prefix = f"variants.{variant.name}"
         # 1-3. the variant's real data, encoding and re-ID model
         data = load_real_data(stages, choose("datasets", refs["dataset"].plugin, f"{prefix}.dataset"), ctx)
-        encoded = encode_real(stages, choose("encoders", refs["encoder"].plugin, f"{prefix}.encoder"), data, ctx)
+        encoded = encode_real(stages, choose("encoders", refs["encoder"].plugin, f"{prefix}.encoder"), data,
+                              ctx.using(dataset=data.dataset, clip=data.clip))
         reid = fit_reid(stages, choose("reid_filters", refs["reid"].plugin, f"{prefix}.reid"), encoded,
-                        spec.privacy, ctx)
+                        spec.privacy, ctx.using(dataset=data.dataset, clip=data.clip, encoder=encoded.encoder.get))
         variants.append(describe(variant.name, refs["dataset"].plugin,
                                  resolved.configs[f"{prefix}.dataset"].model_dump(mode="json"), data, encoded, reid))
     # 4. every model on its own and the other test splits

@@ -21,8 +21,8 @@ from harness.context import RunContext
 from harness.data import LatentSet
 from harness.metrics.columns import Column
 from harness.metrics.intervals import Bootstrap, memorised_estimate
-from harness.metrics.motion import best_motion_match, descriptors, frozen, motion_profiles
-from harness.metrics.privacy import privacy_threshold
+from harness.metrics.motion import best_motion_match, frozen, motion_profiles, time_bases
+from harness.metrics.privacy import ceiling_level, is_memorised, privacy_threshold
 from harness.pipeline.encoding import Encoded
 from harness.pipeline.stages import Fitted, Stages, Stored
 from harness.spec import MotionSpec
@@ -40,7 +40,7 @@ class MotionReference:
 
     spec: MotionSpec
     calibration: str  # privacy.calibration: which direction sets τ_motion
-    train: torch.Tensor | None = None  # the training videos' motion descriptors [N_train, 4 P], on the device
+    train: torch.Tensor | None = None  # the training videos' motion profiles [N_train, P, 4], on the device
     train_ids: tuple[str, ...] = ()
     stats: dict[str, Any] | None = None  # tau, the scores that set it, the test videos' scores
     error: str | None = None  # one sentence: why motion cannot be measured in this run
@@ -70,17 +70,18 @@ def fit_motion(stages: Stages, encoded: Encoded, spec: MotionSpec, calibration: 
     if frozen(train.value).all() or frozen(test.value).all():
         return MotionReference(spec, calibration, error="motion: the real videos do not move (their frames do not "
                                                         "change), so there is no motion to compare.")
-    train_d, test_d = (torch.from_numpy(descriptors(p.value)).to(ctx.device) for p in (train, test))
-    pmax_test, _ = best_motion_match(test_d, train_d)
-    pmax_train, _ = best_motion_match(train_d, test_d)
+    train_p, test_p = (torch.from_numpy(p.value.astype(np.float64)).to(ctx.device) for p in (train, test))
+    bases = time_bases_of(spec, train_p.shape[1])
+    pmax_test, _ = best_motion_match(test_p, train_p, bases)
+    pmax_train, _ = best_motion_match(train_p, test_p, bases)
     taus = {"test-to-train": privacy_threshold(pmax_test, spec.percentile),
             "train-to-test": privacy_threshold(pmax_train, spec.percentile)}
     stats = {"tau": taus[calibration], "tau_test_to_train": taus["test-to-train"],
-             "tau_train_to_test": taus["train-to-test"],
+             "tau_train_to_test": taus["train-to-test"], "ceiling": ceiling_level(1.0, pmax_test),
              "calibration_scores": pmax_test if calibration == "test-to-train" else pmax_train,
              "test_scores": pmax_test}
     ids = tuple(encoded.latents["train"].value.table["video_id"].astype(str))
-    return MotionReference(spec, calibration, train_d, ids, stats, precision=decode_precision(spec, ctx.device))
+    return MotionReference(spec, calibration, train_p, ids, stats, precision=decode_precision(spec, ctx.device))
 
 
 def profiles_of(stages: Stages, name: str, encoder: Fitted[Encoder], latents: Stored[LatentSet], spec: MotionSpec,
@@ -107,20 +108,22 @@ def motion_metrics(profiles: np.ndarray, motion: MotionReference, boot: Bootstra
                    ) -> tuple[dict[str, Any], pd.DataFrame, np.ndarray]:
     """Motion-memorised % with its interval, per-sample columns and motion scores of a set of profiles."""
     still = frozen(profiles)
-    scores, nearest = best_motion_match(torch.from_numpy(descriptors(profiles)).to(device), motion.train)
+    query = torch.from_numpy(np.asarray(profiles, dtype=np.float64)).to(device)
+    scores, nearest = best_motion_match(query, motion.train.to(device), time_bases_of(motion.spec, query.shape[1]))
     scores = np.where(still, np.nan, scores)
     tau = motion.stats["tau"]
     table = pd.DataFrame({"motion_score": scores,
                           "motion_nearest": [None if s else motion.train_ids[i] for i, s in zip(nearest, still,
                                                                                                  strict=True)],
-                          "motion_memorised": ~still & (np.nan_to_num(scores, nan=-np.inf) > tau)})
+                          "motion_memorised": ~still & is_memorised(np.nan_to_num(scores, nan=-np.inf), tau,
+                                                                    motion.stats["ceiling"])})
     metrics: dict[str, Any] = {"motion_tau": tau}
     if still.all():
         return {**metrics, "motion_error": "motion: every sample is frozen (its frames do not change), so its "
                                            "motion cannot be compared."}, table, scores
     # a frozen sample copies no motion: it counts as not memorised
     estimate = memorised_estimate(np.nan_to_num(scores, nan=-np.inf), motion.stats["calibration_scores"],
-                                  motion.spec.percentile, boot)
+                                  motion.spec.percentile, boot, motion.stats["ceiling"])
     low, high = estimate.interval(boot)
     metrics.update({"motion_memorised_pct": estimate.value, "motion_memorised_pct_low": low,
                     "motion_memorised_pct_high": high})
@@ -128,6 +131,11 @@ def motion_metrics(profiles: np.ndarray, motion: MotionReference, boot: Bootstra
         metrics["motion_error"] = (f"motion: {int(still.sum())} of {len(still)} samples are frozen (their frames "
                                    "do not change) and count as not motion-memorised.")
     return metrics, table, scores
+
+
+def time_bases_of(spec: MotionSpec, steps: int) -> list[tuple[np.ndarray, np.ndarray]]:
+    """The alignments the spec compares motion on, for profiles of `steps` steps."""
+    return time_bases(steps, tuple(spec.speeds), tuple(spec.lags), spec.overlap)
 
 
 def decode_precision(spec: MotionSpec, device: torch.device) -> str:

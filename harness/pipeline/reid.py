@@ -82,7 +82,7 @@ class ReidModel:
         def embed_frames(frames: np.ndarray) -> torch.Tensor:
             return self.reid.get().embed(frames[:, None], ctx, frames=[0])[:, 0]
 
-        return PrivacyFilter(embed_frames, self.reference, self.stats["tau"])
+        return PrivacyFilter(embed_frames, self.reference, self.stats["tau"], self.stats["ceiling"])
 
 
 def fit_reid(stages: Stages, chosen: Chosen[ReIdFilter], encoded: Encoded, privacy: PrivacySpec,
@@ -115,14 +115,19 @@ def fit_reid(stages: Stages, chosen: Chosen[ReIdFilter], encoded: Encoded, priva
     stats = reference_stats(reference)
     report = reid.meta.get("report", {})
     val_auc = report.get("val_auc")
-    reliable = val_auc is None or val_auc >= privacy.min_val_auc
-    if not reliable:
+    reliable = (val_auc is None or val_auc >= privacy.min_val_auc) and not stats["tau_at_ceiling"]
+    if val_auc is not None and val_auc < privacy.min_val_auc:
         log.warning("the re-ID model failed to learn (validation AUC %.3f < %.2f)", val_auc, privacy.min_val_auc)
+    if stats["tau_at_ceiling"]:
+        log.warning("τ sits at the re-ID model's ceiling: real held-out videos score like exact copies of training "
+                    "videos, so only samples at that ceiling count as memorised and the privacy columns are "
+                    "unreliable")
     summary = {"plugin": chosen.name, "training": report, "reliable": reliable, "test": quality,
                "head": privacy.head, "calibration": privacy.calibration, "percentile": privacy.percentile,
                "intervals": reference.boot.describe(),
                **{k: stats[k] for k in ("tau", "tau_low", "tau_high", "tau_test_to_train", "tau_train_to_test",
-                                        "test_memorised_pct", "reference_recall", "reference_irs_inf")},
+                                        "test_memorised_pct", "reference_recall", "reference_irs_inf", "ceiling",
+                                        "tau_at_ceiling")},
                "consistency_real": float(np.mean(stats["consistency_real"]["corr"])),
                "consistency_real_head": float(np.mean(stats["consistency_real"]["pred"])),
                "models": seeds}
