@@ -48,13 +48,15 @@ class Perturbation:
 
 
 def _mjpeg(video: Video, strength: str, rng: np.random.Generator) -> Video:
-    """RGB MJPEG through OpenCV's own AVI writer at JPEG quality `strength`, as EchoNet-Synthetic's sampler writes
-    (OpenCV's default quality is 95), read back by PyAV like every video."""
+    """RGB MJPEG through OpenCV's own AVI writer (EchoNet-Synthetic's sampler writes with OpenCV) at JPEG quality
+    `strength`, read back by PyAV like every video. (The quality must be set on the open writer: as an open
+    parameter this OpenCV ignores it and writes at 75.)"""
     with tempfile.TemporaryDirectory() as tmp:
         path = Path(tmp) / "video.avi"
         height, width = video.frames.shape[1:]
         writer = cv2.VideoWriter(str(path), cv2.CAP_OPENCV_MJPEG, cv2.VideoWriter_fourcc(*"MJPG"), video.labelled_fps,
-                                 (width, height), [cv2.VIDEOWRITER_PROP_QUALITY, int(strength)])
+                                 (width, height))
+        writer.set(cv2.VIDEOWRITER_PROP_QUALITY, int(strength))
         for frame in video.frames:
             writer.write(cv2.cvtColor(frame, cv2.COLOR_GRAY2BGR))
         writer.release()
@@ -147,8 +149,8 @@ def _noise(video: Video, strength: str, rng: np.random.Generator) -> Video:
 
 
 PERTURBATIONS: dict[str, Perturbation] = {
-    "mjpeg": Perturbation("codec", "JPEG quality of an RGB MJPEG AVI (95: EchoNet-Synthetic's, OpenCV's default)",
-                          ("95", "75", "50"), ("95",), _mjpeg),
+    "mjpeg": Perturbation("codec", "JPEG quality of an RGB MJPEG AVI written by OpenCV", ("95", "75", "50"),
+                          ("95", "75"), _mjpeg),
     "h264": Perturbation("codec", "H.264 constant rate factor", ("18", "23", "28", "33"), ("23", "28"), _h264),
     "fps": Perturbation("time", "resampled to A fps and labelled B fps (A/B)",
                         ("32/32", "30/30", "25/25", "32/30", "30/32", "25/30", "30/25"),

@@ -1,0 +1,163 @@
+"""Near-copies of training videos are flagged whatever path they took: the `near-copy` control and its
+perturbations, the spec's `robustness` section, a folder of bit-exact copies and EchoNet-Synthetic's own layout."""
+
+import json
+import shutil
+
+import cv2
+import numpy as np
+import pandas as pd
+import pytest
+
+from harness.cache import ArtifactCache
+from harness.data import ClipSpec, VideoSet
+from harness.videoio import read_avi, write_avi
+from harness_plugins.echonet import resample_clip
+from harness_plugins.perturbations import PERTURBATIONS, Video, as_clip, perturb
+from tests.conftest import run_cli, tiny_spec
+
+CLIP = ClipSpec(8, 112, 112, 25.0)
+
+
+def texture(frames=24, seed=0):
+    """A bright disc on speckle inside a dark surround, moving a little: an echo-like video at 50 fps."""
+    rng = np.random.default_rng(seed)
+    y, x = np.mgrid[:112, :112]
+    out = []
+    for t in range(frames):
+        disc = ((y - 56 - 4 * np.sin(t / 4)) ** 2 + (x - 56) ** 2 < 30 ** 2) * 120.0
+        out.append(np.clip(disc + rng.normal(60, 20, (112, 112)) * (disc > 0), 0, 255))
+    return np.asarray(out, dtype=np.uint8)
+
+
+@pytest.mark.parametrize("name", sorted(n for n, p in PERTURBATIONS.items() if p.apply is not None))
+def test_every_perturbation_changes_the_video_more_as_it_grows(name):
+    """Each strength gives a clip of the run's shape; a stronger one departs further from the unperturbed clip
+    (for the time base: a rate read wrongly departs further than a rate read right)."""
+    video = Video(texture(), 50.0, 50.0)
+    original = as_clip(video, CLIP).astype(float)
+    strengths = PERTURBATIONS[name].strengths
+    change = []
+    for strength in strengths:
+        clip = as_clip(perturb(video, name, strength, np.random.default_rng(0)), CLIP)
+        assert clip.shape == (8, 112, 112) and clip.dtype == np.uint8
+        change.append(np.abs(clip - original).mean())
+    assert max(change) > 0
+    if name not in ("fps", "gain", "scale", "gamma"):  # listed weakest first
+        assert change[-1] > change[0]
+    if name == "fps":
+        assert change[strengths.index("30/25")] > change[strengths.index("30/30")]
+
+
+def test_the_codecs_are_the_files_they_name(tmp_path):
+    """MJPEG at EchoNet-Synthetic's quality changes a grey level by well under one; H.264 at crf 28 by more."""
+    video = Video(texture(), 50.0, 50.0)
+    rng = np.random.default_rng(0)
+    mjpeg = perturb(video, "mjpeg", "95", rng).frames.astype(float)
+    h264 = perturb(video, "h264", "28", rng).frames.astype(float)
+    assert mjpeg.shape == h264.shape == video.frames.shape
+    assert np.abs(mjpeg - video.frames).mean() < np.abs(h264 - video.frames).mean()
+
+
+def test_an_unknown_perturbation_or_strength_is_one_sentence_exit_2(tmp_path):
+    spec = tiny_spec(tmp_path, robustness={"perturbations": ["h264:28", "blur:3", "gain:0.7"]})
+    done = run_cli("validate", str(spec))
+    assert done.returncode == 2 and "Traceback" not in done.stderr
+    assert "unknown perturbation 'blur'; known: mjpeg, h264, fps" in done.stderr
+    assert "perturbation 'gain' has no strength '0.7' (grey levels times this); known: 0.95, 1.05" in done.stderr
+    args = json.dumps({"perturbation": "h264", "strength": 99})
+    done = run_cli("run", str(tiny_spec(tmp_path, name="other.yaml")), "--generator", "near-copy",
+                   "--generator-args", args, "--out", str(tmp_path / "run"))
+    assert done.returncode == 2 and "perturbation 'h264' has no strength '99'" in done.stderr
+
+
+def _dataset(tiny_run, split):
+    stages = json.loads((tiny_run["out"] / "manifest.json").read_text())["stages"]
+    key = next(s["key"] for s in stages if s["stage"] == f"dataset-{split}")
+    return VideoSet.load(ArtifactCache(tiny_run["cache"]).path(f"dataset-{split}", key))
+
+
+def _echonet_synthetic(folder, videos: VideoSet):
+    """Videos as EchoNet-Synthetic's sampler writes them: drawn at 32 fps, RGB MJPEG through OpenCV's writer at its
+    default settings with a 30 fps container, `sample_000000.avi`..., a FileList saying 32 fps and integer EF."""
+    (folder / "avi").mkdir(parents=True)
+    names = []
+    for i, path in enumerate(videos.table["source_file"]):
+        frames, fps = read_avi(path)
+        drawn, _ = resample_clip(frames, fps, 32.0, int(len(frames) * 32 / fps))
+        name = f"sample_{i:06d}"
+        writer = cv2.VideoWriter(str(folder / "avi" / f"{name}.avi"), cv2.VideoWriter_fourcc(*"MJPG"), 30,
+                                 (drawn.shape[2], drawn.shape[1]))
+        for frame in drawn:
+            writer.write(cv2.cvtColor(frame, cv2.COLOR_GRAY2BGR))
+        writer.release()
+        names.append((name, len(drawn)))
+    pd.DataFrame({"FileName": [n for n, _ in names], "EF": np.floor(videos.table["ef"]).astype(int), "ESV": 0,
+                  "EDV": 0, "FrameHeight": 112, "FrameWidth": 112, "FPS": 32,
+                  "NumberOfFrames": [n for _, n in names], "Split": "TRAIN"}).to_csv(folder / "FileList.csv",
+                                                                                        index=False)
+
+
+def test_copies_of_training_files_score_as_the_copy_control_in_any_layout(tiny_run, tmp_path):
+    """The pixel path equals the dataset path: the training videos' own AVI files in a folder score 100 / 100 / 100
+    as the copy control does. Written as EchoNet-Synthetic writes its samples (32 fps drawn, RGB MJPEG, a 30 fps
+    container) they are still flagged; held-out videos written the same way stay near the real rate."""
+    train, holdout = _dataset(tiny_run, "train"), _dataset(tiny_run, "holdout")
+    exact = tmp_path / "exact"
+    (exact / "Videos").mkdir(parents=True)
+    for path in train.table["source_file"]:
+        shutil.copyfile(path, exact / "Videos" / path.split("/")[-1])
+    pd.DataFrame({"FileName": [p.split("/")[-1] for p in train.table["source_file"]], "EF": train.table["ef"]}
+                 ).to_csv(exact / "FileList.csv", index=False)
+    _echonet_synthetic(tmp_path / "synthetic-train", train)
+    _echonet_synthetic(tmp_path / "synthetic-holdout", holdout)
+    spec = tiny_spec(tmp_path, downstream=None, generators=[
+        {"plugin": "copy"},
+        *({"plugin": "video-folder", "name": name, "args": {"root": str(tmp_path / name)}}
+          for name in ("exact", "synthetic-train", "synthetic-holdout"))])
+    out = tmp_path / "run"
+    done = run_cli("--cache", str(tiny_run["cache"]), "run", str(spec), "--out", str(out), "--no-progress")
+    assert done.returncode == 0, done.stderr
+    rows = {r["generator"]: r for r in json.loads((out / "results.json").read_text())["rows"]}
+    for key in ("memorised_pct", "content_memorised_pct", "motion_memorised_pct"):
+        assert rows["copy"][key] == rows["exact"][key] == 100.0, key
+    assert rows["synthetic-train"]["memorised_pct"] >= 90 and rows["synthetic-train"]["content_memorised_pct"] >= 90
+    assert rows["synthetic-holdout"]["memorised_pct"] <= 20 and rows["synthetic-holdout"]["content_memorised_pct"] <= 20
+
+
+def test_the_robustness_section_fills_its_table_and_figure(tiny_run, tmp_path):
+    """Every listed perturbation on training and on held-out videos; the table sits under the privacy table."""
+    spec = tiny_spec(tmp_path, downstream=None, generators=[{"plugin": "copy"}],
+                     robustness={"samples": 16, "perturbations": ["mjpeg:95", "fps:32/30", "encoder:1"]})
+    out = tmp_path / "run"
+    done = run_cli("--cache", str(tiny_run["cache"]), "run", str(spec), "--out", str(out), "--no-progress")
+    assert done.returncode == 0, done.stderr
+    results = json.loads((out / "results.json").read_text())
+    lines = results["robustness"]["rows"]
+    assert [(r["perturbation"], r["source"]) for r in lines] == [
+        ("mjpeg", "train"), ("fps", "train"), ("encoder", "train"),
+        ("mjpeg", "holdout"), ("fps", "holdout"), ("encoder", "holdout")]
+    assert all(r["error"] is None and r["memorised_pct"] is not None for r in lines)
+    assert lines[0]["source_found_pct"] >= 75  # an MJPEG copy of a training video finds its source
+    assert (out / "figures" / "robustness.png").is_file() and (out / "samples" / "robustness" / "mjpeg:95.csv").is_file()
+    text = (out / "leaderboard.md").read_text()
+    assert text.index("### Privacy") < text.index("### Robustness") < text.index("### Coverage")
+    plain = run_cli("validate", str(tiny_spec(tmp_path, name="plain.yaml", downstream=None,
+                                              generators=[{"plugin": "copy"}])))
+    assert f"benchmark hash {results['benchmark']['benchmark_hash']}" in plain.stdout  # near-copy rows: not in it
+
+
+def test_a_copy_is_memorised_even_when_tau_sits_at_the_ceiling():
+    """Real held-out videos that reach the score of an exact copy put τ at the ceiling: an exact copy still counts,
+    and the reference says τ is at the ceiling."""
+    from harness.metrics.intervals import Bootstrap, memorised_estimate
+    from harness.metrics.privacy import ceiling_level, is_memorised
+
+    calibration = np.r_[np.linspace(-5, -1, 90), np.zeros(10)]  # 10 % of held-out videos reach the ceiling 0
+    ceiling = ceiling_level(0.0, calibration)
+    tau = np.percentile(calibration, 95)
+    assert tau >= ceiling  # τ at the ceiling
+    samples = np.r_[np.zeros(5), np.full(5, -3.0)]
+    assert is_memorised(samples, tau, ceiling).tolist() == [True] * 5 + [False] * 5
+    estimate = memorised_estimate(samples, calibration, 95, Bootstrap(500, 95, 0), ceiling)
+    assert estimate.value == 50.0
