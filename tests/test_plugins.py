@@ -11,7 +11,7 @@ def test_builtins_load_through_entry_points(registry):
     assert {"echo-datasets", "encoders", "controls", "reid", "lvdm", "ef", "video-folder"} <= set(names)
     assert all(p.distribution == "reid-harness" and p.error is None for p in registry.plugins)
     assert registry.names("generators") == ["collapse", "content-copy", "copy", "echo-lvdm", "holdout",
-                                                "motion-copy", "noise", "phantom-fresh", "video-folder"]
+                                                "motion-copy", "near-copy", "noise", "phantom-fresh", "video-folder"]
     assert registry.names("encoders") == ["identity", "vae"]
     assert registry.names("reid_filters") == ["siamese"]
     assert registry.names("tasks") == ["ef-regression"]
