@@ -237,11 +237,12 @@ def _privacy_estimates(pmax: np.ndarray, nearest: np.ndarray, ref: Reference, ca
 
 def row_metrics(first: torch.Tensor, frames: torch.Tensor, ref: Reference, stats: dict[str, Any],
                 sample_ids: list[str], replicate_first: tuple[torch.Tensor, ...] = (),
-                content_frames: tuple[torch.Tensor, ...] = ()
+                content_frames: tuple[torch.Tensor, ...] = (), fidelity: bool = True
                 ) -> tuple[dict[str, Any], pd.DataFrame, dict[str, np.ndarray]]:
     """Metrics of one row, its per-sample table, and the arrays its figures need (`replicate_first`: the samples'
     first-frame features under each of `ref.replicates`; `content_frames`: the same frames as `ref.content_train`'s,
-    each embedded on its own, under the first model and then each replicate)."""
+    each embedded on its own, under the first model and then each replicate). Without `fidelity`, only privacy and
+    coverage (no consistency, Fréchet distance or k-NN numbers)."""
     _check_features(first, "the samples' re-ID features")
     n_train, n = len(ref.train_first), len(first)
     per_sample = pd.DataFrame({"sample_id": sample_ids})
@@ -267,13 +268,13 @@ def row_metrics(first: torch.Tensor, frames: torch.Tensor, ref: Reference, stats
         per_sample["memorised_models"] = np.mean([flags for _, flags in models], axis=0)
     per_sample["appearances"] = counts[main_nearest]
     irs = irs_infinity(main_nearest, n_train)
-    curves = _curves(frames, ref) if frames.shape[1] > 1 else None
+    curves = _curves(frames, ref) if frames.shape[1] > 1 and fidelity else None
     swap = _curves(frames, ref, swap=True) if curves and len(frames) > 1 else None
     real = stats["consistency_real"]
     train_np, first_np = ref.train_first.double().cpu().numpy(), first.double().cpu().numpy()
-    fidelity = (prdc(ref.train_first.double(), first.double(), k=ref.knn)
-                if min(n, n_train) > ref.knn else {k: None for k in ("precision", "recall", "density", "coverage")})
-    fd = frechet_distance(train_np, first_np) if min(n, n_train) > 1 else None
+    knn = (prdc(ref.train_first.double(), first.double(), k=ref.knn) if fidelity and min(n, n_train) > ref.knn
+           else {k: None for k in ("precision", "recall", "density", "coverage")})
+    fd = frechet_distance(train_np, first_np) if fidelity and min(n, n_train) > 1 else None
     fd_low, fd_high = frechet_interval(train_np, first_np, fd, ref.boot) if fd is not None else (None, None)
     metrics: dict[str, Any] = {"tau": stats["tau"], "tau_low": stats["tau_low"], "tau_high": stats["tau_high"]}
     for key, limits in POOLED.items():
@@ -297,8 +298,8 @@ def row_metrics(first: torch.Tensor, frames: torch.Tensor, ref: Reference, stats
         "consistency_head": float(np.mean(curves["pred"])) if curves else None,
         "consistency_swap": float(np.mean(swap["corr"])) if swap else None,
         "fd": fd, "fd_low": fd_low, "fd_high": fd_high,
-        "precision": fidelity["precision"], "knn_recall": fidelity["recall"],
-        "density": fidelity["density"], "coverage": fidelity["coverage"],
+        "precision": knn["precision"], "knn_recall": knn["recall"],
+        "density": knn["density"], "coverage": knn["coverage"],
         "heads": by_head,
     })
     arrays = {"pmax": main_pmax, "nearest": main_nearest, "appearances": counts,

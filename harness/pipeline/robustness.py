@@ -36,7 +36,7 @@ def run_robustness(stages: Stages, resolved: ResolvedSpec, choose, encoded: Enco
     for row, args in ctx.progress(spec.entries(), desc="robustness (near-copies)"):
         key = f"robustness.{row}"
         request = RowRequest(row, choose("generators", spec.generator, key), resolved.robustness_hash(row), asked,
-                             [], boot, figures=False)
+                             [], boot, privacy_only=True)
         result = run_row(stages, request, encoded, reid, motion, None, ctx)
         if result.table is not None and ctx.group.main:
             atomic_write_text(run_dir / "samples" / "robustness" / f"{row}.csv", result.table.to_csv(index=False))

@@ -58,7 +58,8 @@ class RowRequest:
     conditions: list[Condition]
     metrics: list[Chosen[RowMetric]]
     boot: Bootstrap  # how the row's intervals are drawn
-    figures: bool = True  # False: nothing for the figures (no t-SNE), e.g. the Robustness table's rows
+    privacy_only: bool = False  # True: privacy and coverage only (no fidelity, t-SNE or filmstrip), e.g. the
+    # Robustness table's rows
 
 
 @dataclass(frozen=True)
@@ -146,7 +147,7 @@ def run_row(stages: Stages, request: RowRequest, encoded: Encoded, reid: ReidMod
             row.update(utility)
             table["measured_ef"] = measured
         # 4. frames for the filmstrip (generated rows only: a copying control's frames are real patients)
-        if not request.generator.factory.shows_real_frames:
+        if not request.generator.factory.shows_real_frames and not request.privacy_only:
             out["filmstrip"] = filmstrip(stages, encoded, samples, ctx)
     except (ValueError, GeneratorOutputError) as exc:
         log.info("metrics of %s failed: %s", request.name, exc)
@@ -163,7 +164,8 @@ def privacy_metrics(stages: Stages, request: RowRequest, samples: Stored[SampleS
     content = [embed_frames(stages, "content-samples", model, samples, stride, ctx)
                for model in (reid.reid, *(r.reid for r in reid.replicates))]
     artifact = stages.run("row-metrics", _row_metrics, features=features, replicates=replicates, content=content,
-                          reid=reid, samples=samples, row=request.name, tsne=request.figures, ctx=ctx)
+                          reid=reid, samples=samples, row=request.name, full=not request.privacy_only,
+                          ctx=ctx)
     metrics = artifact.meta["metrics"]
     if request.metrics:
         metrics["extra_metrics"] = {chosen.name: stages.run("row-metric", _extra_metric, metric=chosen,
@@ -286,15 +288,15 @@ def _encode_samples(folder: Path, encoder, pixels: Stored[PixelSamples], ctx: Ru
 
 def _row_metrics(folder: Path, features: Stored[Features], replicates: list[Stored[Features]],
                  content: list[Stored[torch.Tensor]], reid: ReidModel, samples: Stored[SampleSet], row: str,
-                 tsne: bool, ctx: RunContext) -> dict[str, Any]:
+                 full: bool, ctx: RunContext) -> dict[str, Any]:
     first = features.value
     metrics, per_sample, arrays = row_metrics(first.first, first.frames, reid.reference, reid.stats,
                                               samples.value.provenance["sample_id"].tolist(),
                                               tuple(r.value.first for r in replicates),
-                                              tuple(c.value for c in content))
+                                              tuple(c.value for c in content), fidelity=full)
     per_sample.to_csv(folder / "per_sample.csv", index=False)
     features = arrays.pop("features")
-    if tsne:
+    if full:
         arrays["tsne"] = tsne_coordinates(reid.reference.train_first.cpu().numpy(), features,
                                           ctx.seed_for("tsne", row))
     np.savez(folder / "arrays.npz", **arrays)
