@@ -20,6 +20,7 @@ default that sent τ above a copy's own score and the copy control to 1 % memori
 
 from __future__ import annotations
 
+import hashlib
 import json
 import time
 from pathlib import Path
@@ -169,7 +170,7 @@ class Siamese(ReIdFilter):
         perturbed = cfg.setting("perturbed")
         x_pairs = x_train  # every frame a training pair may take: the videos, then their perturbed copies
         if perturbed > 0:
-            x_pairs = torch.cat([x_train, normalise(torch.from_numpy(training_views(train, cfg.views, ctx)))])
+            x_pairs = torch.cat([x_train, normalise(torch.from_numpy(shared_views(train, cfg.views, ctx)))])
         net = self._build(x_train.shape[2]).to(ctx.device)
         opt = torch.optim.Adam(net.parameters(), lr=cfg.setting("lr"))
         loss_fn = nn.BCEWithLogitsLoss()
@@ -301,12 +302,26 @@ class Siamese(ReIdFilter):
         self.net, self.report = net.eval(), meta["report"]
 
 
-def training_views(train: LatentSet, views: int, ctx: RunContext, chunk: int = 64) -> np.ndarray:
+def shared_views(train: LatentSet, views: int, ctx: RunContext) -> np.ndarray:
+    """`training_views`, made once per training set (latents, so data and encoder) and count, in a cached folder
+    that every re-ID model of the run shares: the models of `privacy.reid_seeds` differ in their initialisation and
+    pairs, not in the copies they see (making the copies costs about as much as training one model)."""
+    digest = hashlib.blake2b(np.ascontiguousarray(train.latents).tobytes(), digest_size=16).hexdigest()
+    key = {"latents": digest, "views": views, "perturbations": stable_hash(
+        {name: p.strengths for name, p in PERTURBATIONS.items()})}
+    rng = np.random.default_rng(int(digest[:15], 16))
+    folder = ctx.cached_folder("siamese-views", key, lambda tmp: np.save(
+        tmp / "views.npy", training_views(train, views, rng, ctx)))
+    return np.load(folder / "views.npy")
+
+
+def training_views(train: LatentSet, views: int, rng: np.random.Generator, ctx: RunContext, chunk: int = 64
+                   ) -> np.ndarray:
     """`[N * views, T, C, h, w]` latents of perturbed copies of every training video (copy k of video i at
     i * views + k): each through a perturbation and strength drawn at random from every known one, from the video's
     own file (read as the datasets read it) or, without one, from its decoded clip; the run's encoder encodes
     them. These are the paths a memorising generator's output takes (`harness_plugins.perturbations`)."""
-    rng, encoder, clip = ctx.rng("siamese-views"), ctx.encoder, ctx.clip
+    encoder, clip = ctx.encoder, ctx.clip
     names = list(PERTURBATIONS)
     table = train.table.loc[np.repeat(np.arange(len(train)), views)].reset_index(drop=True)
     parts = []
