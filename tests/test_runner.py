@@ -224,7 +224,8 @@ def test_corrupt_artifact_is_reported_moved_aside_and_rebuilt(tiny_run, tmp_path
     import shutil
 
     cache = tmp_path / "cache"
-    shutil.copytree(tiny_run["cache"], cache)
+    # other test processes may be writing into the shared cache: their unfinished folders are not the tiny run's
+    shutil.copytree(tiny_run["cache"], cache, ignore=shutil.ignore_patterns(".tmp-*"))
     run = {"cache": cache, "out": tiny_run["out"]}
     latents = _stage_path(run, "encode-train") / "latents.npy"
     latents.write_bytes(latents.read_bytes()[:100])  # cut short, as by a full disk
