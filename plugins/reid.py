@@ -14,10 +14,11 @@ frames shown with new motion (`content-copy`) 23 % content-memorised; hard negat
 A memorising generator's samples reach the harness decoded, compressed, resampled or re-scaled, never as exact
 latents. The seed code normalises a clip by its min and max over all frames, so a codec that changes later frames
 more rescales frame 0 too; the `cpu` preset normalises every frame on its own (`normalise: frame`). On the phantom
-default that took near-copies from 55 / 42 % memorised (H.264 crf 23 / 28), 88 % (MJPEG), 6 % (gain 1.1) and 85 %
-(noise σ 2) to 93-100 %, with perturbed held-out videos at the real rate; but a frame's own brightness, which it
-cancels, is also what tells one patient from another across the cardiac cycle: frames of a training video at
-another phase (the `collapse` control) fell from 95 to 26 % first-frame memorised (content memorised stays 100 %).
+default (three models pooled) that took near-copies from 55 / 42 % memorised (H.264 crf 23 / 28) to 77 / 64 %,
+88 to 100 % (MJPEG), 6 to 73 % (gain 1.1) and 85 to 88 % (noise σ 2), with perturbed held-out videos at 1-11 %; but
+a frame's own brightness, which it cancels, is also what tells one patient from another across the cardiac cycle:
+frames of a training video at another phase (the `collapse` control) fell from 95 to 27 % first-frame memorised
+(content memorised stays 100 %).
 `perturbed` trains a share of the pairs on perturbed copies of the videos (every perturbation of
 `harness_plugins.perturbations` at a random strength, encoded by the run's encoder); at 0.5 within the `cpu`
 preset's 100 epochs it did worse on nearly every near-copy, so it is 0 by default. `normalise: clip` (as the
