@@ -112,15 +112,15 @@ def test_copies_of_training_files_score_as_the_copy_control_in_any_layout(tiny_r
     _echonet_synthetic(tmp_path / "synthetic-train", train)
     _echonet_synthetic(tmp_path / "synthetic-holdout", holdout)
     spec = tiny_spec(tmp_path, downstream=None, generators=[
-        {"plugin": "copy"},
-        *({"plugin": "video-folder", "name": name, "args": {"root": str(tmp_path / name)}}
-          for name in ("exact", "synthetic-train", "synthetic-holdout"))])
+        {"plugin": "video-folder", "name": name, "args": {"root": str(tmp_path / name)}}
+        for name in ("exact", "synthetic-train", "synthetic-holdout")])
     out = tmp_path / "run"
     done = run_cli("--cache", str(tiny_run["cache"]), "run", str(spec), "--out", str(out), "--no-progress")
     assert done.returncode == 0, done.stderr
     rows = {r["generator"]: r for r in json.loads((out / "results.json").read_text())["rows"]}
+    copy = next(r for r in tiny_run["results"]["rows"] if r["generator"] == "copy")
     for key in ("memorised_pct", "content_memorised_pct", "motion_memorised_pct"):
-        assert rows["copy"][key] == rows["exact"][key] == 100.0, key
+        assert copy[key] == rows["exact"][key] == 100.0, key
     assert rows["synthetic-train"]["memorised_pct"] >= 90 and rows["synthetic-train"]["content_memorised_pct"] >= 90
     assert rows["synthetic-holdout"]["memorised_pct"] <= 20 and rows["synthetic-holdout"]["content_memorised_pct"] <= 20
 
@@ -128,15 +128,14 @@ def test_copies_of_training_files_score_as_the_copy_control_in_any_layout(tiny_r
 def test_the_robustness_section_fills_its_table_and_figure(tiny_run, tmp_path):
     """Every listed perturbation on training and on held-out videos; the table sits under the privacy table."""
     spec = tiny_spec(tmp_path, downstream=None, generators=[{"plugin": "copy"}],
-                     robustness={"samples": 16, "perturbations": ["mjpeg:95", "fps:32/30", "encoder:1"]})
+                     robustness={"samples": 12, "perturbations": ["mjpeg:95", "encoder:1"]})
     out = tmp_path / "run"
     done = run_cli("--cache", str(tiny_run["cache"]), "run", str(spec), "--out", str(out), "--no-progress")
     assert done.returncode == 0, done.stderr
     results = json.loads((out / "results.json").read_text())
     lines = results["robustness"]["rows"]
     assert [(r["perturbation"], r["source"]) for r in lines] == [
-        ("mjpeg", "train"), ("fps", "train"), ("encoder", "train"),
-        ("mjpeg", "holdout"), ("fps", "holdout"), ("encoder", "holdout")]
+        ("mjpeg", "train"), ("encoder", "train"), ("mjpeg", "holdout"), ("encoder", "holdout")]
     assert all(r["error"] is None and r["memorised_pct"] is not None for r in lines)
     assert lines[0]["source_found_pct"] >= 75  # an MJPEG copy of a training video finds its source
     assert (out / "figures" / "robustness.png").is_file()
