@@ -12,17 +12,16 @@ training frame and needs that resolution. On the phantom default, random negativ
 frames shown with new motion (`content-copy`) 23 % content-memorised; hard negatives, 96-100 % (holdout 4-5 %).
 
 A memorising generator's samples reach the harness decoded, compressed, resampled or re-scaled, never as exact
-latents. The seed code normalises a clip by its min and max over all frames, so a codec that changes later frames
-more rescales frame 0 too; the `cpu` preset normalises every frame on its own (`normalise: frame`). On the phantom
-default (three models pooled) that took near-copies from 55 / 42 % memorised (H.264 crf 23 / 28) to 77 / 64 %,
-88 to 100 % (MJPEG), 6 to 73 % (gain 1.1) and 85 to 88 % (noise σ 2), with perturbed held-out videos at 1-11 %; but
-a frame's own brightness, which it cancels, is also what tells one patient from another across the cardiac cycle:
-frames of a training video at another phase (the `collapse` control) fell from 95 to 27 % first-frame memorised
-(content memorised stays 100 %).
-`perturbed` trains a share of the pairs on perturbed copies of the videos (every perturbation of
-`harness_plugins.perturbations` at a random strength, encoded by the run's encoder); at 0.5 within the `cpu`
-preset's 100 epochs it did worse on nearly every near-copy, so it is 0 by default. `normalise: clip` (as the
-`paper-*` presets set it) keeps the seed code's normalisation.
+latents. The seed code normalises a clip by its min and max over all frames (`normalise: clip`, the default), so a
+codec that changes later frames more rescales frame 0 too. `normalise: frame` standardises every frame on its own:
+on the phantom default (three models pooled) it took near-copies from 55 / 42 % memorised (H.264 crf 23 / 28) to
+77 / 64 %, 88 to 100 % (MJPEG), 6 to 73 % (gain 1.1), with perturbed held-out videos at 1-11 %. But a frame's own
+brightness, which it cancels, is also what tells one patient from another: a training patient's anatomy with new
+motion (`content-copy`) fell from 99 to 62 % content-memorised, and frames of a training video at another phase
+(`collapse`) from 95 to 27 % first-frame memorised, so it is not the default. `perturbed` trains a share of the
+pairs on perturbed copies of the videos (every perturbation of `harness_plugins.perturbations` at a random strength,
+encoded by the run's encoder); at 0.5, with frame normalisation, within the `cpu` preset's 100 epochs it did worse
+on nearly every near-copy.
 
 The head's weights are kept <= 0 (projected after every step; `monotone_head`), so the logit can only fall as two
 frames' features differ and an exact copy of a training video always scores highest against it. Unconstrained, as
@@ -68,7 +67,7 @@ PRESETS = {
     # minutes on a 2-core CPU for phantom-sized cohorts; a higher lr because few steps fit in that time (at 5e-4
     # the head barely leaves its random init in 200 steps and exact copies are not their own nearest video)
     "cpu": dict(backbone="resnet18", lr=2e-3, batch_size=64, patience=20, max_epochs=100, hard_negatives=1.0,
-                normalise="frame", perturbed=0.0),
+                normalise="clip", perturbed=0.0),
 }
 
 #: EchoNet-Synthetic's re-ID checkpoints name the backbone `model` and the head `fc_end` (outside-formats.md §3).
