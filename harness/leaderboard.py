@@ -24,6 +24,7 @@ from harness.pipeline import motion
 from harness.pipeline.row import COLUMNS as COST_COLUMNS
 from harness.provenance import PROVENANCE, provenance, row_provenance
 from harness.results import ResultRow
+from harness.robustness_tables import robustness_tables
 from harness.study_tables import render_study
 
 #: The row's identity and bookkeeping; the metric columns are declared next to the code that computes them.
@@ -261,51 +262,6 @@ def motion_note(motion: dict[str, Any] | None) -> str:
             f"the real test videos' best motion score ({motion['tau']:.3f}), so a real held-out video is "
             f"motion-memorised {100 - motion['percentile']:g} % of the time; the interval resamples like "
             "memorised %.\n\n")
-
-
-#: the Robustness table's measures: key and header
-ROBUSTNESS = (("memorised_pct", "memorised %"), ("content_memorised_pct", "content %"),
-              ("motion_memorised_pct", "motion %"))
-
-
-def robustness_frame(results: list[dict[str, Any]]) -> tuple[str, pd.DataFrame] | None:
-    """One line per perturbation and strength: the near-copies' memorised, content and motion memorised % (they
-    should be flagged), how often the nearest training video was the source, and the same perturbation on held-out
-    videos (they should stay at the real rate); from the first run with a `robustness` section."""
-    found = next((r for r in results if r.get("robustness")), None)
-    if found is None:
-        return None
-    robustness, lines = found["robustness"], {}
-    for row in robustness["rows"]:
-        entry = f"{row['perturbation']}:{row['strength']}"
-        line = lines.setdefault(entry, {"perturbation": row["perturbation"], "strength": row["strength"]})
-        side = "near-copy" if row["source"] == "train" else "held-out"
-        for key, header in ROBUSTNESS:
-            value = row.get(key)
-            line[f"{side} {header}"] = "" if value is None else interval_text(value, row.get(f"{key}_low"),
-                                                                               row.get(f"{key}_high"), 1)
-        if row["source"] == "train":
-            line["source nearest %"] = "" if row.get("source_found_pct") is None else round(row["source_found_pct"], 1)
-        if row.get("error"):
-            line["error"] = "; ".join(filter(None, (line.get("error"), f"{side}: {row['error']}")))
-    nominal = 100 - (found.get("reid") or {}).get("percentile", 95)
-    note = (f"Each near-copy is a training video passed through one perturbation at one strength "
-            f"(`{robustness['generator']}`, {robustness['samples']} samples per line and side) on its way to the "
-            "harness, read like any video file; a memorisation detector must flag it as it flags an exact copy "
-            f"(near-copy columns ↑). The same perturbation applied to held-out videos nobody trained on must stay at "
-            f"the real rate, {nominal:g} % by construction (held-out columns, inside the holdout row's interval). "
-            "*source nearest %*: near-copies whose nearest training video (pred head) is the one they were made "
-            "from. Intervals as in the privacy table.")
-    return note, pd.DataFrame(list(lines.values())).fillna("")
-
-
-def robustness_tables(results: list[dict[str, Any]]) -> str:
-    robustness = robustness_frame(results)
-    if robustness is None:
-        return ""
-    note, lines = robustness
-    return ("### Robustness of memorisation detection (near-copies)\n\n"
-            + tabulate(lines, headers="keys", tablefmt="github", showindex=False) + "\n\n" + note + "\n\n")
 
 
 def utility_frame(results: list[dict[str, Any]]) -> tuple[str, pd.DataFrame] | None:

@@ -19,6 +19,7 @@ import pandas as pd
 from harness import leaderboard
 from harness.metrics.columns import Column
 from harness.provenance import REPRODUCIBILITY, records
+from harness.robustness_tables import robustness_frame
 
 
 def page(results: list[dict[str, Any]], frame: pd.DataFrame, every: list[Column], hashes: list[str]) -> str:
@@ -158,7 +159,7 @@ def _reid(results: list[dict[str, Any]]) -> str:
 
 
 def _robustness(results: list[dict[str, Any]]) -> str:
-    robustness = leaderboard.robustness_frame(results)
+    robustness = robustness_frame(results)
     if robustness is None:
         return ""
     note, lines = robustness

@@ -32,7 +32,6 @@ default that sent τ above a copy's own score and the copy control to 1 % memori
 
 from __future__ import annotations
 
-import hashlib
 import json
 import time
 from pathlib import Path
@@ -48,14 +47,14 @@ from harness import hookimpl
 from harness.checkpoint import TORCH_RNG, LoopValues
 from harness.components import PresetConfig, ReIdFilter
 from harness.context import RunContext, mixed_precision
-from harness.data import LatentSet, VideoSet
+from harness.data import LatentSet
 from harness.errors import UserError
 from harness.hashing import stable_hash
 from harness.metrics.classification import roc_auc
 from harness.metrics.reid import sample_pairs
 from harness.plan import Estimate, Probe, Workload
 from harness.weights import load_state_dict
-from harness_plugins.perturbations import PERTURBATIONS, Video, as_clip, perturb, perturbed_clip
+from harness_plugins.reid_views import perturbed_partners, shared_views
 
 PRESETS = {
     # the seed paper's latent-space model (UltrasoundPrivacy config_*.json, "Final")
@@ -203,7 +202,7 @@ class Siamese(ReIdFilter):
                 pairs = _hard_negatives(net, x_train, pairs, cfg.setting("hard_negatives"), cfg.hard_pool, rng,
                                         ctx.device)
             if perturbed > 0:
-                pairs = _perturbed_partners(pairs, len(x_train), cfg.views, perturbed, rng)
+                pairs = perturbed_partners(pairs, len(x_train), cfg.views, perturbed, rng)
             for batch in np.array_split(pairs, max(1, -(-len(pairs) // cfg.setting("batch_size")))):
                 part, weight = ctx.group.batch_part(len(batch))  # this process's pairs of the batch
                 logits = _pair_logits(trained, x_pairs, batch[part], ctx.device)
@@ -310,67 +309,6 @@ class Siamese(ReIdFilter):
         net = SiameseNetwork(self.config.setting("backbone"), meta["in_channels"], self.config.features)
         net.load_state_dict(load_file(folder / "siamese.safetensors"))
         self.net, self.report = net.eval(), meta["report"]
-
-
-def shared_views(train: LatentSet, views: int, ctx: RunContext) -> np.ndarray:
-    """`training_views`, made once per training set (latents, so data and encoder) and count, in a cached folder
-    that every re-ID model of the run shares: the models of `privacy.reid_seeds` differ in their initialisation and
-    pairs, not in the copies they see (making the copies costs about as much as training one model)."""
-    digest = hashlib.blake2b(np.ascontiguousarray(train.latents).tobytes(), digest_size=16).hexdigest()
-    key = {"latents": digest, "views": views, "perturbations": stable_hash(
-        {name: p.strengths for name, p in PERTURBATIONS.items()})}
-    rng = np.random.default_rng(int(digest[:15], 16))
-    folder = ctx.cached_folder("siamese-views", key, lambda tmp: np.save(
-        tmp / "views.npy", training_views(train, views, rng, ctx)))
-    return np.load(folder / "views.npy")
-
-
-def training_views(train: LatentSet, views: int, rng: np.random.Generator, ctx: RunContext, chunk: int = 64
-                   ) -> np.ndarray:
-    """`[N * views, T, C, h, w]` latents of perturbed copies of every training video (copy k of video i at
-    i * views + k): each through a perturbation and strength drawn at random from every known one, from the video's
-    own file (read as the datasets read it) or, without one, from its decoded clip; the run's encoder encodes
-    them. These are the paths a memorising generator's output takes (`harness_plugins.perturbations`)."""
-    encoder, clip = ctx.encoder, ctx.clip
-    names = list(PERTURBATIONS)
-    table = train.table.loc[np.repeat(np.arange(len(train)), views)].reset_index(drop=True)
-    parts = []
-    for start in ctx.progress(range(0, len(table), chunk), desc="re-ID training views"):
-        rows = range(start, min(start + chunk, len(table)))
-        sources = LatentSet(np.asarray(train.latents[[i // views for i in rows]]), table.iloc[list(rows)])
-        decoded = None
-        frames = []
-        for i in rows:
-            name = names[rng.integers(len(names))]
-            strength = PERTURBATIONS[name].strengths[rng.integers(len(PERTURBATIONS[name].strengths))]
-            path = Path(str(table["source_file"].iloc[i] or ""))
-            if name != "encoder" and path.is_file():
-                fps = table["source_fps"].iloc[i] if "source_fps" in table else None
-                frames.append(perturbed_clip(path, fps, name, strength, rng, clip))
-                continue
-            if decoded is None:
-                decoded = np.asarray(encoder.decode(sources, ctx).frames)
-            video = decoded[i - start]
-            if name == "encoder":
-                for _ in range(int(strength) - 1):
-                    one = VideoSet(video[None], table.iloc[[i]])
-                    video = np.asarray(encoder.decode(encoder.encode(one, ctx), ctx).frames[0])
-                frames.append(video)
-            else:
-                frames.append(as_clip(perturb(Video(video, clip.fps, clip.fps), name, strength, rng), clip))
-        parts.append(np.asarray(encoder.encode(VideoSet(np.stack(frames), table.iloc[list(rows)]), ctx).latents,
-                                dtype=np.float32))
-    return np.concatenate(parts)
-
-
-def _perturbed_partners(pairs: np.ndarray, videos: int, views: int, share: float, rng: np.random.Generator
-                        ) -> np.ndarray:
-    """`pairs` with `share` of them (positives and negatives alike, so a perturbation is no cue) taking their
-    second frame from a random perturbed copy of the second video (index `videos + video * views + copy`)."""
-    out = pairs.copy()
-    chosen = rng.random(len(pairs)) < share
-    out[chosen, 2] = videos + out[chosen, 2] * views + rng.integers(0, views, int(chosen.sum()))
-    return out
 
 
 def _pair_logits(net: SiameseNetwork, x: torch.Tensor, pairs: np.ndarray, device: torch.device) -> torch.Tensor:
