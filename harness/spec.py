@@ -13,10 +13,7 @@ from typing import Any, Literal
 
 import yaml
 from pydantic import (
-    BaseModel,
-    ConfigDict,
     Field,
-    PositiveFloat,
     PositiveInt,
     ValidationError,
     field_validator,
@@ -25,15 +22,16 @@ from pydantic import (
 
 from harness.errors import UserError
 from harness.hashing import stable_hash
-from harness.metrics.intervals import Bootstrap
-from harness.metrics.pairs import HEADS
 from harness.plugins import Registry, unknown_name_message
+from harness.privacy_spec import (  # noqa: F401 - the spec's sections, importable from here as before
+    ContentSpec,
+    MotionSpec,
+    PrivacySpec,
+    RobustnessSpec,
+    _Strict,
+)
 
 SPEC_VERSION = 1
-
-
-class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid")
 
 
 class PluginRef(_Strict):
@@ -48,58 +46,6 @@ class GeneratorEntry(PluginRef):
     @property
     def row_name(self) -> str:
         return self.name or self.plugin
-
-
-class ContentSpec(_Strict):
-    """Content memorisation (Chen et al. 2024): a sample any of whose frames replicates a training frame."""
-
-    frame_stride: PositiveInt = Field(1, description="compare every k-th frame of the samples and of the training "
-                                                     "and test videos (1: all)")
-    percentile: float = Field(95.0, gt=0, lt=100, description="τ_content: this percentile of the real test "
-                                                              "videos' best frame score")
-
-
-class MotionSpec(_Strict):
-    """Motion memorisation (Chen et al. 2024): a sample that moves like a training video, whatever it looks like."""
-
-    enabled: bool = Field(True, description="decode the samples and the real videos and compare their motion")
-    frame_gap: PositiveInt = Field(2, description="optical flow between frames i and i + gap, i = 0, gap, 2 gap, …")
-    flow_size: int = Field(56, ge=16, description="frames are resized to this many pixels a side for the flow")
-    decode_precision: Literal["auto", "float32", "bfloat16"] = Field(
-        "auto", description="precision of the decoder for the motion clips; auto: bfloat16 where the device computes "
-                            "it natively (about 1.6x faster on a CPU with AVX512-BF16; decoded pixels differ by at "
-                            "most a few grey levels), else float32")
-    percentile: float = Field(95.0, gt=0, lt=100, description="τ_motion: this percentile of the real test videos' "
-                                                              "best motion score")
-    speeds: list[PositiveFloat] = Field([1.0], min_length=1, description=(
-        "compare a sample's motion also as a replay of a training video at these speeds (another frame rate, or a "
-        "rate read wrongly: 30 vs 32 fps is 0.94); [1]: aligned only (on the phantom, searching speeds and lags "
-        "raised τ_motion more than it raised near-copies' scores)"))
-    lags: list[int] = Field([0], min_length=1, description="and started this many flow steps later or earlier")
-    overlap: float = Field(0.6, gt=0, le=1, description="the least share of the steps an alignment must cover")
-
-
-class PrivacySpec(_Strict):
-    calibration: Literal["test-to-train", "train-to-test"] = "test-to-train"
-    percentile: float = Field(95.0, gt=0, lt=100)
-    head: Literal[HEADS] = "pred"
-    consistency_videos: PositiveInt = Field(1000, description="videos per row whose every frame is embedded")
-    knn: PositiveInt = Field(5, description="k of the k-NN precision/recall/density/coverage")
-    bootstrap_resamples: PositiveInt = Field(2000, description="resamples behind every interval of the privacy, "
-                                                               "coverage and fidelity numbers and the re-ID AUC")
-    interval_level: float = Field(95.0, gt=50, lt=100, description="two-sided level of those intervals, percent")
-    min_val_auc: float = Field(0.6, ge=0, le=1, description="below this the re-ID model is marked unreliable")
-    reid_seeds: PositiveInt = Field(1, description="re-ID models trained from different seeds: memorised % (first "
-                                                   "frame and content) and the recalls are their mean, and their "
-                                                   "intervals include the spread between the models (another "
-                                                   "machine trains other models); τ, P_max and the filter come "
-                                                   "from the first (a re-ID study trains one model per variant)")
-
-    content: ContentSpec = Field(default_factory=ContentSpec)
-    motion: MotionSpec = Field(default_factory=MotionSpec)
-
-    def bootstrap(self, seed: int) -> Bootstrap:
-        return Bootstrap(self.bootstrap_resamples, self.interval_level, seed)
 
 
 class ConditionSpec(_Strict):
@@ -161,37 +107,6 @@ class ReidStudySpec(_Strict):
         if len(set(names)) != len(names):
             raise ValueError("study variants need distinct names")
         return self
-
-
-class RobustnessSpec(_Strict):
-    """Near-copy controls with known answers: each listed perturbation applied to training videos (a memorising
-    generator's output on its way to a user: they must score as memorised) and to held-out videos (they must score
-    like the plain holdout). Privacy only, no downstream task: the Robustness table under the privacy table."""
-
-    generator: str = Field("near-copy", description="the control plugin; its args take `perturbation`, `strength` "
-                                                    "and `source` (train or holdout)")
-    perturbations: list[str] = Field(min_length=1, description="'name:strength' entries, e.g. 'h264:28'")
-    samples: PositiveInt = Field(200, description="samples per perturbation and side")
-
-    @field_validator("perturbations")
-    @classmethod
-    def _named(cls, value: list[str]) -> list[str]:
-        for entry in value:
-            if ":" not in entry:
-                raise ValueError(f"'{entry}' is not 'name:strength' (e.g. 'h264:28')")
-        if len(set(value)) != len(value):
-            raise ValueError("a perturbation is listed twice; list each once")
-        return value
-
-    def entries(self) -> list[tuple[str, dict[str, str]]]:
-        """(row name, generator args) of every near-copy row: the training side, then the held-out side."""
-        out = []
-        for source, prefix in (("train", ""), ("holdout", "holdout ")):
-            for entry in self.perturbations:
-                name, strength = entry.split(":", 1)
-                out.append((f"{prefix}{entry}", {"perturbation": name.strip(), "strength": strength.strip(),
-                                                 "source": source}))
-        return out
 
 
 class LeaderboardSpec(_Strict):
