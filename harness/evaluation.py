@@ -35,7 +35,8 @@ from harness.metrics.privacy import (
 COLUMNS = [
     Column("memorised_pct", "memorised %", "↓", 1, needs_reid=True, interval=True, group="privacy",
            definition="samples whose first frame re-identifies a training patient: best re-ID score against any "
-                      "training video (P_max) above τ (the seed paper's number)"),
+                      "training video (P_max; against its first frame, as the seed paper, or any of its frames) "
+                      "above τ"),
     Column("content_memorised_pct", "content memorised %", "↓", 1, needs_reid=True, interval=True, group="privacy",
            definition="samples any of whose frames matches a frame of a training video above τ_content, set on the "
                       "real test videos like τ (Chen et al. 2024)"),
@@ -89,6 +90,9 @@ class Reference:
     calibration: str = "test-to-train"
     knn: int = 5
     boot: Bootstrap = Bootstrap()
+    #: the frames of every training video a first frame is compared with `[N_train, F, D]`, each embedded within
+    #: its clip as a first frame is (`privacy.reference_frames: all`); None: their first frames (the seed paper's)
+    train_frames: torch.Tensor | None = None
     #: more re-ID models of the run, trained from other seeds: their first-frame features and head, same settings
     replicates: tuple[Reference, ...] = ()
     #: every k-th frame (`privacy.content.frame_stride`) of the training and test videos `[N, F, D]`, each embedded
@@ -101,7 +105,12 @@ class Reference:
 
     def pmax(self, query: torch.Tensor, head: str, ref: torch.Tensor | None = None
              ) -> tuple[torch.Tensor, torch.Tensor]:
-        """Every query's best score against `ref` (the training first frames) and the index of that row."""
+        """Every query's best score against `ref` and the index of that row; by default against the training
+        videos (their frames in `train_frames`, else their first frames), the index being the video's."""
+        if ref is None and self.train_frames is not None:
+            frames = self.train_frames.reshape(-1, self.train_frames.shape[-1])
+            best, row = self.pmax(query, head, frames)
+            return best, torch.div(row, self.train_frames.shape[1], rounding_mode="floor")
         ref = self.train_first if ref is None else ref
         parts = self.group.map(lambda b: tuple(t.cpu() for t in max_scores(query[b.start:b.stop], ref, head,
                                                                              self.weight, self.bias)), len(query))

@@ -185,13 +185,23 @@ def interval_note(reid: dict[str, Any], downstream: dict[str, Any] | None) -> st
     return text + "\n\n"
 
 
+def reference_frames_note(reid: dict[str, Any]) -> str:
+    """What a sample's first frame is compared with (P_max), in one sentence."""
+    if reid.get("reference_frames", "first") == "first":
+        return "P_max compares a sample's first frame with every training video's first frame (the seed paper's)."
+    stride = reid.get("reference_stride", 1)
+    frames = "every frame" if stride == 1 else f"frames 0, {stride}, {2 * stride}, …"
+    return (f"P_max compares a sample's first frame with {frames} of every training video, so a generator that "
+            "returns a training video from another point of its cycle is caught.")
+
+
 def privacy_note(results: list[dict[str, Any]]) -> str:
     """How τ, τ_content and τ_motion were set in this run, said under the privacy table."""
     reid = results[0].get("reid")
     if not reid:
         return motion_note(results[0].get("motion"))
     text = (f"Privacy: head `{reid['head']}`, τ = {reid['percentile']:g}th percentile ({reid['calibration']}); real "
-            f"test videos above τ: {reid['test_memorised_pct']:.1f} %.\n\n")
+            f"test videos above τ: {reid['test_memorised_pct']:.1f} %. {reference_frames_note(reid)}\n\n")
     content = reid.get("content")
     if content:
         stride = content["frame_stride"]

@@ -81,7 +81,8 @@ def _summary(results: list[dict[str, Any]], hashes: list[str]) -> str:
     if reid:
         items["re-identification"] = (f"<code>{_esc(reid['plugin'])}</code>, head <code>{_esc(reid['head'])}</code>, "
                                       f"τ at the {reid['percentile']:g}th percentile ({_esc(reid['calibration'])}), "
-                                      f"{_esc(reid.get('models', 1))} model(s) pooled")
+                                      f"{_esc(reid.get('models', 1))} model(s) pooled; "
+                                      f"{_esc(leaderboard.reference_frames_note(reid))}")
     motion = first.get("motion")
     if motion and not motion.get("error"):
         items["motion"] = (f"flow between frames i and i + {_esc(motion['frame_gap'])} at {_esc(motion['flow_size'])} "

@@ -48,6 +48,12 @@ class PrivacySpec(_Strict):
     calibration: Literal["test-to-train", "train-to-test"] = "test-to-train"
     percentile: float = Field(95.0, gt=0, lt=100)
     head: Literal[HEADS] = "pred"
+    reference_frames: Literal["first", "all"] = Field(
+        "all", description="the frames of every training video a sample's first frame is compared with (P_max): "
+                           "first (the seed paper's: a generator that returns a training video from another frame "
+                           "of its cycle goes unflagged, as real held-out first frames then set τ) or all (every "
+                           "`content.frame_stride`-th frame, each seen within its clip as the first frame is: "
+                           "such a sample reaches the model's ceiling against the frame it copies)")
     consistency_videos: PositiveInt = Field(1000, description="videos per row whose every frame is embedded")
     knn: PositiveInt = Field(5, description="k of the k-NN precision/recall/density/coverage")
     bootstrap_resamples: PositiveInt = Field(2000, description="resamples behind every interval of the privacy, "

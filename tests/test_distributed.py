@@ -236,7 +236,9 @@ def test_the_tiny_spec_runs_as_two_processes_like_one(tiny_run, tmp_path):
         table = (out / "samples" / f"{row['generator']}.csv").read_text().splitlines()
         theirs = (tiny_run["out"] / "samples" / f"{row['generator']}.csv").read_text().splitlines()
         assert [line.split(",")[:3] for line in table] == [line.split(",")[:3] for line in theirs]  # id, seed, EF
-    assert rows["copy"]["memorised_pct"] == 100.0 and rows["noise"]["memorised_pct"] == 0.0
+    # copies of training frames reach the re-ID model's ceiling in any number of processes (1: test_reid)
+    assert rows["copy"]["memorised_pct"] == 100.0 and rows["collapse"]["memorised_pct"] >= 90
+    assert rows["noise"]["memorised_pct"] < 50
 
     def artifact(root, stage, key, name):
         return root / stage / key / name

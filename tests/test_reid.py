@@ -31,6 +31,8 @@ def test_controls_prove_the_metrics(tiny_run):
     # held-out real videos are indistinguishable from the real test videos that set τ: nominal 5 % within the interval
     assert r["holdout"]["memorised_pct_low"] <= 5 <= r["holdout"]["memorised_pct_high"]
     assert r["collapse"]["learned_videos"] <= 2  # k = 2 in the tiny spec
+    # a collapse sample is a training video from another frame: against every training frame it reaches the ceiling
+    assert r["collapse"]["memorised_pct"] >= 90
     # new patients are no more memorised than real held-out ones (30 samples: the interval, not single samples)
     assert r["phantom-fresh"]["memorised_pct_low"] <= 5
     assert r["phantom-fresh"]["recall"] >= 0.5 * reid["reference_recall"]

@@ -8,6 +8,7 @@ import cv2
 import numpy as np
 import pandas as pd
 import pytest
+import torch
 
 from harness.cache import ArtifactCache
 from harness.data import ClipSpec, VideoSet
@@ -163,3 +164,66 @@ def test_a_copy_is_memorised_even_when_tau_sits_at_the_ceiling():
     assert is_memorised(samples, tau, ceiling).tolist() == [True] * 5 + [False] * 5
     estimate = memorised_estimate(samples, calibration, 95, Bootstrap(500, 95, 0), ceiling)
     assert estimate.value == 50.0
+
+
+def _reference(train_frames, test_first):
+    from harness.evaluation import Reference
+
+    dim = train_frames.shape[-1]
+    return Reference(train_first=train_frames[:, 0], train_ids=[f"v{i}" for i in range(len(train_frames))],
+                     test_first=test_first, test_frames=test_first[:, None].repeat(1, 2, 1),
+                     weight=-torch.ones(dim) / dim, bias=0.0, train_frames=train_frames)
+
+
+def test_a_frame_from_later_in_a_training_video_reaches_the_ceiling_against_every_frame():
+    """With the training videos' every frame as the reference (`reference_frames: all`), a sample whose first frame
+    is frame 5 of a training video (a collapse or a late start) scores the ceiling against that video, and the
+    video is its nearest; against first frames only (the seed paper's), it does not."""
+    from harness.evaluation import reference_stats
+    from harness.metrics.privacy import is_memorised
+
+    gen = torch.Generator().manual_seed(0)
+    train_frames = torch.randn(20, 8, 16, generator=gen).cumsum(dim=1)  # each video drifts from frame to frame
+    test_first = torch.randn(50, 16, generator=gen) * 2
+    ref = _reference(train_frames, test_first)
+    stats = reference_stats(ref)
+    query = train_frames[torch.arange(20), 5]
+    pmax, nearest = ref.pmax(query, "pred")
+    assert nearest.tolist() == list(range(20))
+    assert is_memorised(pmax.numpy(), stats["tau"], stats["ceiling"]).all()
+    first_only = _reference(train_frames, test_first)
+    first_only.train_frames = None
+    pmax_first, nearest_first = first_only.pmax(query, "pred")
+    assert (pmax_first < stats["ceiling"] - 0.1).all()
+
+
+def test_the_ceiling_holds_at_two_threads_as_at_one(tiny_run):
+    """A collapse sample is a training video started at another frame; embedded at 2 threads while the training
+    frames were embedded at 1 (another machine, another thread count), it still reaches the ceiling against the
+    video it copies."""
+    from harness.context import RunContext
+    from harness.metrics.pairs import identity_score
+    from harness.metrics.privacy import CEILING_TOLERANCE
+    from harness_plugins.reid import Siamese
+
+    cache = tiny_run["cache"]
+    manifest = json.loads((tiny_run["out"] / "manifest.json").read_text())
+    keys = {s["stage"]: s["key"] for s in manifest["stages"] if s["stage"] in ("reid-fit", "encode-train")}
+    model = Siamese(Siamese.Config(**manifest["resolved_spec"]["reid"]["args"]))
+    model.load_state(cache / "reid-fit" / keys["reid-fit"] / "state")
+    latents = np.load(cache / "encode-train" / keys["encode-train"] / "latents.npy").astype(np.float32)
+    ctx = RunContext(device=torch.device("cpu"), seed=0, cache=ArtifactCache(cache), show_progress=False)
+    before = torch.get_num_threads()
+    try:
+        torch.set_num_threads(1)
+        frames = model.embed(latents, ctx)  # every frame of every training video, within its clip
+        torch.set_num_threads(2)
+        rolled = model.embed(np.roll(latents, -3, axis=1), ctx, frames=[0], batch_videos=5)[:, 0]
+    finally:
+        torch.set_num_threads(before)
+    weight, bias = model.head_parameters()
+    ref = _reference(frames, frames[:, 0])
+    ref.weight, ref.bias = weight, bias
+    pmax, nearest = ref.pmax(rolled, "pred")
+    assert nearest.tolist() == list(range(len(latents)))
+    assert (pmax >= identity_score("pred", bias) - CEILING_TOLERANCE).all()

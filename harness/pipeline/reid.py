@@ -90,25 +90,28 @@ def fit_reid(stages: Stages, chosen: Chosen[ReIdFilter], encoded: Encoded, priva
     """The run's re-ID model and real reference, and `seeds - 1` more models trained from other seeds."""
     latents = encoded.latents
     reid = stages.fit("reid-fit", chosen, _fit, train=latents["train"], val=latents["val"], ctx=ctx)
-    stored = {split: embed(stages, f"embed-{split}", reid, latents[split],
-                           len(latents[split].value) if split == "test" else 0, ctx)
+    stride = privacy.content.frame_stride
+    stored = {split: embed(stages, f"embed-{split}", reid, latents[split], *_frames_kept(split, latents, privacy),
+                           ctx)
               for split in ("train", "val", "test")}
     head = head_of(stages, reid, ctx.device)
     quality = measure_quality(stages, stored["test"], head, privacy.bootstrap_resamples)
     features = {split: value.value for split, value in stored.items()}
-    stride = privacy.content.frame_stride
     content = embed_content(stages, reid, encoded, stride, ctx)
-    replicates = tuple(fit_replicate(stages, chosen, encoded, stride, replace(ctx, seed=ctx.seed_for("reid-seed", k)))
+    replicates = tuple(fit_replicate(stages, chosen, encoded, privacy, replace(ctx, seed=ctx.seed_for("reid-seed", k)))
                        for k in range(1, seeds))
+    every_frame = privacy.reference_frames == "all"
     reference = Reference(
         train_first=features["train"].first, train_ids=latents["train"].value.table["video_id"].astype(str).tolist(),
         test_first=features["test"].first, test_frames=features["test"].frames, weight=head.value.weight,
         bias=head.value.bias, head=privacy.head, percentile=privacy.percentile, calibration=privacy.calibration,
         knn=privacy.knn, boot=privacy.bootstrap(ctx.seed_for("bootstrap")),
         content_train=content.train.value, content_test=content.test.value,
-        content_percentile=privacy.content.percentile, group=ctx.group)
+        content_percentile=privacy.content.percentile, group=ctx.group,
+        train_frames=features["train"].frames if every_frame else None)
     reference = replace(reference, replicates=tuple(
         replace(reference, train_first=r.train.value.first, test_first=r.test.value.first,
+                train_frames=r.train.value.frames if every_frame else None,
                 test_frames=r.test.value.frames, weight=r.head.value.weight, bias=r.head.value.bias,
                 content_train=r.content.train.value, content_test=r.content.test.value)
         for r in replicates))
@@ -124,6 +127,7 @@ def fit_reid(stages: Stages, chosen: Chosen[ReIdFilter], encoded: Encoded, priva
                     "unreliable")
     summary = {"plugin": chosen.name, "training": report, "reliable": reliable, "test": quality,
                "head": privacy.head, "calibration": privacy.calibration, "percentile": privacy.percentile,
+               "reference_frames": privacy.reference_frames, "reference_stride": privacy.content.frame_stride,
                "intervals": reference.boot.describe(),
                **{k: stats[k] for k in ("tau", "tau_low", "tau_high", "tau_test_to_train", "tau_train_to_test",
                                         "test_memorised_pct", "reference_recall", "reference_irs_inf", "ceiling",
@@ -140,16 +144,28 @@ def fit_reid(stages: Stages, chosen: Chosen[ReIdFilter], encoded: Encoded, priva
     return ReidModel(reid, head, reference, stats, summary, privacy, replicates)
 
 
-def fit_replicate(stages: Stages, chosen: Chosen[ReIdFilter], encoded: Encoded, stride: int, ctx: RunContext
-                  ) -> Replicate:
-    """One more re-ID model, trained like the first from the seed in `ctx`, with its first-frame and content
-    features."""
+def fit_replicate(stages: Stages, chosen: Chosen[ReIdFilter], encoded: Encoded, privacy: PrivacySpec,
+                  ctx: RunContext) -> Replicate:
+    """One more re-ID model, trained like the first from the seed in `ctx`, with its first-frame, training-frame
+    (`privacy.reference_frames: all`) and content features."""
     latents = encoded.latents
     reid = stages.fit("reid-fit", chosen, _fit, train=latents["train"], val=latents["val"], ctx=ctx)
+    train_videos, stride = _frames_kept("train", latents, privacy)
     return Replicate(reid, head_of(stages, reid, ctx.device),
-                     embed(stages, "embed-train", reid, latents["train"], 0, ctx),
-                     embed(stages, "embed-test", reid, latents["test"], 0, ctx),
-                     embed_content(stages, reid, encoded, stride, ctx))
+                     embed(stages, "embed-train", reid, latents["train"], train_videos, stride, ctx),
+                     embed(stages, "embed-test", reid, latents["test"], 0, 1, ctx),
+                     embed_content(stages, reid, encoded, privacy.content.frame_stride, ctx))
+
+
+def _frames_kept(split: str, latents: dict[str, Stored[LatentSet]], privacy: PrivacySpec) -> tuple[int, int]:
+    """How many videos of a split have their frames embedded as well as their first frame, and every how many
+    frames: all test videos' frames (consistency curves), every training video's every `content.frame_stride`-th
+    frame when first frames are compared with all training frames."""
+    if split == "test":
+        return len(latents[split].value), 1
+    if split == "train" and privacy.reference_frames == "all":
+        return len(latents[split].value), privacy.content.frame_stride
+    return 0, 1
 
 
 def embed_content(stages: Stages, reid: Fitted[ReIdFilter], encoded: Encoded, stride: int, ctx: RunContext
@@ -160,9 +176,11 @@ def embed_content(stages: Stages, reid: Fitted[ReIdFilter], encoded: Encoded, st
 
 
 def embed(stages: Stages, name: str, reid: Fitted[ReIdFilter], latents: Stored[LatentSet], frame_videos: int,
-          ctx: RunContext) -> Stored[Features]:
-    """Cached features: first frame of every video, all frames of the first `frame_videos` videos."""
-    artifact = stages.run(name, _embed, reid=reid, latents=latents, frame_videos=frame_videos, ctx=ctx)
+          stride: int, ctx: RunContext) -> Stored[Features]:
+    """Cached features: first frame of every video, every `stride`-th frame of the first `frame_videos` videos (each
+    within its clip)."""
+    artifact = stages.run(name, _embed, reid=reid, latents=latents, frame_videos=frame_videos, stride=stride,
+                          ctx=ctx)
     loaded = (torch.from_numpy(np.load(artifact.path / f"{part}.npy")).to(ctx.device) for part in ("first", "frames"))
     return Stored(artifact.key, Features(*loaded))
 
@@ -192,11 +210,12 @@ def _fit(reid: ReIdFilter, train: Stored[LatentSet], val: Stored[LatentSet], ctx
     reid.fit(train.value, val.value, ctx)
 
 
-def _embed(folder: Path, reid: Fitted[ReIdFilter], latents: Stored[LatentSet], frame_videos: int,
+def _embed(folder: Path, reid: Fitted[ReIdFilter], latents: Stored[LatentSet], frame_videos: int, stride: int,
            ctx: RunContext) -> None:
     model, clips = reid.get(), latents.value.latents
     first = torch.cat(ctx.group.map(lambda b: model.embed(clips[b.start:b.stop], ctx, frames=[0])[:, 0], len(clips)))
-    frames = torch.cat(ctx.group.map(lambda b: model.embed(clips[b.start:b.stop], ctx), frame_videos)) \
+    kept = list(range(0, clips.shape[1], stride))
+    frames = torch.cat(ctx.group.map(lambda b: model.embed(clips[b.start:b.stop], ctx, frames=kept), frame_videos)) \
         if frame_videos else first[:0, None]
     for name, value in (("first", first), ("frames", frames)):
         np.save(folder / f"{name}.npy", _finite(value).numpy().astype(np.float32))

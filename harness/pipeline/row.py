@@ -158,8 +158,8 @@ def run_row(stages: Stages, request: RowRequest, encoded: Encoded, reid: ReidMod
 def privacy_metrics(stages: Stages, request: RowRequest, samples: Stored[SampleSet], reid: ReidModel,
                     ctx: RunContext) -> tuple[dict[str, Any], pd.DataFrame, Path]:
     n_frames = 0 if request.privacy_only else min(len(samples.value), reid.privacy.consistency_videos)
-    features = embed(stages, "embed-samples", reid.reid, samples, n_frames, ctx)
-    replicates = [embed(stages, "embed-samples", r.reid, samples, 0, ctx) for r in reid.replicates]
+    features = embed(stages, "embed-samples", reid.reid, samples, n_frames, 1, ctx)
+    replicates = [embed(stages, "embed-samples", r.reid, samples, 0, 1, ctx) for r in reid.replicates]
     stride = reid.privacy.content.frame_stride
     content = [embed_frames(stages, "content-samples", model, samples, stride, ctx)
                for model in (reid.reid, *(r.reid for r in reid.replicates))]

@@ -59,5 +59,5 @@ def cross_quality(stages: Stages, model: TrainedVariant, other: TrainedVariant, 
                   ctx: RunContext) -> dict[str, Any]:
     """Model quality on another dataset's test split, encoded with the model's own encoder."""
     latents = encode(stages, model.encoded.encoder, other.data.videos["test"], "test", ctx)
-    features = embed(stages, "embed-test", model.reid.reid, latents, len(latents.value), ctx)
+    features = embed(stages, "embed-test", model.reid.reid, latents, len(latents.value), 1, ctx)
     return measure_quality(stages, features, model.reid.head, privacy.bootstrap_resamples)
