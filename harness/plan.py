@@ -24,6 +24,7 @@ from harness.metrics.pairs import max_scores
 
 if TYPE_CHECKING:
     from harness.plugins import Registry
+    from harness.privacy_spec import PrivacySpec
     from harness.spec import ResolvedSpec
 
 
@@ -97,18 +98,20 @@ class Probe:
             torch.cuda.synchronize(self.device)
 
 
-def scoring(work: Workload, probe: Probe, rows: int, stride: int) -> list[Estimate]:
-    """The core's all-pairs scoring: first frames of every sample and test video against the training videos,
-    and content memorisation's every `stride`-th frame against the training videos' same frames."""
+def scoring(work: Workload, probe: Probe, samples: int, privacy: PrivacySpec) -> list[Estimate]:
+    """The core's all-pairs scoring: first frames of every sample (`samples`, all rows) and test video against the
+    training videos (their first frames or every `stride`-th frame: `privacy.reference_frames`), and content
+    memorisation's every `stride`-th frame against the training videos' same frames."""
     dim, train = 128, work.videos.get("train", 0)
     ref = torch.rand(min(train, 8192) or 1, dim, device=probe.device)
     query = torch.rand(4096, dim, device=probe.device)
     weight = -torch.rand(dim, device=probe.device)
     rate = len(query) * len(ref) / probe.seconds("pred-head pairs", lambda: max_scores(query, ref, "pred", weight,
                                                                                           0.0))
-    kept = len(range(0, work.frames, stride))
-    first = (rows * work.samples + work.videos.get("test", 0)) * train
-    content = (rows * work.samples + work.videos.get("test", 0)) * kept * train * kept
+    kept = len(range(0, work.frames, privacy.content.frame_stride))
+    first = (samples + work.videos.get("test", 0)) * train * (kept if privacy.reference_frames == "all" else 1)
+    content = (samples + work.videos.get("test", 0)) * kept * train * kept
+    stride = privacy.content.frame_stride
     return [Estimate("row-metrics", f"{first:.2e} first-frame pairs, all rows", first / rate / probe.processes),
             Estimate("content scoring", f"{content:.2e} frame pairs (stride {stride}), all rows",
                      content / rate / probe.processes)]
@@ -208,11 +211,13 @@ def make_plan(resolved: ResolvedSpec, registry: Registry, device: torch.device, 
     probe = Probe(device, processes)
     parts: list[tuple[str, Estimate]] = [("real data", Estimate("dataset", ", ".join(
         f"{split} {n:,}" for split, n in videos.items()) + f" videos of {frames} frames", None, f"from {source}"))]
-    parts += [("encoder", e) for e in encoder.plan(work, probe)]
+    encoding = encoder.plan(work, probe)
+    parts += [("encoder", e) for e in encoding]
+    near_copies = 2 * len(spec.robustness.perturbations) * spec.robustness.samples if spec.robustness else 0
     if spec.reid is not None:
         reid = component("reid_filters", spec.reid.plugin, "reid").plan(work, probe)
-        parts += [("re-ID", e) for e in reid] + [("re-ID", e) for e in scoring(work, probe, len(spec.generators),
-                                                                                spec.privacy.content.frame_stride)]
+        queries = len(spec.generators) * spec.samples_per_generator + near_copies
+        parts += [("re-ID", e) for e in reid] + [("re-ID", e) for e in scoring(work, probe, queries, spec.privacy)]
         if spec.privacy.reid_seeds > 1:
             parts.append(("re-ID", Estimate("more models", f"{spec.privacy.reid_seeds - 1} more re-ID models",
                                             sum(e.seconds or 0 for e in reid) * (spec.privacy.reid_seeds - 1))))
@@ -230,6 +235,11 @@ def make_plan(resolved: ResolvedSpec, registry: Registry, device: torch.device, 
             k = len(spec.downstream.strategies)
             parts.append((row, Estimate("downstream", f"{k} strategies, each about the real training run",
                                         k * sum(e.seconds or 0 for e in task))))
+    if near_copies:
+        per_video = sum(e.seconds or 0 for e in encoding if e.stage == "encode") / max(1, sum(videos.values()))
+        parts.append(("robustness", Estimate(
+            "near-copies", f"{near_copies:,} videos ({len(spec.robustness.perturbations)} paths x 2 sides) perturbed "
+            "and encoded; their scoring is in re-ID's", near_copies * per_video, "codec time not measured")))
     cached, run = cached_stages(resolved.spec_hash, runs, cache_root)
     return render(parts, cached, _device_name(device), processes, run, probe.timings)
 

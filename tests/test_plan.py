@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from tests.conftest import TINY, run_cli
+from tests.conftest import TINY, run_cli, tiny_spec
 
 
 def test_plan_lists_every_stage_and_marks_what_the_last_run_cached(tiny_run, tmp_path):
@@ -49,3 +49,12 @@ def test_echonet_sizes_come_from_its_filelist_or_the_published_counts(tmp_path, 
     (tmp_path / "FileList.csv").write_text("\n".join(rows) + "\n")
     counts, *_ = EchoNetDynamic(EchoNetDynamic.Config(root=tmp_path)).planned_size()
     assert counts == {"train": 3, "val": 1, "test": 1}
+
+
+def test_plan_counts_the_near_copy_rows(tmp_path):
+    """The spec's robustness section adds its near-copies (paths x 2 sides x samples) to the plan."""
+    spec = tiny_spec(tmp_path, robustness={"samples": 7, "perturbations": ["mjpeg:95", "shift:2"]})
+    done = run_cli("--cache", str(tmp_path / "empty"), "plan", str(spec), "--runs", str(tmp_path))
+    assert done.returncode == 0, done.stderr
+    line = next(line for line in done.stdout.splitlines() if line.startswith("robustness"))
+    assert "28 videos (2 paths x 2 sides)" in line
