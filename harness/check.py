@@ -23,7 +23,8 @@ from harness.spec import ResolvedSpec, benchmark_hash
 #: what every run records about the machine and code that made it (harness.environment)
 ENVIRONMENT = ("harness_version", "git_revision", "packages", "device", "seed")
 #: row fields that are percentages, and fractions
-PERCENT = ("memorised_pct", "memorised_pct_train_to_test", "content_memorised_pct", "motion_memorised_pct")
+PERCENT = ("memorised_pct", "memorised_pct_train_to_test", "content_memorised_pct", "motion_memorised_pct",
+           "source_found_pct")
 FRACTION = ("recall", "recall_after_filter", "reference_recall", "irs_inf", "precision", "knn_recall", "coverage")
 NON_NEGATIVE = ("fd", "ef_mae", "adherence_mae", "sample_seconds_per_video", "fit_seconds", "peak_rss_mb",
                 "cuda_peak_mb")
@@ -66,7 +67,7 @@ def _check_contents(run: Path, results: dict[str, Any], manifest: dict[str, Any]
     head = (results.get("reid") or {}).get("head", "pred")
     for raw in results.get("rows", []):
         problems += _check_row(run, raw, expected, train_videos, head)
-    return problems
+    return problems + _check_robustness(run, results.get("robustness"), head)
 
 
 def unchecked_runs(paths: list[Path]) -> list[str]:
@@ -131,6 +132,33 @@ def _check_row(run: Path, raw: dict[str, Any], expected: dict[str, Any], train_v
     if len(table) != row["n_samples"]:
         problems.append(f"{table_path}: {len(table)} samples, but results.json says n_samples {row['n_samples']}.")
     return problems + _check_against_samples(where, row, table, train_videos, head)
+
+
+def _check_robustness(run: Path, section: dict[str, Any] | None, head: str) -> list[str]:
+    """The Robustness table's lines against their per-sample tables (`samples/robustness/`): sample counts, ranges,
+    memorised percentages and how often a near-copy's nearest training video is its source."""
+    problems: list[str] = []
+    for line in (section or {}).get("rows", []):
+        name = line.get("row", "?")
+        where = f"{run / 'results.json'}: robustness line '{name}'"
+        problems += _check_ranges(where, line)
+        if line.get("error"):
+            continue
+        path = run / "samples" / "robustness" / f"{name}.csv"
+        if not path.is_file():
+            problems.append(f"{path}: missing; the per-sample table of robustness line '{name}' is required.")
+            continue
+        table = pd.read_csv(path)
+        if len(table) != section.get("samples"):
+            problems.append(f"{path}: {len(table)} samples, but the robustness section asks for "
+                            f"{section.get('samples')}.")
+        problems += _check_against_samples(where, line, table, None, head)
+        found, nearest = line.get("source_found_pct"), "nearest_pred"  # as the table says: the pred head's
+        if found is not None and {nearest, "source_ids"} <= set(table.columns):
+            value = 100.0 * float((table[nearest].astype(str) == table["source_ids"].astype(str)).mean())
+            if abs(found - value) > TOLERANCE * 100:
+                problems.append(f"{where}: source_found_pct is {found}, but its per-sample table gives {value:.6g}.")
+    return problems
 
 
 def _check_ranges(where: str, row: dict[str, Any]) -> list[str]:
