@@ -59,14 +59,15 @@ from harness_plugins.reid_views import perturbed_partners, shared_views
 PRESETS = {
     # the seed paper's latent-space model (UltrasoundPrivacy config_*.json, "Final")
     "paper-latent": dict(backbone="resnet50", lr=5e-4, batch_size=1024, patience=150, max_epochs=1000,
-                         hard_negatives=0.0, normalise="clip", perturbed=0.0),
+                         hard_negatives=0.0, normalise="clip", perturbed=0.0, objective="pairs"),
     # the seed paper's image-space model (config_*_is.json)
     "paper-image": dict(backbone="resnet50", lr=1e-4, batch_size=128, patience=50, max_epochs=1000,
-                        hard_negatives=0.0, normalise="clip", perturbed=0.0),
+                        hard_negatives=0.0, normalise="clip", perturbed=0.0, objective="pairs"),
     # minutes on a 2-core CPU for phantom-sized cohorts; a higher lr because few steps fit in that time (at 5e-4
-    # the head barely leaves its random init in 200 steps and exact copies are not their own nearest video)
-    "cpu": dict(backbone="resnet18", lr=2e-3, batch_size=64, patience=20, max_epochs=100, hard_negatives=1.0,
-                normalise="clip", perturbed=0.0),
+    # the head barely leaves its random init in 200 steps and exact copies are not their own nearest video); every
+    # pair of a batch scored, half the partners perturbed copies: near-copies are flagged (see the module's doc)
+    "cpu": dict(backbone="resnet18", lr=2e-3, batch_size=64, patience=30, max_epochs=150, hard_negatives=1.0,
+                normalise="clip", perturbed=0.5, objective="batch"),
 }
 
 #: EchoNet-Synthetic's re-ID checkpoints name the backbone `model` and the head `fc_end` (outside-formats.md §3).
@@ -110,9 +111,12 @@ class SiameseNetwork(nn.Module):
     def embed(self, frames: torch.Tensor) -> torch.Tensor:
         return torch.sigmoid(self.backbone(frames))
 
-    def forward(self, a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    def forward(self, a: torch.Tensor, b: torch.Tensor, every_pair: bool = False) -> torch.Tensor:
+        """The logit of each pair `(a[i], b[i])`, or with `every_pair` of every `(a[i], b[j])` as `[len(a), len(b)]`."""
         f = self.embed(torch.cat([a, b]))  # one batch, so batch-norm statistics see both sides
         fa, fb = f[: len(a)], f[len(a):]
+        if every_pair:
+            return (fa[:, None] - fb[None]).abs().matmul(self.head.weight[0]) + self.head.bias
         return self.head((fa - fb).abs()).squeeze(1)
 
 
@@ -147,6 +151,11 @@ class Siamese(ReIdFilter):
                                           "noise, the encoder's round trip), positives and negatives alike; 0: the "
                                           "paper's frame pairs; preset's if unset")
         views: PositiveInt = Field(2, description="perturbed copies made of every training video")
+        objective: Literal["pairs", "batch"] | None = Field(
+            None, description="pairs: one pair per training video per epoch, BCE (the seed code's); batch: batches of "
+                              "videos, each video's frame scored against a partner frame of every video of the batch "
+                              "(InfoNCE both ways plus BCE balanced between positives and negatives); preset's if "
+                              "unset")
 
     def __init__(self, config=None):
         super().__init__(config)
@@ -197,16 +206,15 @@ class Siamese(ReIdFilter):
         for epoch in bar:
             net.train()
             started = time.perf_counter()
-            pairs = sample_pairs(len(x_train), x_train.shape[1], rng)
-            if cfg.setting("hard_negatives") > 0:
-                pairs = _hard_negatives(net, x_train, pairs, cfg.setting("hard_negatives"), cfg.hard_pool, rng,
-                                        ctx.device)
+            every_pair = cfg.setting("objective") == "batch"
+            pairs = self._epoch_pairs(net, x_train, every_pair, rng, ctx)
             if perturbed > 0:
                 pairs = perturbed_partners(pairs, len(x_train), cfg.views, perturbed, rng)
             for batch in np.array_split(pairs, max(1, -(-len(pairs) // cfg.setting("batch_size")))):
                 part, weight = ctx.group.batch_part(len(batch))  # this process's pairs of the batch
-                logits = _pair_logits(trained, x_pairs, batch[part], ctx.device)
-                loss = loss_fn(logits, torch.as_tensor(batch[part, 4], dtype=torch.float32, device=ctx.device))
+                logits = _pair_logits(trained, x_pairs, batch[part], ctx.device, every_pair)
+                loss = in_batch_loss(logits) if every_pair else loss_fn(
+                    logits, torch.as_tensor(batch[part, 4], dtype=torch.float32, device=ctx.device))
                 loss = loss * weight
                 opt.zero_grad(set_to_none=True)
                 loss.backward()
@@ -231,7 +239,21 @@ class Siamese(ReIdFilter):
                        "val_loss": round(progress["best_loss"], 5), "val_auc": round(progress["best_auc"], 5),
                        "epoch_seconds": round(float(np.median(progress["epoch_seconds"])), 5),
                        "train_pairs_per_epoch": len(x_train), "backbone": cfg.setting("backbone"),
-                       "normalise": cfg.setting("normalise"), "perturbed": perturbed}
+                       "normalise": cfg.setting("normalise"), "perturbed": perturbed,
+                       "objective": cfg.setting("objective")}
+
+    def _epoch_pairs(self, net: SiameseNetwork, x: torch.Tensor, every_pair: bool, rng: np.random.Generator,
+                     ctx: RunContext) -> np.ndarray:
+        """An epoch's pairs: for the `batch` objective every video once, in random order, with another of its frames
+        (the other videos of its batch are its negatives); for `pairs`, one pair per video, half negative, hard
+        negatives redrawn among the nearest videos."""
+        if every_pair:
+            return positive_pairs(len(x), x.shape[1], rng)
+        pairs = sample_pairs(len(x), x.shape[1], rng)
+        if self.config.setting("hard_negatives") > 0:
+            pairs = _hard_negatives(net, x, pairs, self.config.setting("hard_negatives"), self.config.hard_pool, rng,
+                                    ctx.device)
+        return pairs
 
     @torch.no_grad()
     def _validate(self, net: SiameseNetwork, x: torch.Tensor, pairs: np.ndarray, ctx: RunContext):
@@ -311,11 +333,34 @@ class Siamese(ReIdFilter):
         self.net, self.report = net.eval(), meta["report"]
 
 
-def _pair_logits(net: SiameseNetwork, x: torch.Tensor, pairs: np.ndarray, device: torch.device) -> torch.Tensor:
+def _pair_logits(net: SiameseNetwork, x: torch.Tensor, pairs: np.ndarray, device: torch.device,
+                 every_pair: bool = False) -> torch.Tensor:
     a = x[pairs[:, 0], pairs[:, 1]].to(device, non_blocking=True)
     b = x[pairs[:, 2], pairs[:, 3]].to(device, non_blocking=True)
     with mixed_precision(device):
-        return net(a, b).float()
+        return net(a, b, every_pair).float()
+
+
+def positive_pairs(n_videos: int, n_frames: int, rng: np.random.Generator) -> np.ndarray:
+    """Every video once, in random order, with two different frames: rows `[video, frame_a, video, frame_b, 1]`."""
+    videos = rng.permutation(n_videos)
+    first = rng.integers(0, n_frames, n_videos)
+    second = (first + rng.integers(1, n_frames, n_videos)) % n_frames
+    return np.stack([videos, first, videos, second, np.ones(n_videos, dtype=np.int64)], axis=1)
+
+
+def in_batch_loss(logits: torch.Tensor) -> torch.Tensor:
+    """Loss of `[B, B]` logits of every anchor against every partner, the diagonal being the same video: InfoNCE
+    both ways (an anchor must rank its own video's partner above the batch's other videos, as P_max ranks the
+    training videos) plus BCE balanced between the B positives and the B² - B negatives (a score must also clear
+    one absolute bar: τ is one threshold for every query)."""
+    n = len(logits)
+    target = torch.arange(n, device=logits.device)
+    ranking = 0.5 * (nn.functional.cross_entropy(logits, target) + nn.functional.cross_entropy(logits.T, target))
+    same = torch.eye(n, device=logits.device)
+    weight = same * max(n - 1, 1) + (1 - same)
+    bar = nn.functional.binary_cross_entropy_with_logits(logits, same, weight=weight, reduction="sum") / weight.sum()
+    return ranking + bar
 
 
 def _hard_negatives(net: SiameseNetwork, x: torch.Tensor, pairs: np.ndarray, share: float, pool: int,
