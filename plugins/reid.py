@@ -1,15 +1,17 @@
 """Built-in `siamese` re-identification filter (Packhaeuser et al.; the seed paper's privacy model).
 
 A torchvision ResNet whose first convolution takes the encoder's channels maps a frame to 128 sigmoid features;
-the head `Linear(128 -> 1)` on `|f_a - f_b|` gives the logit that two frames come from the same video. It trains
-with BCE-with-logits on one pair per training video per epoch, half positive (two different frames of one video)
-and half negative (frames of two videos), with Adam and early stopping on the validation loss.
+the head `Linear(128 -> 1)` on `|f_a - f_b|` gives the logit that two frames come from the same video. The seed
+code trains it (`objective: pairs`, the paper presets) with BCE-with-logits on one pair per training video per
+epoch, half positive (two different frames of one video) and half negative (frames of two videos), with Adam and
+early stopping on the validation loss.
 
-Negatives may be hard (`hard_negatives`): drawn among the videos the model being trained finds nearest. Random
-negatives soon become easy, and a model that never meets a near neighbour ranks a frame of one patient no higher
-than the nearest of thousands of other patients' frames; content memorisation compares every frame with every
-training frame and needs that resolution. On the phantom default, random negatives left a training patient's
-frames shown with new motion (`content-copy`) 23 % content-memorised; hard negatives, 96-100 % (holdout 4-5 %).
+With the pairs objective, negatives may be hard (`hard_negatives`): drawn among the videos the model being trained
+finds nearest. Random negatives soon become easy, and a model that never meets a near neighbour ranks a frame of one
+patient no higher than the nearest of thousands of other patients' frames; content memorisation compares every frame
+with every training frame and needs that resolution. On the phantom default, random negatives left a training
+patient's frames shown with new motion (`content-copy`) 23 % content-memorised; hard negatives, 96-100 % (holdout
+4-5 %).
 
 A memorising generator's samples reach the harness decoded, compressed, resampled or re-scaled, never as exact
 latents. The seed code normalises a clip by its min and max over all frames (`normalise: clip`, the default), so a
@@ -20,8 +22,18 @@ brightness, which it cancels, is also what tells one patient from another: a tra
 motion (`content-copy`) fell from 99 to 62 % content-memorised, and frames of a training video at another phase
 (`collapse`) from 95 to 27 % first-frame memorised, so it is not the default. `perturbed` trains a share of the
 pairs on perturbed copies of the videos (every perturbation of `harness_plugins.perturbations` at a random strength,
-encoded by the run's encoder); at 0.5, with frame normalisation, within the `cpu` preset's 100 epochs it did worse
-on nearly every near-copy.
+encoded by the run's encoder).
+
+The `cpu` preset trains with the `batch` objective (SSCD's lesson for copy detectors: train on the transformations
+as positives, keep many negatives): a batch of videos, each with a partner frame of its own, half of the partners
+from a perturbed copy, and every anchor scored against every partner of the batch; InfoNCE ranks a video's own
+partner first, a BCE balanced between positives and negatives keeps one absolute bar (τ is one threshold for every
+query). A batch of 64 gives 4,032 negative pairs a step where the seed code's pairs give 32. On the phantom default
+(one model each, 60 near-copies a side, first-frame memorised %), against the pairs objective with hard negatives:
+H.264 crf 23 / 28 65 / 47 -> 100 / 97 %, gain 1.1 3 -> 68 %, gamma 0.9 2 -> 98 %, the encoder's round trip 3 ->
+73 %, scale 0.95 3 -> 52 %, shift 4 3 -> 13 %, content-copy 77 -> 82 %. The same perturbed partners with the pairs
+objective did worse on nearly everything (H.264 50 / 35 %, collapse 28 %): 32 negatives a step did not teach
+invariance and identity at once.
 
 The head's weights are kept <= 0 (projected after every step; `monotone_head`), so the logit can only fall as two
 frames' features differ and an exact copy of a training video always scores highest against it. Unconstrained, as
@@ -136,7 +148,8 @@ class Siamese(ReIdFilter):
         max_epochs: PositiveInt | None = None
         hard_negatives: float | None = Field(None, ge=0, le=1, description="share of negative pairs whose second "
                                              "video is one of the `hard_pool` videos the model being trained finds "
-                                             "nearest to the first; 0: random negatives, as the paper")
+                                             "nearest to the first (objective pairs); 0: random negatives, as the "
+                                             "paper")
         hard_pool: PositiveInt = Field(3, description="how many nearest videos a hard negative is drawn from")
         weights: str | None = Field(None, description="local .safetensors or torch state dict to start from")
         monotone_head: bool = Field(True, description="keep the head's weights <= 0 while training, so the score "
