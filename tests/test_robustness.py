@@ -102,9 +102,8 @@ def _echonet_synthetic(folder, videos: VideoSet):
 def test_copies_of_training_files_score_as_the_copy_control_in_any_layout(tiny_run, tmp_path):
     """The pixel path equals the dataset path: the training videos' own AVI files in a folder score 100 / 100 / 100
     as the copy control does. Written as EchoNet-Synthetic writes its samples (32 fps drawn, RGB MJPEG, a 30 fps
-    container) they are still flagged by a re-ID model that normalises every frame on its own (the seed code's
-    whole-clip normalisation, the default, misses some: the README's Robustness table); held-out videos written the
-    same way stay near the real rate."""
+    container) they are still flagged by the default re-ID model (trained on perturbed copies); held-out videos
+    written the same way stay near the real rate."""
     train, holdout = _dataset(tiny_run, "train"), _dataset(tiny_run, "holdout")
     exact = tmp_path / "exact"
     (exact / "Videos").mkdir(parents=True)
@@ -114,7 +113,7 @@ def test_copies_of_training_files_score_as_the_copy_control_in_any_layout(tiny_r
                  ).to_csv(exact / "FileList.csv", index=False)
     _echonet_synthetic(tmp_path / "synthetic-train", train)
     _echonet_synthetic(tmp_path / "synthetic-holdout", holdout)
-    spec = tiny_spec(tmp_path, downstream=None, reid={"args": {"normalise": "frame"}}, generators=[
+    spec = tiny_spec(tmp_path, downstream=None, generators=[
         {"plugin": "video-folder", "name": name, "args": {"root": str(tmp_path / name)}}
         for name in ("exact", "synthetic-train", "synthetic-holdout")])
     out = tmp_path / "run"
