@@ -144,7 +144,8 @@ class Siamese(ReIdFilter):
         features: PositiveInt = 128
         lr: float | None = Field(None, gt=0)
         batch_size: PositiveInt | None = None
-        patience: PositiveInt | None = Field(None, description="epochs without a better validation loss")
+        patience: PositiveInt | None = Field(None, description="epochs without a better validation loss (objective "
+                                                               "pairs; batch trains all `max_epochs`)")
         max_epochs: PositiveInt | None = None
         hard_negatives: float | None = Field(None, ge=0, le=1, description="share of negative pairs whose second "
                                              "video is one of the `hard_pool` videos the model being trained finds "
@@ -237,7 +238,10 @@ class Siamese(ReIdFilter):
                         net.head.weight.clamp_(max=0.0)
             progress["epoch_seconds"].append(time.perf_counter() - started)
             val_loss, val_auc = self._validate(net, x_val, val_pairs, ctx)
-            if val_loss < progress["best_loss"]:
+            # the batch objective trains its whole schedule and keeps its last state: its partners are perturbed
+            # copies, the validation pairs are not, and their loss stopped models before they learned to see
+            # through the perturbations (phantom default: best epochs 5-87 of 150, gamma near-copies 0-100 %)
+            if val_loss < progress["best_loss"] or every_pair:
                 progress.update(best_loss=val_loss, best_epoch=epoch, best_auc=val_auc, bad_epochs=0,
                                 best_state={k: v.detach().clone() for k, v in net.state_dict().items()})
             else:
