@@ -135,7 +135,7 @@ class SiameseNetwork(nn.Module):
 class Siamese(ReIdFilter):
     """Siamese ResNet re-ID model; `paper-latent`, `paper-image` and `cpu` presets set backbone and optimiser."""
 
-    version = "2-" + stable_hash(PRESETS)[:8]  # editing a preset invalidates models trained with the old one
+    version = "3-" + stable_hash(PRESETS)[:8]  # editing a preset (or, by hand, the training) invalidates old models
 
     class Config(PresetConfig):
         presets = PRESETS
