@@ -135,7 +135,7 @@ class SiameseNetwork(nn.Module):
 class Siamese(ReIdFilter):
     """Siamese ResNet re-ID model; `paper-latent`, `paper-image` and `cpu` presets set backbone and optimiser."""
 
-    version = "3-" + stable_hash(PRESETS)[:8]  # editing a preset (or, by hand, the training) invalidates old models
+    version = "4-" + stable_hash(PRESETS)[:8]  # editing a preset (or, by hand, the training) invalidates old models
 
     class Config(PresetConfig):
         presets = PRESETS
@@ -226,9 +226,12 @@ class Siamese(ReIdFilter):
                 pairs = perturbed_partners(pairs, len(x_train), cfg.views, perturbed, rng)
             for batch in np.array_split(pairs, max(1, -(-len(pairs) // cfg.setting("batch_size")))):
                 part, weight = ctx.group.batch_part(len(batch))  # this process's pairs of the batch
-                logits = _pair_logits(trained, x_pairs, batch[part], ctx.device, every_pair)
-                loss = in_batch_loss(logits) if every_pair else loss_fn(
-                    logits, torch.as_tensor(batch[part, 4], dtype=torch.float32, device=ctx.device))
+                if every_pair:
+                    off = off_manifold(train.latents, max(1, len(batch[part]) // 4), normalise, rng)
+                    loss = in_batch_loss(_pair_logits(trained, x_pairs, batch[part], ctx.device, off))
+                else:
+                    loss = loss_fn(_pair_logits(trained, x_pairs, batch[part], ctx.device),
+                                   torch.as_tensor(batch[part, 4], dtype=torch.float32, device=ctx.device))
                 loss = loss * weight
                 opt.zero_grad(set_to_none=True)
                 loss.backward()
@@ -351,11 +354,27 @@ class Siamese(ReIdFilter):
 
 
 def _pair_logits(net: SiameseNetwork, x: torch.Tensor, pairs: np.ndarray, device: torch.device,
-                 every_pair: bool = False) -> torch.Tensor:
+                 off_manifold_partners: torch.Tensor | None = None) -> torch.Tensor:
+    """Logits of the pairs; given off-manifold partners, of every anchor against every partner and those
+    (`[len(pairs), len(pairs) + len(off_manifold_partners)]`, the batch objective)."""
     a = x[pairs[:, 0], pairs[:, 1]].to(device, non_blocking=True)
     b = x[pairs[:, 2], pairs[:, 3]].to(device, non_blocking=True)
     with mixed_precision(device):
-        return net(a, b, every_pair).float()
+        if off_manifold_partners is None:
+            return net(a, b).float()
+        return net(a, torch.cat([b, off_manifold_partners.to(device)]), every_pair=True).float()
+
+
+def off_manifold(latents: np.ndarray, count: int, normalise, rng: np.random.Generator) -> torch.Tensor:
+    """`count` frames of Gaussian latents with the training latents' per-channel mean and spread, normalised as the
+    model normalises a clip: negatives of every anchor. A model shown only real frames maps such a frame to an
+    arbitrary point, which may sit among the training frames (the `noise` control was 100 % memorised by one tiny
+    model trained over two processes)."""
+    sample = np.asarray(latents[:64], dtype=np.float32)
+    mean = sample.mean(axis=(0, 1, 3, 4))[:, None, None]
+    std = sample.std(axis=(0, 1, 3, 4))[:, None, None]
+    noise = mean + std * rng.standard_normal((count, 1, *sample.shape[2:])).astype(np.float32)
+    return normalise(torch.from_numpy(noise))[:, 0]
 
 
 def positive_pairs(n_videos: int, n_frames: int, rng: np.random.Generator) -> np.ndarray:
@@ -367,15 +386,16 @@ def positive_pairs(n_videos: int, n_frames: int, rng: np.random.Generator) -> np
 
 
 def in_batch_loss(logits: torch.Tensor) -> torch.Tensor:
-    """Loss of `[B, B]` logits of every anchor against every partner, the diagonal being the same video: InfoNCE
-    both ways (an anchor must rank its own video's partner above the batch's other videos, as P_max ranks the
-    training videos) plus BCE balanced between the B positives and the B² - B negatives (a score must also clear
-    one absolute bar: τ is one threshold for every query)."""
+    """Loss of `[B, B + k]` logits of every anchor against every partner, the diagonal being the same video and the
+    last k columns off-manifold frames: InfoNCE both ways (an anchor must rank its own video's partner above the
+    batch's other videos, as P_max ranks the training videos) plus BCE balanced between the B positives and the
+    other pairs (a score must also clear one absolute bar: τ is one threshold for every query)."""
     n = len(logits)
     target = torch.arange(n, device=logits.device)
-    ranking = 0.5 * (nn.functional.cross_entropy(logits, target) + nn.functional.cross_entropy(logits.T, target))
-    same = torch.eye(n, device=logits.device)
-    weight = same * max(n - 1, 1) + (1 - same)
+    ranking = 0.5 * (nn.functional.cross_entropy(logits, target) +
+                     nn.functional.cross_entropy(logits[:, :n].T, target))
+    same = torch.eye(n, logits.shape[1], device=logits.device)
+    weight = same * max(logits.shape[1] - 1, 1) + (1 - same)
     bar = nn.functional.binary_cross_entropy_with_logits(logits, same, weight=weight, reduction="sum") / weight.sum()
     return ranking + bar
 
