@@ -238,7 +238,7 @@ def test_the_tiny_spec_runs_as_two_processes_like_one(tiny_run, tmp_path):
         assert [line.split(",")[:3] for line in table] == [line.split(",")[:3] for line in theirs]  # id, seed, EF
     # copies of training frames reach the re-ID model's ceiling in any number of processes (1: test_reid)
     assert rows["copy"]["memorised_pct"] == 100.0 and rows["collapse"]["memorised_pct"] >= 90
-    assert rows["noise"]["memorised_pct"] < 50
+    assert rows["noise"]["memorised_pct"] <= rows["holdout"]["memorised_pct_high"]  # no more than real unseen videos
 
     def artifact(root, stage, key, name):
         return root / stage / key / name
