@@ -22,6 +22,7 @@ from harness.metrics import reconstruction
 from harness.metrics.columns import Column, interval_text
 from harness.pipeline import motion
 from harness.pipeline.row import COLUMNS as COST_COLUMNS
+from harness.privacy_notes import privacy_note
 from harness.provenance import PROVENANCE, provenance, row_provenance
 from harness.results import ResultRow
 from harness.robustness_tables import robustness_tables
@@ -185,37 +186,6 @@ def interval_note(reid: dict[str, Any], downstream: dict[str, Any] | None) -> st
     return text + "\n\n"
 
 
-def reference_frames_note(reid: dict[str, Any]) -> str:
-    """What a sample's first frame is compared with (P_max), in one sentence."""
-    if reid.get("reference_frames", "first") == "first":
-        return "P_max compares a sample's first frame with every training video's first frame (the seed paper's)."
-    stride = reid.get("reference_stride", 1)
-    frames = "every frame" if stride == 1 else f"frames 0, {stride}, {2 * stride}, …"
-    return (f"P_max compares a sample's first frame with {frames} of every training video, so a generator that "
-            "returns a training video from another point of its cycle is caught.")
-
-
-def privacy_note(results: list[dict[str, Any]]) -> str:
-    """How τ, τ_content and τ_motion were set in this run, said under the privacy table."""
-    reid = results[0].get("reid")
-    if not reid:
-        return motion_note(results[0].get("motion"))
-    text = (f"Privacy: head `{reid['head']}`, τ = {reid['percentile']:g}th percentile ({reid['calibration']}); real "
-            f"test videos above τ: {reid['test_memorised_pct']:.1f} %. {reference_frames_note(reid)}\n\n")
-    content = reid.get("content")
-    if content:
-        stride = content["frame_stride"]
-        frames = "every frame" if stride == 1 else f"frames 0, {stride}, {2 * stride}, …"
-        text += (f"Content memorised % compares {frames} of a sample, each embedded on its own, with the same frames "
-                 f"of every training video; τ_content = the {content['percentile']:g}th percentile of the real test "
-                 f"videos' best frame score ({content['tau']:.3f}, first model).\n\n")
-    text += motion_note(results[0].get("motion"))
-    if not all(r["reid"].get("reliable", True) for r in results if r.get("reid")):
-        text += ("**The re-ID model did not learn (validation AUC below the spec's minimum): privacy columns are "
-                 "unreliable.**\n\n")
-    return text
-
-
 def utility_note(downstream: dict[str, Any] | None) -> str:
     """What the EF columns were trained and tested on, said under the utility table."""
     if not downstream:
@@ -255,23 +225,6 @@ def markdown(results: list[dict[str, Any]], frame: pd.DataFrame, every: list[Col
         text += interval_note(reid, results[0].get("downstream"))
     return (text + reid_tables(results) + utility_tables(results) + figure_links(results, base)
             + provenance(results))
-
-
-def motion_note(motion: dict[str, Any] | None) -> str:
-    """What motion memorised % means, said once under the table."""
-    if not motion:
-        return ""
-    if motion.get("error"):
-        return f"Motion memorised %: not measured ({motion['error']})\n\n"
-    gap = motion["frame_gap"]
-    return ("Motion memorised % asks whether a sample moves like a training video, whatever it looks like: optical "
-            f"flow (Farnebäck) between frames i and i + {gap} of the decoded clips gives, per step, the image's mean "
-            "displacement, mean flow magnitude and mean grey-level change; each part is centred over time and "
-            "scaled to unit norm, and a sample's motion score is its best cosine with a training video's. Motion "
-            f"that many real videos share does not count: τ_motion = the {motion['percentile']:g}th percentile of "
-            f"the real test videos' best motion score ({motion['tau']:.3f}), so a real held-out video is "
-            f"motion-memorised {100 - motion['percentile']:g} % of the time; the interval resamples like "
-            "memorised %.\n\n")
 
 
 def utility_frame(results: list[dict[str, Any]]) -> tuple[str, pd.DataFrame] | None:

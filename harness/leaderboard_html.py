@@ -16,7 +16,7 @@ from typing import Any
 
 import pandas as pd
 
-from harness import leaderboard
+from harness import leaderboard, privacy_notes
 from harness.metrics.columns import Column
 from harness.provenance import REPRODUCIBILITY, records
 from harness.robustness_tables import robustness_frame
@@ -28,7 +28,7 @@ def page(results: list[dict[str, Any]], frame: pd.DataFrame, every: list[Column]
     bench = results[0]["benchmark"]
     rows = frame.to_dict("records")
     anchors = [f"row-{i}" for i in range(len(rows))]
-    notes = {"privacy": leaderboard.privacy_note(results),
+    notes = {"privacy": privacy_notes.privacy_note(results),
              "utility": leaderboard.utility_note(results[0].get("downstream"))}
     parts = [f"<h1>{_esc(bench['title'])}</h1>", _summary(results, hashes)]
     if any(r.get("control") is True for r in rows):
@@ -82,7 +82,7 @@ def _summary(results: list[dict[str, Any]], hashes: list[str]) -> str:
         items["re-identification"] = (f"<code>{_esc(reid['plugin'])}</code>, head <code>{_esc(reid['head'])}</code>, "
                                       f"τ at the {reid['percentile']:g}th percentile ({_esc(reid['calibration'])}), "
                                       f"{_esc(reid.get('models', 1))} model(s) pooled; "
-                                      f"{_esc(leaderboard.reference_frames_note(reid))}")
+                                      f"{_esc(privacy_notes.reference_frames_note(reid))}")
     motion = first.get("motion")
     if motion and not motion.get("error"):
         items["motion"] = (f"flow between frames i and i + {_esc(motion['frame_gap'])} at {_esc(motion['flow_size'])} "

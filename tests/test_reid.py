@@ -15,7 +15,8 @@ from harness.metrics.pairs import max_scores
 from harness.metrics.reid import sample_pairs
 from harness.pipeline import motion
 from harness.spec import SpecErrors, validate_spec
-from harness_plugins.reid import Siamese, SiameseNetwork, _hard_negatives, _nearest_videos, normalise_videos
+from harness_plugins.reid import Siamese, SiameseNetwork, normalise_videos
+from harness_plugins.reid_objective import hard_negatives, nearest_videos
 from tests.conftest import TINY, merged, run_cli, tiny_spec
 
 
@@ -159,13 +160,13 @@ def test_normalisation_is_per_video_over_the_whole_clip():
 def test_hard_negatives_pair_a_video_with_its_nearest_others_only():
     features = torch.rand(50, 6)
     brute = (features[:, None] - features[None]).abs().sum(-1).fill_diagonal_(float("inf")).argsort(dim=1)[:, :3]
-    assert np.array_equal(np.sort(_nearest_videos(features, 3, budget=64), axis=1), np.sort(brute.numpy(), axis=1))
+    assert np.array_equal(np.sort(nearest_videos(features, 3, budget=64), axis=1), np.sort(brute.numpy(), axis=1))
 
     torch.manual_seed(0)
     net = SiameseNetwork("resnet18", 4, 16).train()
     videos = normalise_videos(torch.randn(30, 3, 4, 14, 14))
     pairs = sample_pairs(30, 3, np.random.default_rng(0))
-    hard = _hard_negatives(net, videos, pairs, 1.0, 2, np.random.default_rng(1), torch.device("cpu"))
+    hard = hard_negatives(net, videos, pairs, 1.0, 2, np.random.default_rng(1), torch.device("cpu"))
     assert net.training and np.array_equal(hard[:, [0, 1, 3, 4]], pairs[:, [0, 1, 3, 4]])
     negative = hard[:, 4] == 0
     assert np.array_equal(hard[~negative], pairs[~negative]) and (hard[negative, 2] != hard[negative, 0]).all()
@@ -176,7 +177,7 @@ def test_hard_negatives_pair_a_video_with_its_nearest_others_only():
     l1 = (picked[:, None] - picked[None]).abs().sum(-1).fill_diagonal_(float("inf"))
     two = l1.argsort(dim=1)[:, :2].numpy()
     assert all(b in two[a] for a, b in hard[negative][:, [0, 2]])
-    assert np.array_equal(_hard_negatives(net, videos, pairs, 0.0, 2, np.random.default_rng(1), torch.device("cpu")),
+    assert np.array_equal(hard_negatives(net, videos, pairs, 0.0, 2, np.random.default_rng(1), torch.device("cpu")),
                           pairs)
 
 
