@@ -17,6 +17,7 @@ from typing import Any
 import pandas as pd
 from pydantic import ValidationError
 
+from harness.privacy_spec import RobustnessSpec
 from harness.results import RESULTS_SCHEMA_VERSION, ResultRow
 from harness.spec import ResolvedSpec, benchmark_hash
 
@@ -144,7 +145,7 @@ def _check_robustness(run: Path, section: dict[str, Any] | None, head: str) -> l
         problems += _check_ranges(where, line)
         if line.get("error"):
             continue
-        path = run / "samples" / "robustness" / f"{name}.csv"
+        path = run / "samples" / "robustness" / f"{RobustnessSpec.table_stem(name)}.csv"
         if not path.is_file():
             problems.append(f"{path}: missing; the per-sample table of robustness line '{name}' is required.")
             continue

@@ -3,6 +3,7 @@ section (near-copies that test the memorisation detection)."""
 
 from __future__ import annotations
 
+import re
 from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, PositiveFloat, PositiveInt, field_validator
@@ -102,3 +103,9 @@ class RobustnessSpec(_Strict):
                 out.append((f"{prefix}{entry}", {"perturbation": name.strip(), "strength": strength.strip(),
                                                  "source": source}))
         return out
+
+    @staticmethod
+    def table_stem(row: str) -> str:
+        """The file name (without `.csv`) of a near-copy row's per-sample table: the row's name with every run of
+        characters a file name should not hold (spaces, ':', the '/' of a frame-rate pair) as one '-'."""
+        return re.sub(r"[^A-Za-z0-9_.-]+", "-", row)

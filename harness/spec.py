@@ -307,9 +307,34 @@ def read_yaml(path: Path) -> tuple[Any, yaml.Node | None]:
     return data, node
 
 
+def with_base(path: Path, data: dict[str, Any], seen: tuple[Path, ...] = ()) -> dict[str, Any]:
+    """A spec that names a `base` (a spec file, relative to this one) is that spec with this one's keys laid over
+    it: mappings merge key by key, anything else (a list of generators, a number) replaces the base's. A variant of
+    a benchmark then says only how it differs."""
+    if "base" not in data:
+        return data
+    base = (path.parent / str(data["base"])).resolve()
+    if base in seen or base == path.resolve():
+        raise UserError(f"{path}: `base: {data['base']}` leads back to itself; a spec's bases must end in a spec "
+                        "without one.")
+    parent, _ = read_yaml(base)
+    merged = _laid_over(with_base(base, parent, (*seen, path.resolve())), data)
+    merged.pop("base")
+    return merged
+
+
+def _laid_over(base: dict[str, Any], top: dict[str, Any]) -> dict[str, Any]:
+    out = dict(base)
+    for key, value in top.items():
+        out[key] = _laid_over(out[key], value) if isinstance(value, dict) and isinstance(out.get(key), dict) \
+            else value
+    return out
+
+
 def validate_spec(path: Path, registry: Registry, overrides: dict[str, Any] | None = None) -> ResolvedSpec:
     """Validate structure, plugin names and each plugin's args; raise SpecErrors listing every problem."""
     data, root = read_yaml(Path(path))
+    data = with_base(Path(path), data)
     if overrides:
         data = {**data, **overrides}
     file = str(path)

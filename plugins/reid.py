@@ -68,8 +68,8 @@ from harness.metrics.classification import roc_auc
 from harness.metrics.reid import sample_pairs
 from harness.plan import Estimate, Probe, Workload
 from harness.weights import load_state_dict
-from harness_plugins.reid_objective import hard_negatives, in_batch_loss, off_manifold, positive_pairs
-from harness_plugins.reid_views import perturbed_partners, shared_views
+from harness_plugins.reid_objective import hard_negatives, in_batch_loss, latent_moments, off_manifold, positive_pairs
+from harness_plugins.reid_views import frames_of, perturbed_partners, shared_views
 
 PRESETS = {
     # the seed paper's latent-space model (UltrasoundPrivacy config_*.json, "Final")
@@ -138,7 +138,7 @@ class SiameseNetwork(nn.Module):
 class Siamese(ReIdFilter):
     """Siamese ResNet re-ID model; `paper-latent`, `paper-image` and `cpu` presets set backbone and optimiser."""
 
-    version = "4-" + stable_hash(PRESETS)[:8]  # editing a preset (or, by hand, the training) invalidates old models
+    version = "5-" + stable_hash(PRESETS)[:8]  # editing a preset (or, by hand, the training) invalidates old models
 
     class Config(PresetConfig):
         presets = PRESETS
@@ -167,7 +167,10 @@ class Siamese(ReIdFilter):
                                           "of its video (codec, frame rate, start, shift, scale, crop, gain, gamma, "
                                           "noise, the encoder's round trip), positives and negatives alike; 0: the "
                                           "paper's frame pairs; preset's if unset")
-        views: PositiveInt = Field(2, description="perturbed copies made of every training video")
+        views: PositiveInt = Field(8, description="perturbed copies made of every training video")
+        view_frames: PositiveInt = Field(4, description="frames of every perturbed copy encoded (drawn at random): "
+                                                        "more copies of fewer frames show more perturbations for "
+                                                        "the same cost")
         objective: Literal["pairs", "batch"] | None = Field(
             None, description="pairs: one pair per training video per epoch, BCE (the seed code's); batch: batches of "
                               "videos, each video's frame scored against a partner frame of every video of the batch "
@@ -203,9 +206,10 @@ class Siamese(ReIdFilter):
         x_train = normalise(torch.from_numpy(np.asarray(train.latents, dtype=np.float32)))
         x_val = normalise(torch.from_numpy(np.asarray(val.latents, dtype=np.float32)))
         perturbed = cfg.setting("perturbed")
-        x_pairs = x_train  # every frame a training pair may take: the videos, then their perturbed copies
+        moments = latent_moments(train.latents)
+        x_views = None  # the perturbed copies a pair's second frame may come from (`frames_of`)
         if perturbed > 0:
-            x_pairs = torch.cat([x_train, normalise(torch.from_numpy(shared_views(train, cfg.views, ctx)))])
+            x_views = normalise(torch.from_numpy(shared_views(train, cfg.views, cfg.view_frames, ctx)))
         net = self._build(x_train.shape[2]).to(ctx.device)
         opt = torch.optim.Adam(net.parameters(), lr=cfg.setting("lr"))
         loss_fn = nn.BCEWithLogitsLoss()
@@ -226,14 +230,14 @@ class Siamese(ReIdFilter):
             every_pair = cfg.setting("objective") == "batch"
             pairs = self._epoch_pairs(net, x_train, every_pair, rng, ctx)
             if perturbed > 0:
-                pairs = perturbed_partners(pairs, len(x_train), cfg.views, perturbed, rng)
+                pairs = perturbed_partners(pairs, len(x_train), cfg.views, cfg.view_frames, perturbed, rng)
             for batch in np.array_split(pairs, max(1, -(-len(pairs) // cfg.setting("batch_size")))):
                 part, weight = ctx.group.batch_part(len(batch))  # this process's pairs of the batch
                 if every_pair:
-                    off = off_manifold(train.latents, max(1, len(batch[part]) // 4), normalise, rng)
-                    loss = in_batch_loss(_pair_logits(trained, x_pairs, batch[part], ctx.device, off))
+                    off = off_manifold(moments, x_train.shape[2:], max(1, len(batch[part]) // 4), normalise, rng)
+                    loss = in_batch_loss(_pair_logits(trained, x_train, x_views, batch[part], ctx.device, off))
                 else:
-                    loss = loss_fn(_pair_logits(trained, x_pairs, batch[part], ctx.device),
+                    loss = loss_fn(_pair_logits(trained, x_train, x_views, batch[part], ctx.device),
                                    torch.as_tensor(batch[part, 4], dtype=torch.float32, device=ctx.device))
                 loss = loss * weight
                 opt.zero_grad(set_to_none=True)
@@ -281,7 +285,7 @@ class Siamese(ReIdFilter):
     @torch.no_grad()
     def _validate(self, net: SiameseNetwork, x: torch.Tensor, pairs: np.ndarray, ctx: RunContext):
         net.eval()
-        logits = torch.cat([_pair_logits(net, x, chunk, ctx.device).float().cpu()
+        logits = torch.cat([_pair_logits(net, x, None, chunk, ctx.device).float().cpu()
                             for chunk in np.array_split(pairs, max(1, len(pairs) // 256))])
         labels = torch.as_tensor(pairs[:, 4], dtype=torch.float32)
         loss = float(nn.functional.binary_cross_entropy_with_logits(logits, labels))
@@ -356,12 +360,13 @@ class Siamese(ReIdFilter):
         self.net, self.report = net.eval(), meta["report"]
 
 
-def _pair_logits(net: SiameseNetwork, x: torch.Tensor, pairs: np.ndarray, device: torch.device,
-                 off_manifold_partners: torch.Tensor | None = None) -> torch.Tensor:
-    """Logits of the pairs; given off-manifold partners, of every anchor against every partner and those
-    (`[len(pairs), len(pairs) + len(off_manifold_partners)]`, the batch objective)."""
+def _pair_logits(net: SiameseNetwork, x: torch.Tensor, views: torch.Tensor | None, pairs: np.ndarray,
+                 device: torch.device, off_manifold_partners: torch.Tensor | None = None) -> torch.Tensor:
+    """Logits of the pairs (second frames from the videos `x` or their perturbed copies `views`); given
+    off-manifold partners, of every anchor against every partner and those (`[len(pairs), len(pairs) +
+    len(off_manifold_partners)]`, the batch objective)."""
     a = x[pairs[:, 0], pairs[:, 1]].to(device, non_blocking=True)
-    b = x[pairs[:, 2], pairs[:, 3]].to(device, non_blocking=True)
+    b = frames_of(x, views, pairs[:, 2], pairs[:, 3]).to(device, non_blocking=True)
     with mixed_precision(device):
         if off_manifold_partners is None:
             return net(a, b).float()

@@ -11,15 +11,20 @@ from torch import nn
 from harness.context import mixed_precision
 
 
-def off_manifold(latents: np.ndarray, count: int, normalise, rng: np.random.Generator) -> torch.Tensor:
-    """`count` frames of Gaussian latents with the training latents' per-channel mean and spread, normalised as the
-    model normalises a clip: negatives of every anchor. A model shown only real frames maps such a frame to an
-    arbitrary point, which may sit among the training frames (the `noise` control was 100 % memorised by one tiny
-    model trained over two processes)."""
-    sample = np.asarray(latents[:64], dtype=np.float32)
-    mean = sample.mean(axis=(0, 1, 3, 4))[:, None, None]
-    std = sample.std(axis=(0, 1, 3, 4))[:, None, None]
-    noise = mean + std * rng.standard_normal((count, 1, *sample.shape[2:])).astype(np.float32)
+def latent_moments(latents: np.ndarray, videos: int = 64) -> tuple[np.ndarray, np.ndarray]:
+    """Per-channel mean and spread `[C, 1, 1]` of the first `videos` training latents, for `off_manifold`."""
+    sample = np.asarray(latents[:videos], dtype=np.float32)
+    return sample.mean(axis=(0, 1, 3, 4))[:, None, None], sample.std(axis=(0, 1, 3, 4))[:, None, None]
+
+
+def off_manifold(moments: tuple[np.ndarray, np.ndarray], shape: tuple[int, ...], count: int, normalise,
+                 rng: np.random.Generator) -> torch.Tensor:
+    """`count` frames of shape `(C, h, w)` of Gaussian latents with the training latents' per-channel `moments`,
+    normalised as the model normalises a clip: negatives of every anchor. A model shown only real frames maps such a
+    frame to an arbitrary point, which may sit among the training frames (the `noise` control was 100 % memorised
+    by one tiny model trained over two processes)."""
+    mean, std = moments
+    noise = mean + std * rng.standard_normal((count, 1, *shape)).astype(np.float32)
     return normalise(torch.from_numpy(noise))[:, 0]
 
 

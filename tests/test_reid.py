@@ -17,6 +17,7 @@ from harness.pipeline import motion
 from harness.spec import SpecErrors, validate_spec
 from harness_plugins.reid import Siamese, SiameseNetwork, normalise_videos
 from harness_plugins.reid_objective import hard_negatives, nearest_videos
+from harness_plugins.reid_views import frames_of, perturbed_partners
 from tests.conftest import TINY, merged, run_cli, tiny_spec
 
 
@@ -179,6 +180,21 @@ def test_hard_negatives_pair_a_video_with_its_nearest_others_only():
     assert all(b in two[a] for a, b in hard[negative][:, [0, 2]])
     assert np.array_equal(hard_negatives(net, videos, pairs, 0.0, 2, np.random.default_rng(1), torch.device("cpu")),
                           pairs)
+
+
+def test_perturbed_partners_come_from_a_copy_of_their_own_video():
+    """A partner moved to a perturbed copy stays with its video (copy k of video i at i * views + k) and takes a
+    frame the copy has; `frames_of` then reads it there, and every other frame from the videos."""
+    videos, frames, views, view_frames = 6, 10, 3, 2
+    x = torch.arange(videos * frames, dtype=torch.float32).view(videos, frames, 1, 1, 1)
+    copies = 1000 + torch.arange(videos * views * view_frames, dtype=torch.float32).view(-1, view_frames, 1, 1, 1)
+    pairs = sample_pairs(videos, frames, np.random.default_rng(0))
+    moved = perturbed_partners(pairs, videos, views, view_frames, 1.0, np.random.default_rng(1))
+    assert ((moved[:, 2] - videos) // views == pairs[:, 2]).all() and (moved[:, 3] < view_frames).all()
+    read = frames_of(x, copies, moved[:, 2], moved[:, 3]).flatten()
+    assert torch.equal(read, copies[moved[:, 2] - videos, moved[:, 3]].flatten())
+    kept = perturbed_partners(pairs, videos, views, view_frames, 0.0, np.random.default_rng(1))
+    assert torch.equal(frames_of(x, copies, kept[:, 2], kept[:, 3]).flatten(), x[pairs[:, 2], pairs[:, 3]].flatten())
 
 
 def test_nan_or_empty_features_are_a_clear_error():

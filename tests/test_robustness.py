@@ -2,6 +2,7 @@
 perturbations, the spec's `robustness` section, a folder of bit-exact copies and EchoNet-Synthetic's own layout."""
 
 import json
+import re
 import shutil
 
 import cv2
@@ -12,6 +13,7 @@ import torch
 
 from harness.cache import ArtifactCache
 from harness.data import ClipSpec, VideoSet
+from harness.privacy_spec import RobustnessSpec
 from harness.videoio import read_avi
 from harness_plugins.echonet import resample_clip
 from harness_plugins.perturbations import PERTURBATIONS, Video, as_clip, perturb
@@ -141,7 +143,7 @@ def test_the_robustness_section_fills_its_table_and_figure(tiny_run, tmp_path):
     assert all(r["error"] is None and r["memorised_pct"] is not None for r in lines)
     assert lines[0]["source_found_pct"] >= 75  # an MJPEG copy of a training video finds its source
     assert (out / "figures" / "robustness.png").is_file()
-    assert (out / "samples" / "robustness" / "mjpeg:95.csv").is_file()
+    assert (out / "samples" / "robustness" / "mjpeg-95.csv").is_file()
     text = (out / "leaderboard.md").read_text()
     assert text.index("### Privacy") < text.index("### Robustness") < text.index("### Coverage")
     checked = run_cli("check", str(out), "--spec", str(spec))
@@ -153,6 +155,16 @@ def test_the_robustness_section_fills_its_table_and_figure(tiny_run, tmp_path):
     plain = run_cli("validate", str(tiny_spec(tmp_path, name="plain.yaml", downstream=None,
                                               generators=[{"plugin": "copy"}])))
     assert f"benchmark hash {results['benchmark']['benchmark_hash']}" in plain.stdout  # near-copy rows: not in it
+
+
+def test_every_near_copy_row_has_its_own_plain_file_name():
+    """A row's per-sample table is one plain file: no folder made by the '/' of a frame-rate pair, no ':'."""
+    spec = RobustnessSpec(perturbations=[f"{name}:{strength}" for name, p in PERTURBATIONS.items()
+                                         for strength in p.strengths])
+    stems = [RobustnessSpec.table_stem(row) for row, _ in spec.entries()]
+    assert len(set(stems)) == len(stems)
+    assert all(re.fullmatch(r"[A-Za-z0-9_.-]+", stem) for stem in stems)
+    assert RobustnessSpec.table_stem("holdout fps:32/30") == "holdout-fps-32-30"
 
 
 def test_a_copy_is_memorised_even_when_tau_sits_at_the_ceiling():

@@ -81,7 +81,7 @@ def test_cli_validate_prints_every_error_and_exits_2(tmp_path):
     assert ok.returncode == 0 and "benchmark hash" in ok.stdout
 
 
-@pytest.mark.parametrize("spec", ["tiny.yaml", "phantom.yaml"])
+@pytest.mark.parametrize("spec", ["tiny.yaml", "phantom.yaml", "phantom-paper.yaml"])
 def test_shipped_specs_are_valid(spec, registry):
     validate_spec(TINY.parent / spec, registry)
 
@@ -90,3 +90,23 @@ def test_generators_and_a_reid_study_do_not_mix(tmp_path, registry):
     spec = tiny_spec(tmp_path, reid_study={"variants": [{"name": "a"}]})
     with pytest.raises(SpecErrors, match="either `generators` or a `reid_study`"):
         validate_spec(spec, registry)
+
+
+def test_a_spec_with_a_base_says_only_how_it_differs(tmp_path, registry):
+    """Mappings merge key by key, lists and values replace the base's; the variant is its own benchmark."""
+    write(tmp_path, BASE)
+    variant = tmp_path / "variant.yaml"
+    variant.write_text("base: spec.yaml\nname: v\ndataset: {args: {n_val: 3}}\ngenerators: [{plugin: noise}]\n")
+    base, resolved = validate_spec(tmp_path / "spec.yaml", registry), validate_spec(variant, registry)
+    args = resolved.resolved()["dataset"]["args"]
+    assert (args["n_train"], args["n_val"], resolved.spec.dataset.plugin) == (4, 3, "echo-phantom")
+    assert [g.plugin for g in resolved.spec.generators] == ["noise"]
+    assert resolved.benchmark_hash != base.benchmark_hash
+    loop = tmp_path / "loop.yaml"
+    loop.write_text("base: loop.yaml\nname: l\n")
+    with pytest.raises(UserError, match="leads back to itself"):
+        validate_spec(loop, registry)
+    missing = tmp_path / "missing.yaml"
+    missing.write_text("base: nowhere.yaml\nname: m\n")
+    with pytest.raises(UserError, match="nowhere.yaml: spec file not found"):
+        validate_spec(missing, registry)

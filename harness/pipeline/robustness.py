@@ -39,7 +39,8 @@ def run_robustness(stages: Stages, resolved: ResolvedSpec, choose, encoded: Enco
                              [], boot, privacy_only=True)
         result = run_row(stages, request, encoded, reid, motion, None, ctx)
         if result.table is not None and ctx.group.main:
-            atomic_write_text(run_dir / "samples" / "robustness" / f"{row}.csv", result.table.to_csv(index=False))
+            atomic_write_text(run_dir / "samples" / "robustness" / f"{spec.table_stem(row)}.csv",
+                              result.table.to_csv(index=False))
         lines.append(summarise(row, args, result.row, result.table))
     return {"generator": spec.generator, "samples": spec.samples, "rows": lines}
 
