@@ -19,14 +19,33 @@ ROBUSTNESS = (("memorised_pct", "memorised %"), ("content_memorised_pct", "conte
 def robustness_frame(results: list[dict[str, Any]]) -> tuple[str, pd.DataFrame] | None:
     """One line per perturbation and strength: the near-copies' memorised, content and motion memorised % (they
     should be flagged), how often the nearest training video was the source, and the same perturbation on held-out
-    videos (they should stay at the real rate); from the first run with a `robustness` section."""
-    found = next((r for r in results if r.get("robustness")), None)
-    if found is None:
+    videos (they should stay at the real rate); for every run with a `robustness` section, with a benchmark column
+    where there are several (e.g. the default next to the seed paper's privacy recipe)."""
+    runs = [r for r in results if r.get("robustness")]
+    if not runs:
         return None
-    robustness, lines = found["robustness"], {}
-    for row in robustness["rows"]:
-        entry = f"{row['perturbation']}:{row['strength']}"
-        line = lines.setdefault(entry, {"perturbation": row["perturbation"], "strength": row["strength"]})
+    lines: dict[tuple[str, str], dict[str, Any]] = {}
+    for run in runs:
+        _add_lines(lines, run, len(runs) > 1)
+    robustness = runs[0]["robustness"]
+    nominal = 100 - (runs[0].get("reid") or {}).get("percentile", 95)
+    note = (f"Each near-copy is a training video passed through one perturbation at one strength "
+            f"(`{robustness['generator']}`, {robustness['samples']} samples per line and side) on its way to the "
+            "harness, read like any video file; a memorisation detector must flag it as it flags an exact copy "
+            f"(near-copy columns ↑). The same perturbation applied to held-out videos nobody trained on must stay at "
+            f"the real rate, {nominal:g} % by construction (held-out columns, inside the holdout row's interval). "
+            "*source nearest %*: near-copies whose nearest training video (pred head) is the one they were made "
+            "from. Intervals as in the privacy table.")
+    return note, pd.DataFrame(list(lines.values())).fillna("")
+
+
+def _add_lines(lines: dict[tuple[str, str], dict[str, Any]], run: dict[str, Any], named: bool) -> None:
+    """The run's near-copy rows into `lines`, one line per benchmark, perturbation and strength."""
+    bench = run["benchmark"]["name"]
+    for row in run["robustness"]["rows"]:
+        entry = (bench, f"{row['perturbation']}:{row['strength']}")
+        line = lines.setdefault(entry, {**({"benchmark": bench} if named else {}),
+                                        "perturbation": row["perturbation"], "strength": row["strength"]})
         side = "near-copy" if row["source"] == "train" else "held-out"
         for key, header in ROBUSTNESS:
             value = row.get(key)
@@ -36,15 +55,6 @@ def robustness_frame(results: list[dict[str, Any]]) -> tuple[str, pd.DataFrame] 
             line["source nearest %"] = "" if row.get("source_found_pct") is None else round(row["source_found_pct"], 1)
         if row.get("error"):
             line["error"] = "; ".join(filter(None, (line.get("error"), f"{side}: {row['error']}")))
-    nominal = 100 - (found.get("reid") or {}).get("percentile", 95)
-    note = (f"Each near-copy is a training video passed through one perturbation at one strength "
-            f"(`{robustness['generator']}`, {robustness['samples']} samples per line and side) on its way to the "
-            "harness, read like any video file; a memorisation detector must flag it as it flags an exact copy "
-            f"(near-copy columns ↑). The same perturbation applied to held-out videos nobody trained on must stay at "
-            f"the real rate, {nominal:g} % by construction (held-out columns, inside the holdout row's interval). "
-            "*source nearest %*: near-copies whose nearest training video (pred head) is the one they were made "
-            "from. Intervals as in the privacy table.")
-    return note, pd.DataFrame(list(lines.values())).fillna("")
 
 
 def robustness_tables(results: list[dict[str, Any]]) -> str:

@@ -14,6 +14,7 @@ import torch
 from harness.cache import ArtifactCache
 from harness.data import ClipSpec, VideoSet
 from harness.privacy_spec import RobustnessSpec
+from harness.robustness_tables import robustness_frame
 from harness.videoio import read_avi
 from harness_plugins.echonet import resample_clip
 from harness_plugins.perturbations import PERTURBATIONS, Video, as_clip, perturb
@@ -244,3 +245,19 @@ def test_the_ceiling_holds_at_two_threads_as_at_one(tiny_run):
     pmax, nearest = ref.pmax(rolled, "pred")
     assert nearest.tolist() == list(range(len(latents)))
     assert (pmax >= identity_score("pred", bias) - CEILING_TOLERANCE).all()
+
+
+def test_two_runs_publish_their_robustness_lines_side_by_side():
+    """The default next to the seed paper's recipe: one line per benchmark and perturbation, named."""
+    def run(name, memorised):
+        rows = [{"row": f"{prefix}h264:28", "perturbation": "h264", "strength": "28", "source": source,
+                 "memorised_pct": value, "memorised_pct_low": value - 5, "memorised_pct_high": value + 5,
+                 "source_found_pct": 100.0 if source == "train" else None}
+                for prefix, source, value in (("", "train", memorised), ("holdout ", "holdout", 5.0))]
+        return {"benchmark": {"name": name}, "reid": {"percentile": 95},
+                "robustness": {"generator": "near-copy", "samples": 60, "rows": rows}}
+    _, alone = robustness_frame([run("phantom", 95.0)])
+    assert "benchmark" not in alone.columns and len(alone) == 1
+    _, both = robustness_frame([run("phantom", 95.0), run("phantom-paper", 40.0)])
+    assert list(both["benchmark"]) == ["phantom", "phantom-paper"]
+    assert list(both["near-copy memorised %"]) == ["95.0 [90.0, 100.0]", "40.0 [35.0, 45.0]"]
