@@ -46,10 +46,17 @@ def training_views(train: LatentSet, views: int, frames: int, rng: np.random.Gen
     names = list(PERTURBATIONS)
     table = train.table.loc[np.repeat(np.arange(len(train)), views)].reset_index(drop=True)
     parts = []
+    decoded: dict[int, np.ndarray] = {}  # the last video an `encoder` copy (or one without a file) needed, decoded
+
+    def decoded_clip(video: int) -> np.ndarray:  # a video's copies are consecutive rows: one decode serves them all
+        if video not in decoded:
+            decoded.clear()
+            one = LatentSet(np.asarray(train.latents[[video]]), train.table.iloc[[video]].reset_index(drop=True))
+            decoded[video] = np.asarray(encoder.decode(one, ctx).frames[0])
+        return decoded[video]
+
     for start in ctx.progress(range(0, len(table), chunk), desc="re-ID training views"):
         rows = range(start, min(start + chunk, len(table)))
-        sources = LatentSet(np.asarray(train.latents[[i // views for i in rows]]), table.iloc[list(rows)])
-        decoded = None
         chosen = []
         for i in rows:
             name = names[rng.integers(len(names))]
@@ -59,9 +66,7 @@ def training_views(train: LatentSet, views: int, frames: int, rng: np.random.Gen
                 fps = table["source_fps"].iloc[i] if "source_fps" in table else None
                 chosen.append(_some_frames(perturbed_clip(path, fps, name, strength, rng, clip), frames, rng))
                 continue
-            if decoded is None:
-                decoded = np.asarray(encoder.decode(sources, ctx).frames)
-            video = decoded[i - start]
+            video = decoded_clip(i // views)
             if name == "encoder":
                 for _ in range(int(strength) - 1):
                     one = VideoSet(video[None], table.iloc[[i]])
