@@ -117,8 +117,9 @@ def collect_rows(results: list[dict[str, Any]], allow_mixed: bool = False) -> tu
                                 f"follow the results schema ({where}: {first['msg']}); re-run the benchmark to "
                                 "rewrite it.") from None
             bench = result["benchmark"]["benchmark_hash"]
-            rows[(bench, one["generator"], one["generator_hash"])] = {**one, "benchmark_hash": bench,
-                                                                      **row_provenance(result)}
+            rows[(bench, one["generator"], one["generator_hash"])] = {
+                **one, "benchmark_hash": bench, "benchmark_name": result["benchmark"].get("name", ""),
+                **row_provenance(result)}
     frame = pd.DataFrame(list(rows.values()))
     return frame, hashes
 
@@ -140,7 +141,8 @@ def table(frame: pd.DataFrame, shown: list[Column], mixed: bool, inline_interval
             columns[f"{c.header} high"] = [high for _, high in bounds]
     out = pd.DataFrame(columns, index=frame.index)
     if mixed:
-        out.insert(0, "benchmark", frame["benchmark_hash"])
+        out.insert(0, "benchmark", [f"{name} ({bench})" if name else bench for name, bench in
+                                    zip(frame["benchmark_name"], frame["benchmark_hash"], strict=True)])
     if "privacy_reliable" in frame.columns:
         unreliable = frame["privacy_reliable"].eq(False).to_numpy()
         for c in present:

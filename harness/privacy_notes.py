@@ -16,7 +16,17 @@ def reference_frames_note(reid: dict[str, Any]) -> str:
 
 
 def privacy_note(results: list[dict[str, Any]]) -> str:
-    """How τ, τ_content and τ_motion were set in this run, said under the privacy table."""
+    """How τ, τ_content and τ_motion were set, said under the privacy table: once, or for each benchmark of a
+    table that shows several (e.g. the default next to the seed paper's recipe), named."""
+    benchmarks = {r["benchmark"]["benchmark_hash"]: r for r in results}
+    if len(benchmarks) == 1:
+        return _run_note(results)
+    return "".join(f"**{one['benchmark'].get('name', bench)}** ({bench}). "
+                   + _run_note([r for r in results if r["benchmark"]["benchmark_hash"] == bench])
+                   for bench, one in benchmarks.items())
+
+
+def _run_note(results: list[dict[str, Any]]) -> str:
     reid = results[0].get("reid")
     if not reid:
         return motion_note(results[0].get("motion"))

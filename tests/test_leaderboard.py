@@ -114,6 +114,13 @@ def test_mixed_benchmarks_are_refused_unless_allowed(tiny_run):
         render([tiny_run["results"], other], "md")
     mixed = render([tiny_run["results"], other], "csv", allow_mixed=True)
     assert mixed.splitlines()[0].startswith("benchmark,") and len(mixed.splitlines()) == 11
+    other["benchmark"]["name"] = "tiny-paper"  # e.g. the seed paper's recipe next to the default
+    other["reid"]["reference_frames"] = "first"
+    text = render([tiny_run["results"], other], "md", allow_mixed=True)
+    own = tiny_run["results"]["benchmark"]["benchmark_hash"]
+    assert f"| tiny-paper ({'0' * 16}) |" in text and f"| tiny ({own}) |" in text
+    notes = dict(re.findall(r"^\*\*(tiny(?:-paper)?)\*\* \(\w+\)\. Privacy: (.*)$", text, flags=re.M))
+    assert "(the seed paper's)" in notes["tiny-paper"] and "(the seed paper's)" not in notes["tiny"]
 
 
 def test_published_table_has_no_frames_or_embeddings(tiny_run):
