@@ -31,11 +31,12 @@ partner first, a BCE balanced between positives and negatives keeps one absolute
 query); a few Gaussian latents with the training latents' moments are negatives of every anchor (`off_manifold`). A
 batch of 64 gives 4,032 negative pairs a step where the seed code's pairs give 32. On the phantom default (three
 models pooled, 60 near-copies a side, first-frame memorised %, with P_max against every training frame), against
-the pairs objective with hard negatives (first frames): H.264 crf 23 / 28 61 / 43 -> 98 / 95 %, gamma 0.9 4 -> 98 %,
-noise 84 -> 100 %, the encoder's round trip 4 -> 71 %, gain 1.1 7 -> 52 %, scale 0.95 2 -> 46 %, shift 4 6 -> 11 %;
-content-copy 60 -> 91 % (perturbed held-out videos 3-9 %). The same perturbed partners with the pairs objective did
-worse on nearly everything (one model: H.264 50 / 35 %, collapse 28 %): 32 negatives a step did not teach invariance
-and identity at once.
+the pairs objective with hard negatives (first frames): H.264 crf 23 / 28 61 / 43 -> 100 / 98 %, gamma 0.9 4 -> 94 %,
+noise 84 -> 100 %, the encoder's round trip 4 -> 71 %, gain 1.1 7 -> 65 %, scale 0.95 2 -> 55 %, shift 4 6 -> 14 %,
+crop 0.9 3 -> 12 %; content-copy 60 -> 87 % (perturbed held-out videos 2-8 %). The same perturbed partners with the
+pairs objective did worse on nearly everything (one model: H.264 50 / 35 %, collapse 28 %): 32 negatives a step did
+not teach invariance and identity at once. The perturbed partners come from 8 copies of every training video, 4
+frames of each (`views`, `view_frames`, `harness_plugins.reid_views`).
 
 The head's weights are kept <= 0 (projected after every step; `monotone_head`), so the logit can only fall as two
 frames' features differ and an exact copy of a training video always scores highest against it. Unconstrained, as
