@@ -261,7 +261,8 @@ def test_generator_options_out_of_place_are_one_sentence(tmp_path, extra, messag
 
 
 def test_two_runs_on_one_cache_compute_each_stage_once(tmp_path):
-    spec = tiny_spec(tmp_path, generators=[{"plugin": "copy"}], downstream=None)
+    spec = tiny_spec(tmp_path, generators=[{"plugin": "copy"}], downstream=None,
+                     reid={"args": {"max_epochs": 10}})  # the cache is the question here, not the model
     cache = tmp_path / "cache"
     procs = [subprocess.Popen([sys.executable, "-m", "harness.cli", "--cache", str(cache), "run", str(spec),
                                "--out", str(tmp_path / name), "--no-progress"], cwd=ROOT, stdout=subprocess.DEVNULL,
