@@ -113,8 +113,8 @@ def _table(group: str, shown: list[Column], rows: list[dict[str, Any]], anchors:
         badge = ' <span class="badge">control</span>' if row.get("control") is True else ""
         cells = [f'<td data-value="{name}"><a href="#{anchor}">{name}</a>{badge}</td>']
         if mixed:
-            cells.insert(0, f'<td data-value="{_esc(row["benchmark_hash"])}"><code>{_esc(row["benchmark_hash"])}'
-                            "</code></td>")
+            bench, title = _esc(row["benchmark_hash"]), _esc(row.get("benchmark_name") or "")
+            cells.insert(0, f'<td data-value="{title} {bench}">{title} <code>{bench}</code></td>')
         unreliable = row.get("privacy_reliable") is False
         cells += [_cell(c, row, unreliable and c.needs_reid) for c in shown]
         body.append(f'<tr data-generator="{name}">' + "".join(cells) + "</tr>")

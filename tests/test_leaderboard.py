@@ -122,6 +122,8 @@ def test_mixed_benchmarks_are_refused_unless_allowed(tiny_run):
     assert re.search(rf"^\| tiny \({own}\) +\|", text, flags=re.M)
     notes = dict(re.findall(r"^\*\*(tiny(?:-paper)?)\*\* \(\w+\)\. Privacy: (.*)$", text, flags=re.M))
     assert "(the seed paper's)" in notes["tiny-paper"] and "(the seed paper's)" not in notes["tiny"]
+    page = render([tiny_run["results"], other], "html", allow_mixed=True)
+    assert f"tiny-paper <code>{'0' * 16}</code>" in page and f"tiny <code>{own}</code>" in page
 
 
 def test_published_table_has_no_frames_or_embeddings(tiny_run):
