@@ -231,7 +231,7 @@ class Siamese(ReIdFilter):
             every_pair = cfg.setting("objective") == "batch"
             pairs = self._epoch_pairs(net, x_train, every_pair, rng, ctx)
             if perturbed > 0:
-                pairs = perturbed_partners(pairs, len(x_train), cfg.views, cfg.view_frames, perturbed, rng)
+                pairs = perturbed_partners(pairs, len(x_train), cfg.views, x_views.shape[1], perturbed, rng)
             for batch in np.array_split(pairs, max(1, -(-len(pairs) // cfg.setting("batch_size")))):
                 part, weight = ctx.group.batch_part(len(batch))  # this process's pairs of the batch
                 if every_pair:

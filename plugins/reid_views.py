@@ -24,7 +24,7 @@ from harness_plugins.perturbations import PERTURBATIONS, Video, as_clip, perturb
 def shared_views(train: LatentSet, views: int, frames: int, ctx: RunContext) -> np.ndarray:
     """`training_views`, made once per training set (latents, so data and encoder) and count, in a cached folder
     that every re-ID model of the run shares: the models of `privacy.reid_seeds` differ in their initialisation and
-    pairs, not in the copies they see (making the copies costs about as much as training one model)."""
+    pairs, not in the copies they see (making the copies costs about as much as training two models)."""
     digest = hashlib.blake2b(np.ascontiguousarray(train.latents).tobytes(), digest_size=16).hexdigest()
     key = {"latents": digest, "views": views, "frames": frames, "perturbations": stable_hash(
         {name: p.strengths for name, p in PERTURBATIONS.items()})}
@@ -80,7 +80,7 @@ def training_views(train: LatentSet, views: int, frames: int, rng: np.random.Gen
 
 
 def _some_frames(video: np.ndarray, count: int, rng: np.random.Generator) -> np.ndarray:
-    """`count` distinct frames of a clip, drawn at random, in their order."""
+    """`count` distinct frames of a clip (all of a shorter clip), drawn at random, in their order."""
     return video[np.sort(rng.choice(len(video), min(count, len(video)), replace=False))]
 
 
