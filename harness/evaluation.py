@@ -28,6 +28,7 @@ from harness.metrics.privacy import (
     generative_recall,
     irs_infinity,
     is_memorised,
+    joint_levels,
     memorised_fraction,
     privacy_threshold,
 )
@@ -36,10 +37,11 @@ COLUMNS = [
     Column("memorised_pct", "memorised %", "↓", 1, needs_reid=True, interval=True, group="privacy",
            definition="samples whose first frame re-identifies a training patient: best re-ID score against any "
                       "training video (P_max; against its first frame, as the seed paper, or any of its frames) "
-                      "above τ"),
+                      "above τ, or, with the pixel copy test, a copy score above the same percentile of the real "
+                      "test videos' (the two tests calibrated together)"),
     Column("content_memorised_pct", "content memorised %", "↓", 1, needs_reid=True, interval=True, group="privacy",
            definition="samples any of whose frames matches a frame of a training video above τ_content, set on the "
-                      "real test videos like τ (Chen et al. 2024)"),
+                      "real test videos like τ (Chen et al. 2024), by the re-ID model or the pixel copy test"),
     Column("tau", "τ", "", 3, needs_reid=True, interval=True, group="privacy",
            definition="the privacy threshold: a percentile of the real test videos' P_max, so a real held-out video "
                       "is memorised at the complementary rate by construction"),
@@ -75,6 +77,36 @@ def _abs(value: float | None) -> float | None:
     return None if value is None or value != value else abs(value)
 
 
+@dataclass(frozen=True)
+class CopyScores:
+    """The real videos' pixel copy scores (`harness.metrics.copy`), the second test of the first-frame and content
+    columns: test videos against the training videos and the other way, first frames and any frame."""
+
+    first_test: np.ndarray
+    first_train: np.ndarray
+    content_test: np.ndarray
+    content_train: np.ndarray
+
+    def calibration(self, part: str, direction: str) -> np.ndarray:
+        """The scores that calibrate `part` (first or content) in the `privacy.calibration` direction."""
+        return getattr(self, f"{part}_{'test' if direction == 'test-to-train' else 'train'}")
+
+
+#: what a frame scores against itself under the copy test (normalised cross-correlation)
+COPY_IDENTITY = 1.0
+
+
+def _joint(pmax: np.ndarray, calibration: np.ndarray, ceiling: float, copy: np.ndarray | None,
+           copy_calibration: np.ndarray | None) -> tuple[np.ndarray, np.ndarray, float]:
+    """Re-ID scores and their calibration, joined with the copy test's when there is one (`joint_levels`): the
+    scores, calibration and ceiling to threshold."""
+    if copy is None or copy_calibration is None:
+        return pmax, calibration, ceiling
+    levels, reference = joint_levels([pmax, copy], [calibration, copy_calibration],
+                                     [ceiling, ceiling_level(COPY_IDENTITY, copy_calibration)])
+    return levels, reference, np.inf
+
+
 @dataclass
 class Reference:
     """Real-data features a row is compared with (first frames of train and test; all frames of test)."""
@@ -100,6 +132,8 @@ class Reference:
     content_train: torch.Tensor | None = None
     content_test: torch.Tensor | None = None
     content_percentile: float = 95.0
+    #: the real videos' pixel copy scores (`privacy.copy_test`); None: the re-ID model alone decides
+    copy: CopyScores | None = None
     #: the run's processes: all-pairs scoring splits the queries among them
     group: ProcessGroup = SINGLE
 
@@ -226,17 +260,20 @@ POOLED = {"memorised_pct": (0.0, 100.0), "memorised_pct_train_to_test": (0.0, 10
           "recall_after_filter": (0.0, 1.0), "reference_recall": (0.0, 1.0)}
 
 
-def _privacy_estimates(pmax: np.ndarray, nearest: np.ndarray, ref: Reference, calibrated: dict[str, Any]
-                       ) -> tuple[dict[str, Estimate], np.ndarray]:
-    """One re-ID model's privacy and recall numbers for a row, and which samples it finds memorised."""
+def _privacy_estimates(pmax: np.ndarray, nearest: np.ndarray, ref: Reference, calibrated: dict[str, Any],
+                       copy: np.ndarray | None = None) -> tuple[dict[str, Estimate], np.ndarray]:
+    """One re-ID model's privacy and recall numbers for a row, and which samples it finds memorised (by the model,
+    or by the copy test on the samples' first frames `copy` where the run has one)."""
     n_train, n, boot = len(ref.train_first), len(pmax), ref.boot
-    tau, calibration = _calibration(ref, calibrated)
-    ceiling = calibrated["ceiling"]
-    memorised = is_memorised(pmax, tau, ceiling)
+    copies = ref.copy if copy is not None else None
+    scores, calibration, ceiling = _joint(pmax, _calibration(ref, calibrated)[1], calibrated["ceiling"], copy,
+                                          copies and copies.calibration("first", ref.calibration))
+    reverse = _joint(pmax, calibrated["pmax_train"], calibrated["ceiling"], copy,
+                     copies and copies.first_train)
+    memorised = is_memorised(scores, privacy_threshold(calibration, ref.percentile), ceiling)
     return {
-        "memorised_pct": memorised_estimate(pmax, calibration, ref.percentile, boot, ceiling),
-        "memorised_pct_train_to_test": memorised_estimate(pmax, calibrated["pmax_train"], ref.percentile, boot,
-                                                          ceiling),
+        "memorised_pct": memorised_estimate(scores, calibration, ref.percentile, boot, ceiling),
+        "memorised_pct_train_to_test": memorised_estimate(*reverse[:2], ref.percentile, boot, reverse[2]),
         "recall": recall_estimate(nearest, n_train, boot),
         "recall_after_filter": recall_estimate(nearest[~memorised], n_train, boot, denominator=min(n_train, n)),
         # the real test videos' recall at this row's sample count, so that rows and reference compare
@@ -246,12 +283,14 @@ def _privacy_estimates(pmax: np.ndarray, nearest: np.ndarray, ref: Reference, ca
 
 def row_metrics(first: torch.Tensor, frames: torch.Tensor, ref: Reference, stats: dict[str, Any],
                 sample_ids: list[str], replicate_first: tuple[torch.Tensor, ...] = (),
-                content_frames: tuple[torch.Tensor, ...] = (), fidelity: bool = True
+                content_frames: tuple[torch.Tensor, ...] = (), fidelity: bool = True,
+                copy: dict[str, np.ndarray] | None = None
                 ) -> tuple[dict[str, Any], pd.DataFrame, dict[str, np.ndarray]]:
     """Metrics of one row, its per-sample table, and the arrays its figures need (`replicate_first`: the samples'
     first-frame features under each of `ref.replicates`; `content_frames`: the same frames as `ref.content_train`'s,
-    each embedded on its own, under the first model and then each replicate). Without `fidelity`, only privacy and
-    coverage (no consistency, Fréchet distance or k-NN numbers)."""
+    each embedded on its own, under the first model and then each replicate; `copy`: the samples' copy scores,
+    `first` and `content`, with the training video each names, when `ref.copy` holds the real videos'). Without
+    `fidelity`, only privacy and coverage (no consistency, Fréchet distance or k-NN numbers)."""
     _check_features(first, "the samples' re-ID features")
     n_train, n = len(ref.train_first), len(first)
     per_sample = pd.DataFrame({"sample_id": sample_ids})
@@ -266,11 +305,16 @@ def row_metrics(first: torch.Tensor, frames: torch.Tensor, ref: Reference, stats
         per_sample[f"nearest_{head}"] = [ref.train_ids[i] for i in nearest]
         if head == ref.head:
             main_pmax, main_nearest = pmax, nearest
-    estimates, memorised = _privacy_estimates(main_pmax, main_nearest, ref, stats["heads"][ref.head])
+    copy = copy if ref.copy is not None else None
+    if copy is not None:
+        per_sample["copy_score"] = copy["first"]
+        per_sample["copy_nearest"] = [ref.train_ids[i] for i in copy["first_nearest"]]
+    first_copy = copy["first"] if copy is not None else None
+    estimates, memorised = _privacy_estimates(main_pmax, main_nearest, ref, stats["heads"][ref.head], first_copy)
     models = [(estimates, memorised)]
     for replicate, calibrated, features in zip(ref.replicates, stats["replicates"], replicate_first, strict=True):
         pmax, nearest = (t.cpu().numpy() for t in replicate.pmax(features, ref.head))
-        models.append(_privacy_estimates(pmax, nearest, ref, calibrated))
+        models.append(_privacy_estimates(pmax, nearest, ref, calibrated, first_copy))
     counts = appearances(main_nearest, n_train)
     per_sample["memorised"] = memorised
     if len(models) > 1:
@@ -293,7 +337,8 @@ def row_metrics(first: torch.Tensor, frames: torch.Tensor, ref: Reference, stats
     if len(models) > 1:  # what each re-ID model measured, the first model's first
         metrics["per_model"] = {key: [model[key].value for model, _ in models] for key in POOLED}
     if content_frames and stats["content"] is not None:
-        content, per_model = _content_metrics(content_frames, ref, stats, per_sample)
+        content, per_model = _content_metrics(content_frames, ref, stats, per_sample,
+                                              copy["content"] if copy is not None else None)
         metrics.update(content)
         if "per_model" in metrics:
             metrics["per_model"]["content_memorised_pct"] = per_model
@@ -321,20 +366,24 @@ def row_metrics(first: torch.Tensor, frames: torch.Tensor, ref: Reference, stats
 
 
 def _content_metrics(frames: tuple[torch.Tensor, ...], ref: Reference, stats: dict[str, Any],
-                     per_sample: pd.DataFrame) -> tuple[dict[str, Any], list[float]]:
-    """Content memorisation: a sample whose best frame match with any training frame exceeds τ_content, pooled over
-    the re-ID models like memorised %, and each model's value; adds the per-sample columns (the first model's)."""
+                     per_sample: pd.DataFrame, copy: np.ndarray | None = None) -> tuple[dict[str, Any], list[float]]:
+    """Content memorisation: a sample whose best frame match with any training frame exceeds τ_content (or, with
+    the samples' content copy scores `copy`, whose joint level with the copy test does), pooled over the re-ID
+    models like memorised %, and each model's value; adds the per-sample columns (the first model's)."""
     calibrations = [stats["content"], *(replicate["content"] for replicate in stats["replicates"])]
+    copy_calibration = ref.copy.calibration("content", ref.calibration) if copy is not None else None
     estimates, flags = [], []
     for features, model, calibrated in zip(frames, (ref, *ref.replicates), calibrations, strict=True):
         pmax, nearest = model.best_frames(features, model.content_train)
-        tau, calibration = _calibration(model, calibrated)
-        estimates.append(memorised_estimate(pmax, calibration, ref.content_percentile, ref.boot,
-                                            calibrated["ceiling"]))
-        flags.append(is_memorised(pmax, tau, calibrated["ceiling"]))
+        scores, calibration, ceiling = _joint(pmax, _calibration(model, calibrated)[1], calibrated["ceiling"], copy,
+                                              copy_calibration)
+        estimates.append(memorised_estimate(scores, calibration, ref.content_percentile, ref.boot, ceiling))
+        flags.append(is_memorised(scores, privacy_threshold(calibration, ref.content_percentile), ceiling))
         if model is ref:
             per_sample["content_pmax"] = pmax
             per_sample["content_nearest"] = [ref.train_ids[i] for i in nearest]
+            if copy is not None:
+                per_sample["content_copy_score"] = copy
             per_sample["content_memorised"] = flags[-1]
     if len(flags) > 1:
         per_sample["content_memorised_models"] = np.mean(flags, axis=0)

@@ -20,6 +20,7 @@ import torch
 
 from harness.environment import cpu_model
 from harness.errors import UserError
+from harness.metrics.copy import best_copy_match, search_grids
 from harness.metrics.pairs import max_scores
 
 if TYPE_CHECKING:
@@ -112,9 +113,26 @@ def scoring(work: Workload, probe: Probe, samples: int, privacy: PrivacySpec) ->
     first = (samples + work.videos.get("test", 0)) * train * (kept if privacy.reference_frames == "all" else 1)
     content = (samples + work.videos.get("test", 0)) * kept * train * kept
     stride = privacy.content.frame_stride
-    return [Estimate("row-metrics", f"{first:.2e} first-frame pairs, all rows", first / rate / probe.processes),
-            Estimate("content scoring", f"{content:.2e} frame pairs (stride {stride}), all rows",
-                     content / rate / probe.processes)]
+    estimates = [Estimate("row-metrics", f"{first:.2e} first-frame pairs, all rows", first / rate / probe.processes),
+                 Estimate("content scoring", f"{content:.2e} frame pairs (stride {stride}), all rows",
+                          content / rate / probe.processes)]
+    return estimates + ([copy_scoring(work, probe, samples, privacy)] if privacy.copy_test.enabled else [])
+
+
+def copy_scoring(work: Workload, probe: Probe, samples: int, privacy: PrivacySpec) -> Estimate:
+    """The pixel copy test: every decoded frame (`privacy.motion.frame_gap`) of every sample and test video against
+    the training videos' frames, and the training videos' against the test videos'; timed on 256 query frames (the
+    coarse search grows with the reference frames, the full search does not, so larger sets are overestimated)."""
+    spec, train, test = privacy.copy_test, work.videos.get("train", 0), work.videos.get("test", 0)
+    kept = len(range(0, work.frames, privacy.motion.frame_gap))
+    queries, ref_frames = (samples + test + train) * kept, train * kept
+    timed = min(ref_frames, 4096) or 1
+    fine, coarse = search_grids(spec.size, spec.max_shift, spec.shift_step, tuple(spec.zooms))
+    query, ref = (torch.rand(n, spec.size, spec.size, device=probe.device) for n in (256, timed))
+    seconds = probe.seconds("copy test (256 frames)", lambda: best_copy_match(query, ref, fine, coarse,
+                                                                              spec.candidates))
+    return Estimate("copy test", f"{queries:,} frames against {ref_frames:,} training frames, all rows",
+                    seconds * queries / 256 * max(1.0, ref_frames / timed), "decoding is not counted")
 
 
 #: The run's stages an estimate stands for, when the plan asks whether they are cached.

@@ -39,11 +39,26 @@ def _run_note(results: list[dict[str, Any]]) -> str:
         text += (f"Content memorised % compares {frames} of a sample, each embedded on its own, with the same frames "
                  f"of every training video; τ_content = the {content['percentile']:g}th percentile of the real test "
                  f"videos' best frame score ({content['tau']:.3f}, first model).\n\n")
+    text += copy_note(reid.get("copy_test"))
     text += motion_note(results[0].get("motion"))
     if not all(r["reid"].get("reliable", True) for r in results if r.get("reid")):
         text += ("**The re-ID model did not learn (validation AUC below the spec's minimum): privacy columns are "
                  "unreliable.**\n\n")
     return text
+
+
+def copy_note(copy: dict[str, Any] | None) -> str:
+    """How the pixel copy test joins the first-frame and content columns, said once under the table."""
+    if not copy or not copy.get("enabled", True):
+        return ""
+    zooms = ", ".join(f"{z:g}" for z in copy["zooms"])
+    return (f"Both columns also run the pixel copy test: a sample's decoded frames (every {copy['frame_gap']}th, "
+            f"area-resized to {copy['size']} px) against the training videos' under shifts up to "
+            f"{copy['max_shift']:g} px and zooms {zooms}, scored by normalised cross-correlation, so a training video "
+            "shifted, cropped, re-encoded or re-scaled in intensity is caught where the re-ID model misses it. A "
+            "sample is memorised when either test puts it above the real test videos' percentile; the two tests "
+            "are calibrated together (a real video counts at its higher level of the two), so a real held-out "
+            "video is still memorised at the complementary rate.\n\n")
 
 
 def motion_note(motion: dict[str, Any] | None) -> str:

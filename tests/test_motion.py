@@ -10,7 +10,8 @@ from scipy.ndimage import gaussian_filter, shift
 
 from harness.metrics.intervals import Bootstrap
 from harness.metrics.motion import best_motion_match, clip_profile, descriptors, frozen, motion_profiles
-from harness.pipeline.motion import MotionReference, _distinct, decode_precision, motion_metrics
+from harness.pipeline.decoded import _distinct
+from harness.pipeline.motion import MotionReference, decode_precision, motion_metrics
 from harness.spec import MotionSpec
 from tests.conftest import run_cli, tiny_spec
 
@@ -57,9 +58,9 @@ def test_a_frozen_clip_has_no_motion_and_is_never_memorised():
     moving = moving_clip(random_path(7, steps=5), seed=4)[None]
     profiles = motion_profiles(np.concatenate([still, moving]), size=64)
     assert frozen(profiles).tolist() == [True, False]
-    reference = MotionReference(MotionSpec(), "test-to-train", stats={
+    reference = MotionReference(MotionSpec(), "test-to-train", None, stats={  # motion_metrics decodes nothing
         "tau": 0.5, "calibration_scores": np.linspace(0, 0.6, 40), "ceiling": 0.9996})
-    reference = MotionReference(reference.spec, reference.calibration, torch.from_numpy(profiles[1:]),
+    reference = MotionReference(reference.spec, reference.calibration, None, torch.from_numpy(profiles[1:]),
                                 ("train-0",), reference.stats)
     boot = Bootstrap(200, 95.0, 0)
     metrics, table, scores = motion_metrics(profiles, reference, boot, torch.device("cpu"))

@@ -35,6 +35,23 @@ def memorised_fraction(pmax: np.ndarray, tau: float, ceiling: float = np.inf) ->
     return float(np.mean(is_memorised(pmax, tau, ceiling)))
 
 
+def joint_levels(scores: list[np.ndarray], calibrations: list[np.ndarray], ceilings: list[float]
+                 ) -> tuple[np.ndarray, np.ndarray]:
+    """Several memorisation tests of the same queries as one score, so that one percentile of the real calibration
+    videos still sets the threshold: a query's level in a test is the share of the calibration videos' scores of
+    that test it exceeds, its joint level the highest over the tests (+inf where a test's score reaches that test's
+    ceiling: a copy). Returns the queries' joint levels and the calibration videos' own (the i-th calibration score
+    of every test belongs to the same real video)."""
+    def level(values: np.ndarray, calibration: np.ndarray, ceiling: float) -> np.ndarray:
+        values = np.asarray(values, dtype=np.float64)
+        share = np.searchsorted(np.sort(np.asarray(calibration, dtype=np.float64)), values, side="left")
+        return np.where(values >= ceiling, np.inf, share / len(calibration))
+
+    queries = np.max([level(s, c, top) for s, c, top in zip(scores, calibrations, ceilings, strict=True)], axis=0)
+    reference = np.max([level(c, c, top) for c, top in zip(calibrations, ceilings, strict=True)], axis=0)
+    return queries, reference
+
+
 def generative_recall(nearest: np.ndarray, n_train: int) -> float:
     """Distinct nearest training videos over the queries / min(N_train, N_queries)."""
     nearest = np.asarray(nearest)

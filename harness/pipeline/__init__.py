@@ -31,8 +31,10 @@ from harness.figures import (
     render_motion_figure,
     render_robustness_figure,
 )
+from harness.pipeline.copy import fit_copy
+from harness.pipeline.decoded import Decoding
 from harness.pipeline.encoding import Encoded, encode_real
-from harness.pipeline.motion import MotionReference, fit_motion
+from harness.pipeline.motion import MotionReference, decode_precision, fit_motion
 from harness.pipeline.real_data import load_real_data
 from harness.pipeline.reid import ReidModel, fit_reid
 from harness.pipeline.robustness import run_robustness
@@ -95,16 +97,23 @@ def run_generators(resolved: ResolvedSpec, record: dict[str, Any], stages: Stage
     # 2. encoding
     encoded = encode_real(stages, choose("encoders", spec.encoder.plugin, "encoder"), data, ctx)
     ctx = ctx.using(encoder=encoded.encoder.get)
-    # 3. the re-ID model and the real reference
+    # 3. the re-ID model and the real reference; the pixel tests decode every clip once for both
+    privacy = spec.privacy
+    copy_on = privacy.copy_test.enabled and spec.reid is not None and bool(spec.generators)
+    motion_on = privacy.motion.enabled and bool(spec.generators)
+    decoding = Decoding(encoded.encoder, privacy.motion.frame_gap, decode_precision(privacy.motion, ctx.device),
+                        flow_size=privacy.motion.flow_size if motion_on else None,
+                        copy_size=privacy.copy_test.size if copy_on else None)
     reid = None
     if spec.reid is not None:
-        reid = fit_reid(stages, choose("reid_filters", spec.reid.plugin, "reid"), encoded, spec.privacy, ctx,
-                        seeds=spec.privacy.reid_seeds)
+        # 3a. the pixel copy test the privacy columns join with the re-ID model
+        copy = fit_copy(stages, encoded, decoding, privacy.copy_test, privacy.reference_frames == "first", ctx) \
+            if copy_on else None
+        reid = fit_reid(stages, choose("reid_filters", spec.reid.plugin, "reid"), encoded, privacy, ctx,
+                        seeds=privacy.reid_seeds, copy=copy)
         ctx = ctx.using(privacy_filter=reid.privacy_filter(ctx))
     # 3b. the real videos' motion, for motion memorisation
-    motion = None
-    if spec.privacy.motion.enabled and spec.generators:
-        motion = fit_motion(stages, encoded, spec.privacy.motion, spec.privacy.calibration, ctx)
+    motion = fit_motion(stages, encoded, decoding, privacy.motion, privacy.calibration, ctx) if motion_on else None
     # 4. the downstream task on the real training split
     task = None
     if spec.downstream is not None:

@@ -1,38 +1,34 @@
 """Phase 3b, motion memorisation: the motion profiles of the real training and test videos and τ_motion, and one
 row's motion scores against them (`harness.metrics.motion`).
 
-Every clip is decoded by the run's encoder, real videos included, so a sample and the real video it may copy pass
-through the same decoder and their flows compare like with like. Only every `frame_gap`-th frame is decoded.
+The profiles come from the decode the pixel tests share (`harness.pipeline.decoded`): every `frame_gap`-th frame,
+real videos included, so a sample and the real video it may copy pass through the same decoder and their flows
+compare like with like.
 """
 
 from __future__ import annotations
 
-import hashlib
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pandas as pd
 import torch
 
-from harness.components import Encoder
 from harness.context import RunContext
 from harness.data import LatentSet
 from harness.metrics.columns import Column
 from harness.metrics.intervals import Bootstrap, memorised_estimate
-from harness.metrics.motion import best_motion_match, frozen, motion_profiles, time_bases
+from harness.metrics.motion import best_motion_match, frozen, time_bases
 from harness.metrics.privacy import ceiling_level, is_memorised, privacy_threshold
+from harness.pipeline.decoded import Decoding, decoded
 from harness.pipeline.encoding import Encoded
-from harness.pipeline.stages import Fitted, Stages, Stored
+from harness.pipeline.stages import Stages, Stored
 from harness.spec import MotionSpec
 
 COLUMNS = [Column("motion_memorised_pct", "motion memorised %", "↓", 1, interval=True, group="privacy",
                   definition="samples that move like a training video, whatever they look like (optical-flow "
                              "motion profile) above τ_motion, set on the real test videos like τ (Chen et al. 2024)")]
-#: videos decoded at a time: bounds the memory of a large split's decoded frames
-CHUNK_VIDEOS = 256
-
 
 @dataclass(frozen=True)
 class MotionReference:
@@ -40,36 +36,36 @@ class MotionReference:
 
     spec: MotionSpec
     calibration: str  # privacy.calibration: which direction sets τ_motion
+    decoding: Decoding  # the decode the motion profiles come from
     train: torch.Tensor | None = None  # the training videos' motion profiles [N_train, P, 4], on the device
     train_ids: tuple[str, ...] = ()
     stats: dict[str, Any] | None = None  # tau, the scores that set it, the test videos' scores
     error: str | None = None  # one sentence: why motion cannot be measured in this run
-    precision: str = "float32"  # the decoder's precision for every motion clip of the run
 
     @property
     def summary(self) -> dict[str, Any]:
         """What results.json reports about the motion reference."""
         out = {"frame_gap": self.spec.frame_gap, "flow_size": self.spec.flow_size, "percentile": self.spec.percentile,
-               "calibration": self.calibration, "decode_precision": self.precision, "error": self.error}
+               "calibration": self.calibration, "decode_precision": self.decoding.precision, "error": self.error}
         if self.stats is not None:
             out.update({k: self.stats[k] for k in ("tau", "tau_test_to_train", "tau_train_to_test")})
         return out
 
 
-def fit_motion(stages: Stages, encoded: Encoded, spec: MotionSpec, calibration: str, ctx: RunContext
-               ) -> MotionReference:
+def fit_motion(stages: Stages, encoded: Encoded, decoding: Decoding, spec: MotionSpec, calibration: str,
+               ctx: RunContext) -> MotionReference:
     """The training videos' motion and τ_motion from the test videos' best match (or why motion cannot be
     measured: clips too short for the gap, real videos that do not move)."""
     frames = encoded.latents["train"].value.clip_shape[0]
     if len(range(0, frames, spec.frame_gap)) < 3:
-        return MotionReference(spec, calibration, error=(
+        return MotionReference(spec, calibration, decoding, error=(
             f"motion: clips of {frames} frames are too short for privacy.motion.frame_gap {spec.frame_gap} (it needs "
             f"at least 3 frames, i.e. {2 * spec.frame_gap + 1}); lower the gap or load longer clips."))
-    train, test = (profiles_of(stages, f"motion-{split}", encoded.encoder, encoded.latents[split], spec, ctx)
+    train, test = (profiles_of(stages, f"decoded-{split}", decoding, encoded.latents[split], ctx)
                    for split in ("train", "test"))
     if frozen(train.value).all() or frozen(test.value).all():
-        return MotionReference(spec, calibration, error="motion: the real videos do not move (their frames do not "
-                                                        "change), so there is no motion to compare.")
+        return MotionReference(spec, calibration, decoding, error="motion: the real videos do not move (their frames "
+                                                                  "do not change), so there is no motion to compare.")
     train_p, test_p = (torch.from_numpy(p.value.astype(np.float64)).to(ctx.device) for p in (train, test))
     bases = time_bases_of(spec, train_p.shape[1])
     pmax_test, _ = best_motion_match(test_p, train_p, bases)
@@ -81,24 +77,22 @@ def fit_motion(stages: Stages, encoded: Encoded, spec: MotionSpec, calibration: 
              "calibration_scores": pmax_test if calibration == "test-to-train" else pmax_train,
              "test_scores": pmax_test}
     ids = tuple(encoded.latents["train"].value.table["video_id"].astype(str))
-    return MotionReference(spec, calibration, train_p, ids, stats, precision=decode_precision(spec, ctx.device))
+    return MotionReference(spec, calibration, decoding, train_p, ids, stats)
 
 
-def profiles_of(stages: Stages, name: str, encoder: Fitted[Encoder], latents: Stored[LatentSet], spec: MotionSpec,
-                ctx: RunContext) -> Stored[np.ndarray]:
+def profiles_of(stages: Stages, name: str, decoding: Decoding, latents: Stored[LatentSet], ctx: RunContext
+                ) -> Stored[np.ndarray]:
     """Cached motion profiles `[N, P, 4]` of the decoded clips of a latent set."""
-    artifact = stages.run(name, _profiles, encoder=encoder, latents=latents, gap=spec.frame_gap, size=spec.flow_size,
-                          precision=decode_precision(spec, ctx.device), ctx=ctx)
-    return Stored(artifact.key, np.load(artifact.path / "profiles.npy"))
+    clips = decoded(stages, name, decoding, latents, ctx)
+    return Stored(clips.key, np.asarray(clips.value.profiles))
 
 
-def row_motion(stages: Stages, motion: MotionReference, encoded: Encoded, samples: Stored[LatentSet],
-               sample_ids: list[str], boot: Bootstrap, ctx: RunContext
-               ) -> tuple[dict[str, Any], pd.DataFrame | None, np.ndarray | None]:
+def row_motion(stages: Stages, motion: MotionReference, samples: Stored[LatentSet], sample_ids: list[str],
+               boot: Bootstrap, ctx: RunContext) -> tuple[dict[str, Any], pd.DataFrame | None, np.ndarray | None]:
     """A row's motion-memorised % with its interval, the per-sample columns and the samples' motion scores."""
     if motion.error is not None:
         return {"motion_error": motion.error}, None, None
-    profiles = profiles_of(stages, "motion-samples", encoded.encoder, samples, motion.spec, ctx).value
+    profiles = profiles_of(stages, "decoded-samples", motion.decoding, samples, ctx).value
     metrics, table, scores = motion_metrics(profiles, motion, boot, ctx.device)
     table.insert(0, "sample_id", sample_ids)
     return metrics, table, scores
@@ -148,35 +142,3 @@ def decode_precision(spec: MotionSpec, device: torch.device) -> str:
     else:
         native = device.type == "cpu" and getattr(torch.cpu, "_is_avx512_bf16_supported", lambda: False)()
     return "bfloat16" if native else "float32"
-
-
-def _profiles(folder: Path, encoder: Fitted[Encoder], latents: Stored[LatentSet], gap: int, size: int,
-              precision: str, ctx: RunContext) -> None:
-    model, clips, table = encoder.get(), latents.value.latents, latents.value.table
-    unique, inverse = _distinct(clips)  # a collapsed or copying generator repeats clips: decode each once
-    threads = torch.get_num_threads()
-
-    def shard(block: range) -> np.ndarray:  # this process's distinct clips, in chunks as one process cuts them
-        parts = []
-        for start in ctx.progress(range(block.start, block.stop, CHUNK_VIDEOS), desc="motion (decode + flow)"):
-            chosen = unique[start:min(start + CHUNK_VIDEOS, block.stop)]
-            chunk = LatentSet(np.asarray(clips[chosen, ::gap]), table.iloc[chosen].reset_index(drop=True))
-            with torch.autocast(ctx.device.type, dtype=torch.bfloat16, enabled=precision == "bfloat16"):
-                frames = model.decode(chunk, ctx).frames
-            parts.append(motion_profiles(np.asarray(frames), size, threads))
-        return np.concatenate(parts) if parts else np.zeros((0, len(range(0, clips.shape[1], gap)) - 1, 4))
-
-    profiles = np.concatenate(ctx.group.map(shard, len(unique), CHUNK_VIDEOS))
-    np.save(folder / "profiles.npy", profiles[inverse].astype(np.float32))
-
-
-def _distinct(clips: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """The index of the first of every distinct clip, and for every clip the position of its distinct clip."""
-    seen: dict[bytes, int] = {}
-    first, inverse = [], np.empty(len(clips), np.int64)
-    for i, clip in enumerate(clips):
-        key = hashlib.blake2b(np.ascontiguousarray(clip).tobytes(), digest_size=16).digest()
-        inverse[i] = seen.setdefault(key, len(first))
-        if inverse[i] == len(first):
-            first.append(i)
-    return np.asarray(first, np.int64), inverse

@@ -17,6 +17,7 @@ from harness.data import LatentSet
 from harness.errors import GeneratorOutputError
 from harness.evaluation import PrivacyFilter, Reference, reference_stats
 from harness.metrics.reid import reid_quality
+from harness.pipeline.copy import CopyReference
 from harness.pipeline.encoding import Encoded
 from harness.pipeline.stages import Chosen, Fitted, Stages, Stored
 from harness.spec import PrivacySpec
@@ -68,12 +69,14 @@ class ReidModel:
     summary: dict[str, Any]  # what results.json reports about the model and the real reference
     privacy: PrivacySpec
     replicates: tuple[Replicate, ...] = ()
+    copy: CopyReference | None = None  # the pixel copy test the privacy columns join (`privacy.copy_test`)
 
     @property
     def cache_identity(self) -> dict[str, Any]:
         # motion memorisation does not use the re-ID model: its settings do not change what the model computes
         return {"reid": self.reid.key, "head": self.head.key,
                 "privacy": self.privacy.model_dump(mode="json", exclude={"motion"}),
+                "copy": self.copy.cache_identity if self.copy is not None else None,
                 "replicates": [[r.reid.key, r.head.key, r.train.key, r.test.key, r.content.train.key,
                                 r.content.test.key] for r in self.replicates]}
 
@@ -86,8 +89,9 @@ class ReidModel:
 
 
 def fit_reid(stages: Stages, chosen: Chosen[ReIdFilter], encoded: Encoded, privacy: PrivacySpec,
-             ctx: RunContext, seeds: int = 1) -> ReidModel:
-    """The run's re-ID model and real reference, and `seeds - 1` more models trained from other seeds."""
+             ctx: RunContext, seeds: int = 1, copy: CopyReference | None = None) -> ReidModel:
+    """The run's re-ID model and real reference, and `seeds - 1` more models trained from other seeds; with `copy`,
+    the privacy columns join the re-ID model with the pixel copy test."""
     latents = encoded.latents
     reid = stages.fit("reid-fit", chosen, _fit, train=latents["train"], val=latents["val"], ctx=ctx)
     stride = privacy.content.frame_stride
@@ -108,6 +112,7 @@ def fit_reid(stages: Stages, chosen: Chosen[ReIdFilter], encoded: Encoded, priva
         knn=privacy.knn, boot=privacy.bootstrap(ctx.seed_for("bootstrap")),
         content_train=content.train.value, content_test=content.test.value,
         content_percentile=privacy.content.percentile, group=ctx.group,
+        copy=copy.scores if copy is not None else None,
         train_frames=features["train"].frames if every_frame else None)
     reference = replace(reference, replicates=tuple(
         replace(reference, train_first=r.train.value.first, test_first=r.test.value.first,
@@ -141,7 +146,9 @@ def fit_reid(stages: Stages, chosen: Chosen[ReIdFilter], encoded: Encoded, priva
     if replicates:
         summary["replicates"] = [{"training": r.reid.meta.get("report", {}), "tau": calibrated["tau"]}
                                  for r, calibrated in zip(replicates, stats["replicates"], strict=True)]
-    return ReidModel(reid, head, reference, stats, summary, privacy, replicates)
+    if copy is not None:
+        summary["copy_test"] = copy.summary
+    return ReidModel(reid, head, reference, stats, summary, privacy, replicates, copy)
 
 
 def fit_replicate(stages: Stages, chosen: Chosen[ReIdFilter], encoded: Encoded, privacy: PrivacySpec,

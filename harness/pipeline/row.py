@@ -27,6 +27,7 @@ from harness.evaluation import row_metrics
 from harness.figures import tsne_coordinates
 from harness.metrics.columns import Column
 from harness.metrics.intervals import Bootstrap
+from harness.pipeline.copy import row_copy
 from harness.pipeline.encoding import Encoded
 from harness.pipeline.motion import MotionReference, row_motion
 from harness.pipeline.reid import Features, ReidModel, embed, embed_frames
@@ -135,8 +136,8 @@ def run_row(stages: Stages, request: RowRequest, encoded: Encoded, reid: ReidMod
             table = table.merge(per_sample, on="sample_id", how="left")
         # 2b. motion memorisation against the real videos' motion
         if motion is not None:
-            metrics, moved, out["motion_scores"] = row_motion(stages, motion, encoded, samples,
-                                                              table["sample_id"].tolist(), request.boot, ctx)
+            metrics, moved, out["motion_scores"] = row_motion(stages, motion, samples, table["sample_id"].tolist(),
+                                                              request.boot, ctx)
             row.update(metrics)
             if moved is not None:
                 table = table.merge(moved, on="sample_id", how="left")
@@ -163,9 +164,10 @@ def privacy_metrics(stages: Stages, request: RowRequest, samples: Stored[SampleS
     stride = reid.privacy.content.frame_stride
     content = [embed_frames(stages, "content-samples", model, samples, stride, ctx)
                for model in (reid.reid, *(r.reid for r in reid.replicates))]
+    copy = row_copy(stages, reid.copy, samples, ctx) if reid.copy is not None else None
     artifact = stages.run("row-metrics", _row_metrics, features=features, replicates=replicates, content=content,
                           reid=reid, samples=samples, row=request.name, full=not request.privacy_only,
-                          ctx=ctx)
+                          copy=copy, ctx=ctx)
     metrics = artifact.meta["metrics"]
     if request.metrics:
         metrics["extra_metrics"] = {chosen.name: stages.run("row-metric", _extra_metric, metric=chosen,
@@ -288,12 +290,13 @@ def _encode_samples(folder: Path, encoder, pixels: Stored[PixelSamples], ctx: Ru
 
 def _row_metrics(folder: Path, features: Stored[Features], replicates: list[Stored[Features]],
                  content: list[Stored[torch.Tensor]], reid: ReidModel, samples: Stored[SampleSet], row: str,
-                 full: bool, ctx: RunContext) -> dict[str, Any]:
+                 full: bool, copy: Stored[dict[str, np.ndarray]] | None, ctx: RunContext) -> dict[str, Any]:
     first = features.value
     metrics, per_sample, arrays = row_metrics(first.first, first.frames, reid.reference, reid.stats,
                                               samples.value.provenance["sample_id"].tolist(),
                                               tuple(r.value.first for r in replicates),
-                                              tuple(c.value for c in content), fidelity=full)
+                                              tuple(c.value for c in content), fidelity=full,
+                                              copy=copy.value if copy is not None else None)
     per_sample.to_csv(folder / "per_sample.csv", index=False)
     features = arrays.pop("features")
     if full:
