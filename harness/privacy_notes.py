@@ -51,8 +51,9 @@ def copy_note(copy: dict[str, Any] | None) -> str:
     """How the pixel copy test joins the first-frame and content columns, said once under the table."""
     if not copy or not copy.get("enabled", True):
         return ""
-    zooms = ", ".join(f"{z:g}" for z in copy["zooms"])
-    return (f"Both columns also run the pixel copy test: a sample's decoded frames (every {copy['frame_gap']}th, "
+    zooms, gap = ", ".join(f"{z:g}" for z in copy["zooms"]), copy["frame_gap"]
+    frames = "every frame" if gap == 1 else f"frames 0, {gap}, {2 * gap}, …"
+    return (f"Both columns also run the pixel copy test: a sample's decoded frames ({frames}, "
             f"area-resized to {copy['size']} px) against the training videos' under shifts up to "
             f"{copy['max_shift']:g} px and zooms {zooms}, scored by normalised cross-correlation, so a training video "
             "shifted, cropped, re-encoded or re-scaled in intensity is caught where the re-ID model misses it. A "
