@@ -157,7 +157,8 @@ def _refine(query: torch.Tensor, ref: torch.Tensor, aligner: _Aligner, chosen: t
     refs, query = _centred(ref), _centred(query).view_as(query)
     total, spread = aligner.sums(refs)  # [V, Nr]
     alignments, k = len(aligner.grid), chosen.shape[1]
-    query_block = max(1, BLOCK // (alignments * max(k, query.shape[-1] ** 2)))
+    pixels = query.shape[-1] ** 2  # moved queries [n, V, D], their references [n, k, D], the scores [n, V, k]
+    query_block = max(1, BLOCK // max(alignments * pixels, k * pixels, alignments * k))
     best, index = [], []
     for first in range(0, len(query), query_block):
         picked = chosen[first:first + query_block]  # [n, k]
