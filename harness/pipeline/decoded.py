@@ -71,7 +71,7 @@ def _decode(folder: Path, decoding: Decoding, latents: Stored[LatentSet], ctx: R
     def shard(block: range) -> list[np.ndarray]:  # this process's distinct clips, in chunks as one process cuts them
         side = decoding.copy_size or 0
         profiles, small = [np.zeros((0, max(frames - 1, 0), 4))], [np.zeros((0, frames, side, side), np.float32)]
-        for start in ctx.progress(range(block.start, block.stop, CHUNK_VIDEOS), desc="decode (motion, copy test)"):
+        for start in ctx.progress(range(block.start, block.stop, CHUNK_VIDEOS), desc="decode (pixel tests)"):
             chosen = unique[start:min(start + CHUNK_VIDEOS, block.stop)]
             chunk = LatentSet(np.asarray(clips[chosen, ::decoding.gap]), table.iloc[chosen].reset_index(drop=True))
             with torch.autocast(ctx.device.type, dtype=torch.bfloat16, enabled=decoding.precision == "bfloat16"):
