@@ -76,4 +76,15 @@ def motion_note(motion: dict[str, Any] | None) -> str:
             f"that many real videos share does not count: τ_motion = the {motion['percentile']:g}th percentile of "
             f"the real test videos' best motion score ({motion['tau']:.3f}), so a real held-out video is "
             f"motion-memorised {100 - motion['percentile']:g} % of the time; the interval resamples like "
-            "memorised %.\n\n")
+            f"memorised %.{_position_note(motion)}\n\n")
+
+
+def _position_note(motion: dict[str, Any]) -> str:
+    speeds = motion.get("position_speeds") or []
+    if not speeds:
+        return ""
+    return (" A second view decodes every frame and compares where the motion has got to by each frame (the steps' "
+            f"running sum), as a replay at speeds {', '.join(f'{v:g}' for v in speeds)}: a video resampled to another "
+            "frame rate jitters its steps but not its positions. A sample is motion-memorised when either view puts "
+            "it above the real test videos' percentile, the two calibrated together as the copy test is with the "
+            "re-ID model.")

@@ -68,6 +68,12 @@ class MotionSpec(_Strict):
         "near-copies started 4 frames late from 2 to 100 % motion-memorised, and the motion-copy control, through "
         "the higher τ_motion, from 88 to 71 %; [0]: aligned only)"))
     overlap: float = Field(0.6, gt=0, le=1, description="the least share of the steps an alignment must cover")
+    position_speeds: list[PositiveFloat] = Field([0.94, 1.0, 1.07], description=(
+        "a second view, joined with the steps' as the copy test is with the re-ID model: every frame decoded, and "
+        "where the motion has got to by each frame (`harness.metrics.motion.positions`) compared as a replay at "
+        "these speeds; on the phantom default's near-copies at 32 fps read as 30, motion memorised went from 2 to "
+        "83 % with the two views where either alone stayed below 70 % with the starts and codecs still caught; "
+        "[]: the steps alone (half the decoding)"))
 
 
 class PrivacySpec(_Strict):

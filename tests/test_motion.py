@@ -9,7 +9,15 @@ import torch
 from scipy.ndimage import gaussian_filter, shift
 
 from harness.metrics.intervals import Bootstrap
-from harness.metrics.motion import best_motion_match, clip_profile, descriptors, frozen, motion_profiles
+from harness.metrics.motion import (
+    best_motion_match,
+    clip_profile,
+    descriptors,
+    frozen,
+    motion_profiles,
+    positions,
+    time_bases,
+)
 from harness.pipeline.decoded import _distinct
 from harness.pipeline.motion import MotionReference, decode_precision, motion_metrics
 from harness.spec import MotionSpec
@@ -51,6 +59,29 @@ def test_the_same_motion_matches_whatever_the_look():
     described = torch.from_numpy(descriptors(ref.numpy()))
     other = (described @ described.T).numpy()[~np.eye(6, dtype=bool)]
     assert scores.min() > other.max()  # a copied motion scores above any two different motions
+
+
+def test_positions_survive_the_jitter_of_another_frame_rate():
+    """A beat drawn at 50 fps, resampled to 32 fps by nearest frames and read as 30 fps at the clip's 25 fps (EchoNet-
+    Synthetic's FileList against its containers): its frames sit 1 to 4 source frames apart where the original's sit
+    2 apart. Its positions, compared as a replay at another speed, still name the source and score near 1; the step
+    profiles of the same clip score lower."""
+    t = np.arange(40)
+    paths = [np.stack([3 * np.sin(2 * np.pi * t / period + phase), 2 * np.cos(2 * np.pi * t / period)], axis=1)
+             for period, phase in [(30, 0.0), (24, 1.0), (36, 2.0), (28, 0.5)]]
+    original = np.arange(0, 32, 2)  # the clip's 16 frames: every 2nd frame at 50 fps
+    resampled = np.round(np.round(np.arange(16) * 30 / 25) * 50 / 32).astype(int)
+    assert set(np.diff(resampled)) >= {1, 3}  # jittered steps
+    sources = np.stack([moving_clip(path[original], seed=20 + i) for i, path in enumerate(paths)])
+    copy = moving_clip(paths[0][resampled], seed=60, offset=(2.0, 1.0))[None]
+    placed, nearest = best_motion_match(torch.from_numpy(positions(motion_profiles(copy, size=64))),
+                                        torch.from_numpy(positions(motion_profiles(sources, size=64))),
+                                        time_bases(16, (0.94, 1.0, 1.07)))
+    stepped, _ = best_motion_match(torch.from_numpy(motion_profiles(copy[:, ::2], size=64)),
+                                   torch.from_numpy(motion_profiles(sources[:, ::2], size=64)))
+    assert nearest[0] == 0 and placed[0] > 0.99 and placed[0] > stepped[0]
+    by_hand = positions(np.array([[[1.0, 2.0, 3.0, 4.0], [1.0, -1.0, 0.5, 0.0]]]))
+    np.testing.assert_allclose(by_hand[0], [[0, 0, 0, 0], [1, 2, 3, 4], [2, 1, 3.5, 4]])
 
 
 def test_a_frozen_clip_has_no_motion_and_is_never_memorised():

@@ -53,6 +53,14 @@ def motion_profiles(clips: np.ndarray, size: int, threads: int = 2) -> np.ndarra
     return np.stack(profiles) if profiles else np.zeros((0, max(clips.shape[1] - 1, 0), 4))
 
 
+def positions(profiles: np.ndarray) -> np.ndarray:
+    """`[N, S + 1, 4]` where each part of step profiles `[N, S, 4]` has got to by every frame: their running sum from
+    0. A video resampled to another frame rate by nearest frames jitters the length of its steps, 1 to 4 source frames
+    where the original's were 2, but samples the same smooth path of positions, so positions still compare."""
+    start = np.zeros_like(profiles[:, :1])
+    return np.concatenate([start, profiles], axis=1).cumsum(axis=1)
+
+
 def frozen(profiles: np.ndarray) -> np.ndarray:
     """Which clips do not move at all (a frozen video: its frames do not change)."""
     return profiles[..., 3].max(axis=1) < FROZEN_GREY

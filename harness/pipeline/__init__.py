@@ -103,7 +103,8 @@ def run_generators(resolved: ResolvedSpec, record: dict[str, Any], stages: Stage
     motion_on = privacy.motion.enabled and bool(spec.generators)
     decoding = Decoding(encoded.encoder, privacy.motion.frame_gap, decode_precision(privacy.motion, ctx.device),
                         flow_size=privacy.motion.flow_size if motion_on else None,
-                        copy_size=privacy.copy_test.size if copy_on else None)
+                        copy_size=privacy.copy_test.size if copy_on else None,
+                        positions=motion_on and bool(privacy.motion.position_speeds))
     reid = None
     if spec.reid is not None:
         # 3a. the pixel copy test the privacy columns join with the re-ID model

@@ -1,6 +1,7 @@
-"""The decode that the pixel tests share: every `privacy.motion.frame_gap`-th frame of a latent set's clips decoded
-once by the run's encoder, and what the motion test (`harness.pipeline.motion`: optical-flow profiles) and the copy
-test (`harness.pipeline.copy`: small frames) keep of it.
+"""The decode that the pixel tests share: a latent set's clips decoded once by the run's encoder (every frame when
+motion's position view is on, else every `privacy.motion.frame_gap`-th), and what the motion test
+(`harness.pipeline.motion`: optical-flow step profiles and positions) and the copy test (`harness.pipeline.copy`:
+small frames) keep of it.
 
 Real videos are decoded too, so a sample and the real video it may copy pass through the same decoder. Decoding is
 the costly part of both tests; doing it once halves it.
@@ -20,7 +21,7 @@ from harness.components import Encoder
 from harness.context import RunContext
 from harness.data import LatentSet
 from harness.metrics.copy import small_frames
-from harness.metrics.motion import motion_profiles
+from harness.metrics.motion import motion_profiles, positions
 from harness.pipeline.stages import Fitted, Stages, Stored
 
 #: videos decoded at a time: bounds the memory of a large split's decoded frames
@@ -29,26 +30,34 @@ CHUNK_VIDEOS = 256
 
 @dataclass(frozen=True)
 class Decoding:
-    """How the clips are decoded and what is kept: motion profiles at `flow_size` pixels, frames area-resized to
-    `copy_size` pixels (None: that test is off)."""
+    """How the clips are decoded and what is kept: motion step profiles of every `gap`-th frame at `flow_size`
+    pixels and, with `positions`, the positions of every frame; every `gap`-th frame area-resized to `copy_size`
+    pixels (None: that test is off)."""
 
     encoder: Fitted[Encoder]
     gap: int
     precision: str  # the decoder's precision: float32 or bfloat16
     flow_size: int | None = None
     copy_size: int | None = None
+    positions: bool = False  # motion's position view: every frame is decoded
+
+    @property
+    def stride(self) -> int:
+        """Every how many frames the clips are decoded."""
+        return 1 if self.positions else self.gap
 
     @property
     def cache_identity(self) -> dict[str, Any]:
         return {"encoder": self.encoder.key, "gap": self.gap, "precision": self.precision,
-                "flow_size": self.flow_size, "copy_size": self.copy_size}
+                "flow_size": self.flow_size, "copy_size": self.copy_size, "positions": self.positions}
 
 
 @dataclass(frozen=True)
 class Decoded:
     """A latent set's decoded clips as the tests keep them."""
 
-    profiles: np.ndarray | None  # [N, F - 1, 4] motion profiles of the F decoded frames of each clip
+    profiles: np.ndarray | None  # [N, F - 1, 4] motion step profiles of the F kept frames of each clip
+    positions: np.ndarray | None  # [N, T, 4] motion positions at each of a clip's T frames
     frames: np.ndarray | None  # float32 [N, F, copy_size, copy_size]
 
 
@@ -58,35 +67,40 @@ def decoded(stages: Stages, name: str, decoding: Decoding, latents: Stored[Laten
     the second one reads the first one's artifact."""
     artifact = stages.run(name, _decode, decoding=decoding, latents=latents, ctx=ctx)
     kept = {part: np.load(artifact.path / f"{part}.npy", mmap_mode="r") if (artifact.path / f"{part}.npy").exists()
-            else None for part in ("profiles", "frames")}
+            else None for part in ("profiles", "positions", "frames")}
     return Stored(artifact.key, Decoded(**kept))
 
 
 def _decode(folder: Path, decoding: Decoding, latents: Stored[LatentSet], ctx: RunContext) -> None:
     model, clips, table = decoding.encoder.get(), latents.value.latents, latents.value.table
     unique, inverse = _distinct(clips)  # a collapsed or copying generator repeats clips: decode each once
-    threads = torch.get_num_threads()
-    frames = len(range(0, clips.shape[1], decoding.gap))
+    threads, every = torch.get_num_threads(), decoding.gap // decoding.stride
+    decoded, kept = len(range(0, clips.shape[1], decoding.stride)), len(range(0, clips.shape[1], decoding.gap))
+    side = decoding.copy_size or 0
+    empty = {"profiles": np.zeros((0, max(kept - 1, 0), 4)), "positions": np.zeros((0, decoded, 4)),
+             "frames": np.zeros((0, kept, side, side), np.float32)}
 
-    def shard(block: range) -> list[np.ndarray]:  # this process's distinct clips, in chunks as one process cuts them
-        side = decoding.copy_size or 0
-        profiles, small = [np.zeros((0, max(frames - 1, 0), 4))], [np.zeros((0, frames, side, side), np.float32)]
+    def shard(block: range) -> dict[str, np.ndarray]:  # this process's distinct clips, in chunks as one process cuts
+        parts = {name: [array] for name, array in empty.items()}
         for start in ctx.progress(range(block.start, block.stop, CHUNK_VIDEOS), desc="decode (pixel tests)"):
             chosen = unique[start:min(start + CHUNK_VIDEOS, block.stop)]
-            chunk = LatentSet(np.asarray(clips[chosen, ::decoding.gap]), table.iloc[chosen].reset_index(drop=True))
+            chunk = LatentSet(np.asarray(clips[chosen, ::decoding.stride]), table.iloc[chosen].reset_index(drop=True))
             with torch.autocast(ctx.device.type, dtype=torch.bfloat16, enabled=decoding.precision == "bfloat16"):
                 pixels = np.asarray(model.decode(chunk, ctx).frames)
             if decoding.flow_size is not None:
-                profiles.append(motion_profiles(pixels, decoding.flow_size, threads))
+                parts["profiles"].append(motion_profiles(pixels[:, ::every], decoding.flow_size, threads))
+                if decoding.positions:
+                    parts["positions"].append(positions(motion_profiles(pixels, decoding.flow_size, threads)))
             if decoding.copy_size is not None:
-                small.append(small_frames(torch.from_numpy(pixels), decoding.copy_size).numpy())
-        return [np.concatenate(profiles), np.concatenate(small)]
+                parts["frames"].append(small_frames(torch.from_numpy(pixels[:, ::every]), decoding.copy_size).numpy())
+        return {name: np.concatenate(arrays) for name, arrays in parts.items()}
 
     parts = ctx.group.map(shard, len(unique), CHUNK_VIDEOS)
-    if decoding.flow_size is not None:
-        np.save(folder / "profiles.npy", np.concatenate([p for p, _ in parts])[inverse].astype(np.float32))
-    if decoding.copy_size is not None:
-        np.save(folder / "frames.npy", np.concatenate([f for _, f in parts])[inverse])
+    wanted = {"profiles": decoding.flow_size is not None, "positions": decoding.flow_size is not None
+              and decoding.positions, "frames": decoding.copy_size is not None}
+    for name in (name for name, on in wanted.items() if on):
+        array = np.concatenate([part[name] for part in parts])[inverse]
+        np.save(folder / f"{name}.npy", array.astype(np.float32))
 
 
 def _distinct(clips: np.ndarray) -> tuple[np.ndarray, np.ndarray]:

@@ -8,6 +8,7 @@ compare like with like.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -20,7 +21,7 @@ from harness.data import LatentSet
 from harness.metrics.columns import Column
 from harness.metrics.intervals import Bootstrap, memorised_estimate
 from harness.metrics.motion import best_motion_match, frozen, time_bases
-from harness.metrics.privacy import ceiling_level, is_memorised, privacy_threshold
+from harness.metrics.privacy import ceiling_level, is_memorised, joint_levels, privacy_threshold
 from harness.pipeline.decoded import Decoding, decoded
 from harness.pipeline.encoding import Encoded
 from harness.pipeline.stages import Stages, Stored
@@ -28,7 +29,8 @@ from harness.spec import MotionSpec
 
 COLUMNS = [Column("motion_memorised_pct", "motion memorised %", "↓", 1, interval=True, group="privacy",
                   definition="samples that move like a training video, whatever they look like (optical-flow "
-                             "motion profile) above τ_motion, set on the real test videos like τ (Chen et al. 2024)")]
+                             "motion: its steps, or where it has got to by each frame) above τ_motion, set on the "
+                             "real test videos like τ (Chen et al. 2024)")]
 
 @dataclass(frozen=True)
 class MotionReference:
@@ -41,14 +43,17 @@ class MotionReference:
     train_ids: tuple[str, ...] = ()
     stats: dict[str, Any] | None = None  # tau, the scores that set it, the test videos' scores
     error: str | None = None  # one sentence: why motion cannot be measured in this run
+    positions: torch.Tensor | None = None  # the training videos' positions [N_train, T, 4] (the position view)
 
     @property
     def summary(self) -> dict[str, Any]:
         """What results.json reports about the motion reference."""
         out = {"frame_gap": self.spec.frame_gap, "flow_size": self.spec.flow_size, "percentile": self.spec.percentile,
-               "calibration": self.calibration, "decode_precision": self.decoding.precision, "error": self.error}
+               "calibration": self.calibration, "decode_precision": self.decoding.precision, "error": self.error,
+               "position_speeds": self.spec.position_speeds if self.positions is not None else []}
         if self.stats is not None:
-            out.update({k: self.stats[k] for k in ("tau", "tau_test_to_train", "tau_train_to_test")})
+            out.update({k: self.stats[k] for k in ("tau", "tau_test_to_train", "tau_train_to_test")
+                        + (("position_tau",) if self.positions is not None else ())})
         return out
 
 
@@ -61,30 +66,29 @@ def fit_motion(stages: Stages, encoded: Encoded, decoding: Decoding, spec: Motio
         return MotionReference(spec, calibration, decoding, error=(
             f"motion: clips of {frames} frames are too short for privacy.motion.frame_gap {spec.frame_gap} (it needs "
             f"at least 3 frames, i.e. {2 * spec.frame_gap + 1}); lower the gap or load longer clips."))
-    train, test = (profiles_of(stages, f"decoded-{split}", decoding, encoded.latents[split], ctx)
+    train, test = (decoded(stages, f"decoded-{split}", decoding, encoded.latents[split], ctx).value
                    for split in ("train", "test"))
-    if frozen(train.value).all() or frozen(test.value).all():
+    if frozen(train.profiles).all() or frozen(test.profiles).all():
         return MotionReference(spec, calibration, decoding, error="motion: the real videos do not move (their frames "
                                                                   "do not change), so there is no motion to compare.")
-    train_p, test_p = (torch.from_numpy(p.value.astype(np.float64)).to(ctx.device) for p in (train, test))
-    bases = time_bases_of(spec, train_p.shape[1])
-    pmax_test, _ = best_motion_match(test_p, train_p, bases)
-    pmax_train, _ = best_motion_match(train_p, test_p, bases)
-    taus = {"test-to-train": privacy_threshold(pmax_test, spec.percentile),
-            "train-to-test": privacy_threshold(pmax_train, spec.percentile)}
-    stats = {"tau": taus[calibration], "tau_test_to_train": taus["test-to-train"],
-             "tau_train_to_test": taus["train-to-test"], "ceiling": ceiling_level(1.0, pmax_test),
-             "calibration_scores": pmax_test if calibration == "test-to-train" else pmax_train,
-             "test_scores": pmax_test}
+    views = _views(spec, decoding)
+    reference = {name: _tensor(getattr(train, name), ctx.device) for name in views}
+    own = {name: _tensor(getattr(test, name), ctx.device) for name in views}
+    stats: dict[str, Any] = {}
+    for name, bases in views.items():
+        pmax_test, _ = best_motion_match(own[name], reference[name], bases(own[name].shape[1]))
+        pmax_train, _ = best_motion_match(reference[name], own[name], bases(own[name].shape[1]))
+        prefix = "" if name == "profiles" else "position_"
+        taus = {"test-to-train": privacy_threshold(pmax_test, spec.percentile),
+                "train-to-test": privacy_threshold(pmax_train, spec.percentile)}
+        stats.update({f"{prefix}tau": taus[calibration], f"{prefix}ceiling": ceiling_level(1.0, pmax_test),
+                      f"{prefix}calibration_scores": pmax_test if calibration == "test-to-train" else pmax_train})
+        if not prefix:
+            stats.update({"tau_test_to_train": taus["test-to-train"], "tau_train_to_test": taus["train-to-test"],
+                          "test_scores": pmax_test})
     ids = tuple(encoded.latents["train"].value.table["video_id"].astype(str))
-    return MotionReference(spec, calibration, decoding, train_p, ids, stats)
-
-
-def profiles_of(stages: Stages, name: str, decoding: Decoding, latents: Stored[LatentSet], ctx: RunContext
-                ) -> Stored[np.ndarray]:
-    """Cached motion profiles `[N, P, 4]` of the decoded clips of a latent set."""
-    clips = decoded(stages, name, decoding, latents, ctx)
-    return Stored(clips.key, np.asarray(clips.value.profiles))
+    return MotionReference(spec, calibration, decoding, reference["profiles"], ids, stats,
+                           positions=reference.get("positions"))
 
 
 def row_motion(stages: Stages, motion: MotionReference, samples: Stored[LatentSet], sample_ids: list[str],
@@ -92,32 +96,43 @@ def row_motion(stages: Stages, motion: MotionReference, samples: Stored[LatentSe
     """A row's motion-memorised % with its interval, the per-sample columns and the samples' motion scores."""
     if motion.error is not None:
         return {"motion_error": motion.error}, None, None
-    profiles = profiles_of(stages, "decoded-samples", motion.decoding, samples, ctx).value
-    metrics, table, scores = motion_metrics(profiles, motion, boot, ctx.device)
+    clips = decoded(stages, "decoded-samples", motion.decoding, samples, ctx).value
+    metrics, table, scores = motion_metrics(clips.profiles, motion, boot, ctx.device, clips.positions)
     table.insert(0, "sample_id", sample_ids)
     return metrics, table, scores
 
 
-def motion_metrics(profiles: np.ndarray, motion: MotionReference, boot: Bootstrap, device: torch.device
-                   ) -> tuple[dict[str, Any], pd.DataFrame, np.ndarray]:
-    """Motion-memorised % with its interval, per-sample columns and motion scores of a set of profiles."""
+def motion_metrics(profiles: np.ndarray, motion: MotionReference, boot: Bootstrap, device: torch.device,
+                   positions: np.ndarray | None = None) -> tuple[dict[str, Any], pd.DataFrame, np.ndarray]:
+    """Motion-memorised % with its interval, per-sample columns and motion scores (the step view's) of a set of
+    step profiles, joined with the position view's scores of their `positions` where the reference has one."""
     still = frozen(profiles)
-    query = torch.from_numpy(np.asarray(profiles, dtype=np.float64)).to(device)
+    query = _tensor(profiles, device)
     scores, nearest = best_motion_match(query, motion.train.to(device), time_bases_of(motion.spec, query.shape[1]))
     scores = np.where(still, np.nan, scores)
-    tau = motion.stats["tau"]
+    stats = motion.stats
+    levels, calibration, ceiling = np.nan_to_num(scores, nan=-np.inf), stats["calibration_scores"], stats["ceiling"]
     table = pd.DataFrame({"motion_score": scores,
                           "motion_nearest": [None if s else motion.train_ids[i] for i, s in zip(nearest, still,
-                                                                                                 strict=True)],
-                          "motion_memorised": ~still & is_memorised(np.nan_to_num(scores, nan=-np.inf), tau,
-                                                                    motion.stats["ceiling"])})
-    metrics: dict[str, Any] = {"motion_tau": tau}
+                                                                                                 strict=True)]})
+    if motion.positions is not None and positions is not None:
+        moved = _tensor(positions, device)
+        placed, _ = best_motion_match(moved, motion.positions.to(device),
+                                      _views(motion.spec, motion.decoding)["positions"](moved.shape[1]))
+        placed = np.where(still, np.nan, placed)
+        table["motion_position_score"] = placed
+        levels, calibration = joint_levels([levels, np.nan_to_num(placed, nan=-np.inf)],
+                                           [calibration, stats["position_calibration_scores"]],
+                                           [ceiling, stats["position_ceiling"]])
+        ceiling = np.inf
+    table["motion_memorised"] = ~still & is_memorised(levels, privacy_threshold(calibration, motion.spec.percentile),
+                                                      ceiling)
+    metrics: dict[str, Any] = {"motion_tau": stats["tau"]}
     if still.all():
         return {**metrics, "motion_error": "motion: every sample is frozen (its frames do not change), so its "
                                            "motion cannot be compared."}, table, scores
     # a frozen sample copies no motion: it counts as not memorised
-    estimate = memorised_estimate(np.nan_to_num(scores, nan=-np.inf), motion.stats["calibration_scores"],
-                                  motion.spec.percentile, boot, motion.stats["ceiling"])
+    estimate = memorised_estimate(levels, calibration, motion.spec.percentile, boot, ceiling)
     low, high = estimate.interval(boot)
     metrics.update({"motion_memorised_pct": estimate.value, "motion_memorised_pct_low": low,
                     "motion_memorised_pct_high": high})
@@ -125,6 +140,19 @@ def motion_metrics(profiles: np.ndarray, motion: MotionReference, boot: Bootstra
         metrics["motion_error"] = (f"motion: {int(still.sum())} of {len(still)} samples are frozen (their frames "
                                    "do not change) and count as not motion-memorised.")
     return metrics, table, scores
+
+
+def _views(spec: MotionSpec, decoding: Decoding) -> dict[str, Callable[[int], list[tuple[np.ndarray, np.ndarray]]]]:
+    """The views motion is compared in (the `Decoded` field each reads) and their time bases for a length."""
+    views: dict[str, Callable[[int], list[tuple[np.ndarray, np.ndarray]]]] = {
+        "profiles": lambda steps: time_bases_of(spec, steps)}
+    if decoding.positions:
+        views["positions"] = lambda frames: time_bases(frames, tuple(spec.position_speeds))
+    return views
+
+
+def _tensor(array: np.ndarray, device: torch.device) -> torch.Tensor:
+    return torch.from_numpy(np.asarray(array, dtype=np.float64)).to(device)
 
 
 def time_bases_of(spec: MotionSpec, steps: int) -> list[tuple[np.ndarray, np.ndarray]]:
