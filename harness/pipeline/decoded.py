@@ -75,9 +75,9 @@ def _decode(folder: Path, decoding: Decoding, latents: Stored[LatentSet], ctx: R
     model, clips, table = decoding.encoder.get(), latents.value.latents, latents.value.table
     unique, inverse = _distinct(clips)  # a collapsed or copying generator repeats clips: decode each once
     threads, every = torch.get_num_threads(), decoding.gap // decoding.stride
-    decoded, kept = len(range(0, clips.shape[1], decoding.stride)), len(range(0, clips.shape[1], decoding.gap))
+    count, kept = len(range(0, clips.shape[1], decoding.stride)), len(range(0, clips.shape[1], decoding.gap))
     side = decoding.copy_size or 0
-    empty = {"profiles": np.zeros((0, max(kept - 1, 0), 4)), "positions": np.zeros((0, decoded, 4)),
+    empty = {"profiles": np.zeros((0, max(kept - 1, 0), 4)), "positions": np.zeros((0, count, 4)),
              "frames": np.zeros((0, kept, side, side), np.float32)}
 
     def shard(block: range) -> dict[str, np.ndarray]:  # this process's distinct clips, in chunks as one process cuts
