@@ -72,7 +72,8 @@ def r2plus1d() -> nn.Module:
 class EFRegression(Task):
     """EF regressor trained on (synthetic or real) clips; R², MAE, RMSE with bootstrap intervals on real test."""
 
-    version = "2"  # 2: latent-cnn pools temporal statistics, flips clips in time and space while training
+    # 2: latent-cnn pools temporal statistics, flips clips in time and space while training; 3: fused AdamW
+    version = "3"
 
     class Config(ComponentConfig):
         model: Literal["latent-cnn", "r2plus1d"] = "latent-cnn"
@@ -141,7 +142,7 @@ class EFRegression(Task):
             opt = torch.optim.SGD(net.parameters(), lr=cfg.lr or 1e-4, momentum=0.9, weight_decay=1e-4)
             sched = torch.optim.lr_scheduler.StepLR(opt, step_size=15, gamma=0.1)
         else:
-            opt, sched = torch.optim.AdamW(net.parameters(), lr=cfg.lr or 3e-3, weight_decay=1e-2), None
+            opt, sched = torch.optim.AdamW(net.parameters(), lr=cfg.lr or 3e-3, weight_decay=1e-2, fused=True), None
         rng = ctx.rng("ef-regression-batches")
         epochs = cfg.epochs or (45 if cfg.model == "r2plus1d" else 60)
         progress = LoopValues(best_loss=float("inf"), best_epoch=-1, best_state=None, train_seconds=0.0)
@@ -229,7 +230,7 @@ class EFRegression(Task):
         else:
             shape = (3, cfg.frames, work.size, work.size)
         net = self._network(shape[0], shape[-1]).to(probe.device)
-        opt = torch.optim.AdamW(net.parameters())
+        opt = torch.optim.AdamW(net.parameters(), fused=True)
 
         def step_at(b: int):
             x, y = torch.rand(b, *shape, device=probe.device), torch.rand(b, device=probe.device)

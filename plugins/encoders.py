@@ -71,7 +71,7 @@ class VAE(Encoder):
     """
 
     space: ClassVar = "latent"
-    version = "2"
+    version = "3"  # 3: fused Adam
 
     class Config(PresetConfig):
         presets = TRAINING
@@ -144,14 +144,14 @@ class VAE(Encoder):
                             "encoder.args.crop to at most the frame size.")
         rng = ctx.rng("vae-batches")
         frames = train.frames.reshape(-1, *train.frames.shape[2:])
-        optimiser = torch.optim.Adam(model.parameters(), lr=c.setting("lr"))
+        optimiser = torch.optim.Adam(model.parameters(), lr=c.setting("lr"), fused=True)
         schedule = torch.optim.lr_scheduler.LambdaLR(
             optimiser, lambda s: 0.5 * (1 + math.cos(math.pi * min(s, steps) / max(steps, 1))))
         state = {"model": model, "optimiser": optimiser, "schedule": schedule, "batches": rng, "torch": TORCH_RNG}
         disc = None
         if c.setting("discriminator"):
             disc = PatchDiscriminator(model.config.in_channels).to(ctx.device)
-            disc_optimiser = torch.optim.Adam(disc.parameters(), lr=c.setting("lr"), betas=(0.5, 0.9))
+            disc_optimiser = torch.optim.Adam(disc.parameters(), lr=c.setting("lr"), betas=(0.5, 0.9), fused=True)
             state.update(discriminator=disc, disc_optimiser=disc_optimiser)
         perceptual = Perceptual(c.perceptual_weights).to(ctx.device) if c.perceptual_weights else None
         checkpoint = ctx.checkpoint("vae")

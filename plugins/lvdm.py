@@ -57,7 +57,7 @@ class EchoLVDM(Generator):
     """LIDM + LVDM with v-prediction, EMA and DDPM/DDIM sampling; presets `tiny`, `phantom`, `phantom-long`,
     `echonet-synthetic`."""
 
-    version = "5-" + stable_hash(PRESETS)[:8]  # 5: the EMA warms up as diffusers' EMAModel does
+    version = "6-" + stable_hash(PRESETS)[:8]  # 5: the EMA warms up as diffusers' EMAModel does; 6: fused AdamW
 
     class Config(PresetConfig):
         presets = PRESETS
@@ -141,7 +141,7 @@ class EchoLVDM(Generator):
         killed in the LVDM phase does not retrain the LIDM."""
         model.to(ctx.device).train()
         ema = copy.deepcopy(model).eval().requires_grad_(False)
-        opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=1e-2)
+        opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=1e-2, fused=True)
         sched = scheduler("ddpm")
         gen = ctx.torch_generator("echo-lvdm-noise", desc)
         checkpoint = ctx.checkpoint(desc.split()[0].lower())

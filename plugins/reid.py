@@ -139,7 +139,8 @@ class SiameseNetwork(nn.Module):
 class Siamese(ReIdFilter):
     """Siamese ResNet re-ID model; `paper-latent`, `paper-image` and `cpu` presets set backbone and optimiser."""
 
-    version = "5-" + stable_hash(PRESETS)[:8]  # editing a preset (or, by hand, the training) invalidates old models
+    # editing a preset (or, by hand, the training) invalidates old models; 6: fused Adam
+    version = "6-" + stable_hash(PRESETS)[:8]
 
     class Config(PresetConfig):
         presets = PRESETS
@@ -212,7 +213,7 @@ class Siamese(ReIdFilter):
         if perturbed > 0:
             x_views = normalise(torch.from_numpy(shared_views(train, cfg.views, cfg.view_frames, ctx)))
         net = self._build(x_train.shape[2]).to(ctx.device)
-        opt = torch.optim.Adam(net.parameters(), lr=cfg.setting("lr"))
+        opt = torch.optim.Adam(net.parameters(), lr=cfg.setting("lr"), fused=True)
         loss_fn = nn.BCEWithLogitsLoss()
         rng = ctx.rng("siamese-pairs")
         val_pairs = sample_pairs(len(x_val), x_val.shape[1], np.random.default_rng(0))  # fixed, as the seed code
@@ -319,7 +320,7 @@ class Siamese(ReIdFilter):
         stopping may end it sooner); embedding timed per frame."""
         cfg = self.config
         net = self._build(work.latent[0]).to(probe.device)
-        opt = torch.optim.Adam(net.parameters(), lr=cfg.setting("lr"))
+        opt = torch.optim.Adam(net.parameters(), lr=cfg.setting("lr"), fused=True)
 
         def step_at(b: int):
             a, other = (torch.rand(b, *work.latent, device=probe.device) for _ in range(2))

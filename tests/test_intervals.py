@@ -4,10 +4,18 @@ import itertools
 
 import numpy as np
 import pytest
+import torch
 from scipy import stats
 
 from harness.metrics.fidelity import frechet_distance
-from harness.metrics.intervals import Bootstrap, frechet_interval, memorised_estimate, pooled, recall_estimate
+from harness.metrics.intervals import (
+    Bootstrap,
+    _batched_frechet,
+    frechet_interval,
+    memorised_estimate,
+    pooled,
+    recall_estimate,
+)
 from harness.metrics.privacy import expected_distinct
 
 TAU_TRUE = stats.norm.ppf(0.95)  # real P_max ~ N(0, 1): the 95th percentile of the population
@@ -95,6 +103,17 @@ def test_frechet_interval_covers_the_estimate_expected_at_this_size():
         assert low <= observed <= high
         hits += low <= expected <= high
     assert hits / 100 >= 0.88
+
+
+@pytest.mark.parametrize("n_real, n_fake, distinct", [(30, 30, 30), (200, 60, 60), (300, 250, 250), (300, 250, 5)])
+def test_batched_frechet_equals_scipy_at_every_shape(n_real, n_fake, distinct):
+    """The resamples' Fréchet distance (one SVD, float32) equals scipy's sqrtm in float64: with fewer videos than
+    dimensions, with more, and with a generator's set of a few repeated videos (a singular covariance)."""
+    rng = np.random.default_rng(n_real + distinct)
+    real = rng.standard_normal((2, n_real, 40))
+    fake = rng.standard_normal((2, distinct, 40))[:, rng.integers(0, distinct, n_fake)] * 1.2 + 0.1
+    ours = _batched_frechet(torch.from_numpy(real).float(), torch.from_numpy(fake).float()).numpy()
+    assert ours == pytest.approx([frechet_distance(r, f) for r, f in zip(real, fake, strict=True)], rel=1e-4, abs=1e-4)
 
 
 def test_chunks_bound_memory_and_cover_every_resample():

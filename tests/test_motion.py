@@ -109,7 +109,8 @@ def test_repeated_clips_are_measured_once():
 
 
 def test_clips_too_short_for_the_gap_are_one_sentence_and_the_rest_completes(tiny_run, tmp_path):
-    spec = tiny_spec(tmp_path, privacy={"bootstrap_resamples": 1000, "motion": {"frame_gap": 5}})
+    spec = tiny_spec(tmp_path, privacy={"bootstrap_resamples": 1000, "motion": {"frame_gap": 5}}, downstream=None,
+                     generators=[{"plugin": "copy"}, {"plugin": "holdout"}])
     out = tmp_path / "run"
     done = run_cli("--cache", str(tiny_run["cache"]), "run", str(spec), "--out", str(out), "--no-progress")
     assert done.returncode == 0, done.stderr

@@ -98,9 +98,11 @@ def test_control_samples_are_what_they_claim(tiny_run):
 
 def test_killed_run_resumes_to_identical_results(tiny_run, tmp_path):
     """Killed inside the VAE's training: the data stages are kept, the training resumes from its last checkpoint,
-    and every number equals an uninterrupted run's (which saved no checkpoint)."""
+    and the VAE and every number equal an uninterrupted run's (which saved no checkpoint). The tiny spec with one
+    row and a short re-ID training: the VAE, the stage that is killed, is the tiny spec's own."""
+    spec = tiny_spec(tmp_path, generators=[{"plugin": "copy"}], downstream=None, reid={"args": {"max_epochs": 10}})
     cache, out = tmp_path / "cache", tmp_path / "run"
-    cmd = [sys.executable, "-m", "harness.cli", "--cache", str(cache), "run", str(TINY), "--out", str(out),
+    cmd = [sys.executable, "-m", "harness.cli", "--cache", str(cache), "run", str(spec), "--out", str(out),
            "--no-progress", "--checkpoint-steps", "2"]
     proc = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
                             start_new_session=True)
@@ -120,15 +122,22 @@ def test_killed_run_resumes_to_identical_results(tiny_run, tmp_path):
     assert {a.stage for a in store.entries()} >= {"dataset-train"} and "encoder-fit" not in {
         a.stage for a in store.entries()}
     assert any(p.parent.name == "encoder-fit" for p in store.leftovers())
-    done = run_cli("--cache", str(cache), "run", str(TINY), "--out", str(out), "--no-progress")
+    done = run_cli("--cache", str(cache), "run", str(spec), "--out", str(out), "--no-progress")
     assert done.returncode == 0, done.stderr
     executed = [s["stage"] for s in json.loads((out / "manifest.json").read_text())["stages"] if not s["cached"]]
     assert "dataset-train" not in executed and "encoder-fit" in executed
     assert re.search(r"vae: resumed from the checkpoint at step [1-9]", (out / "run.log").read_text())
     assert store.leftovers() == []  # the checkpoint went with its temporary folder, not into the artifact
     assert not any((cache / "encoder-fit").rglob("checkpoint"))
-    resumed = json.loads((out / "results.json").read_text())
-    assert comparable(resumed) == comparable(tiny_run["results"])
+    resumed = next(a for a in store.entries() if a.stage == "encoder-fit")
+    uninterrupted = tiny_run["cache"] / "encoder-fit" / resumed.key
+    weights = "state/diffusion_pytorch_model.safetensors"
+    assert (resumed.path / weights).read_bytes() == (uninterrupted / weights).read_bytes()
+    again = run_cli("--cache", str(tiny_run["cache"]), "run", str(spec), "--out", str(tmp_path / "again"),
+                    "--no-progress")
+    assert again.returncode == 0, again.stderr
+    assert comparable(json.loads((out / "results.json").read_text())) == comparable(
+        json.loads((tmp_path / "again" / "results.json").read_text()))
 
 
 def _spec(tmp_path, dataset: str, generators: str = "  - plugin: copy\n") -> str:
