@@ -166,8 +166,8 @@ def _batched_frechet(real: torch.Tensor, fake: torch.Tensor) -> torch.Tensor:
     Tr (S_r S_f)^½ is the nuclear norm of X_r X_fᵀ over √((n - 1)(m - 1)) for the centred features X: the square
     roots of the eigenvalues of S_r S_f are the singular values of that product. With fewer videos than dimensions
     it is taken directly (small); otherwise of L_rᵀ L_f, `D x D`, for factors with L Lᵀ = Xᵀ X (the same singular
-    values), from the eigenvalues of its square. Either way one decomposition replaces two symmetric square roots, and
-    it stays exact where a covariance is rank-deficient (a collapsed generator's), where float32 square roots are not."""
+    values), from the eigenvalues of its square. Either way one decomposition replaces two symmetric square roots,
+    and it stays exact where a covariance is rank-deficient (a collapsed generator's), where float32 roots are not."""
     mu_r, mu_f = real.mean(1), fake.mean(1)
     xr, xf = real - mu_r[:, None], fake - mu_f[:, None]
     n, m, dims = real.shape[1], fake.shape[1], real.shape[2]
