@@ -107,7 +107,7 @@ def test_frechet_interval_covers_the_estimate_expected_at_this_size():
 
 @pytest.mark.parametrize("n_real, n_fake, distinct", [(30, 30, 30), (200, 60, 60), (300, 250, 250), (300, 250, 5)])
 def test_batched_frechet_equals_scipy_at_every_shape(n_real, n_fake, distinct):
-    """The resamples' Fréchet distance (one SVD, float32) equals scipy's sqrtm in float64: with fewer videos than
+    """The resamples' Fréchet distance (in float32 inputs) equals scipy's sqrtm in float64: with fewer videos than
     dimensions, with more, and with a generator's set of a few repeated videos (a singular covariance)."""
     rng = np.random.default_rng(n_real + distinct)
     real = rng.standard_normal((2, n_real, 40))
