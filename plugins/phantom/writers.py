@@ -19,6 +19,7 @@ from tqdm.auto import tqdm
 
 from harness.hashing import derive_seed
 from harness.videoio import write_avi
+from harness.workers import process_map
 from harness_plugins.phantom.simulator import (
     EF_MAX,
     EF_MIN,
@@ -66,10 +67,15 @@ def build_cohort(seed: int, counts: dict[str, int], twin_fraction: float, prefix
     return videos
 
 
+def _render_one(job: tuple[CohortVideo, str, int, float, Path]) -> None:
+    video, view, n_frames, fps, path = job
+    write_avi(path, render_video(video.patient, view, n_frames, fps, video.noise_seed), fps)
+
+
 def _render_all(videos, view, n_frames, fps, folder: Path, name_of, progress: bool) -> None:
-    for video in tqdm(videos, desc=f"writing phantom {view}", disable=not progress, leave=False):
-        frames = render_video(video.patient, view, n_frames, fps, video.noise_seed)
-        write_avi(folder / "Videos" / name_of(video), frames, fps)
+    jobs = [(video, view, n_frames, fps, folder / "Videos" / name_of(video)) for video in videos]
+    process_map(_render_one, jobs, lambda done: tqdm(done, total=len(jobs), desc=f"writing phantom {view}",
+                                                     disable=not progress, leave=False))
 
 
 def _traced_frames(patient: Patient, n_frames: int, fps: float) -> tuple[int, int]:
