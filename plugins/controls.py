@@ -32,6 +32,7 @@ from harness.errors import UserError
 from harness.plan import Estimate, Probe, Workload
 from harness.videoio import VideoReadError
 from harness_plugins.perturbations import PERTURBATIONS, check, perturbed_clip, strength_text
+from harness_plugins.perturbations import VERSION as PERTURBATIONS_VERSION
 
 log = logging.getLogger("harness")
 
@@ -233,6 +234,7 @@ class NearCopy(Generator):
     rate, perturbs it and is read into the run's clip exactly as the datasets read their files; `encoder` decodes
     the source's latents instead, and the run encodes the pixels again."""
 
+    version = PERTURBATIONS_VERSION  # its samples change when the perturbations do
     output = "pixels"
     control = True
     shows_real_frames = True

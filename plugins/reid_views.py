@@ -19,6 +19,7 @@ from harness.context import RunContext
 from harness.data import LatentSet, VideoSet
 from harness.hashing import stable_hash
 from harness_plugins.perturbations import PERTURBATIONS, Video, as_clip, perturb, perturbed_clip
+from harness_plugins.perturbations import VERSION as PERTURBATIONS_VERSION
 
 
 def shared_views(train: LatentSet, views: int, frames: int, ctx: RunContext) -> np.ndarray:
@@ -27,7 +28,7 @@ def shared_views(train: LatentSet, views: int, frames: int, ctx: RunContext) -> 
     pairs, not in the copies they see (making the copies costs about as much as training two models)."""
     digest = hashlib.blake2b(np.ascontiguousarray(train.latents).tobytes(), digest_size=16).hexdigest()
     key = {"latents": digest, "views": views, "frames": frames, "perturbations": stable_hash(
-        {name: p.strengths for name, p in PERTURBATIONS.items()})}
+        {name: p.strengths for name, p in PERTURBATIONS.items()}), "version": PERTURBATIONS_VERSION}
     rng = np.random.default_rng(int(digest[:15], 16))
     folder = ctx.cached_folder("siamese-views", key, lambda tmp: np.save(
         tmp / "views.npy", training_views(train, views, frames, rng, ctx)))

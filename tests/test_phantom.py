@@ -1,7 +1,9 @@
 import numpy as np
 import pandas as pd
 import pytest
+import torch
 
+from harness import workers
 from harness.videoio import read_avi
 from harness_plugins.phantom.simulator import VIEWS, near_twin, render_video, sample_patient
 from harness_plugins.phantom.writers import build_cohort, write_dynamic, write_pediatric
@@ -78,9 +80,11 @@ def test_pediatric_layout(tmp_path):
     assert frames.shape == (12, 112, 112) and fps == pytest.approx(40.0)
 
 
-def test_deterministic_for_a_seed(tmp_path):
-    for name in ("a", "b"):
-        write_dynamic(tmp_path / name, build_cohort(7, COUNTS, 0.2), "a4c", 8, 50.0, progress=False)
+def test_deterministic_for_a_seed_in_one_process_or_several(tmp_path, monkeypatch):
+    counts = {"TRAIN": workers.MIN_ITEMS, "VAL": 2, "TEST": 2}  # enough videos for worker processes
+    for name, threads in (("a", 1), ("b", 2)):  # the writer renders in as many processes as torch has threads
+        monkeypatch.setattr(torch, "get_num_threads", lambda threads=threads: threads)
+        write_dynamic(tmp_path / name, build_cohort(7, counts, 0.2), "a4c", 8, 50.0, progress=False)
     assert (tmp_path / "a" / "FileList.csv").read_bytes() == (tmp_path / "b" / "FileList.csv").read_bytes()
     for avi in (tmp_path / "a" / "Videos").iterdir():
         assert avi.read_bytes() == (tmp_path / "b" / "Videos" / avi.name).read_bytes()
