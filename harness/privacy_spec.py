@@ -72,7 +72,7 @@ class MotionSpec(_Strict):
         "a second view, joined with the steps' as the copy test is with the re-ID model: every frame decoded, and "
         "where the motion has got to by each frame (`harness.metrics.motion.positions`) compared as a replay at "
         "these speeds; on the phantom default, near-copies at 32 fps read as 30 went from 2 to 88 % "
-        "motion-memorised and H.264 crf 28 from 83 to 92 %, starts and other codecs still at 100 % (alone, the "
+        "motion-memorised and H.264 crf 28 from 83 to 95 %, starts and other codecs still at 100 % (alone, the "
         "position view misses a start 4 frames late); []: the steps alone (half the decoding)"))
 
 
