@@ -3,7 +3,8 @@
 Torch spreads its work over every thread the run was given; a loop of numpy, SciPy or PyAV calls made one video at a
 time uses one core, since each call is too short to release the GIL for long. `process_map` runs such a loop in as
 many processes as the run has threads (one per rank in a multi-process run), in order, with the same results as the
-loop: every item must carry its own seed.
+loop: every item must carry its own seed. The workers are spawned, so a script that runs the harness from Python
+must keep its work under `if __name__ == "__main__":`, as multiprocessing asks of every spawning program.
 """
 
 from __future__ import annotations
@@ -15,7 +16,7 @@ from typing import Any, TypeVar
 
 T = TypeVar("T")
 
-#: fewer items than this run in the calling process: starting a worker costs about a second of imports
+#: fewer items than this run in the calling process: starting a worker costs one to two seconds of imports
 MIN_ITEMS = 32
 
 
