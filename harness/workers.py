@@ -21,12 +21,12 @@ MIN_ITEMS = 32
 
 
 def process_map(fn: Callable[[Any], T], items: Sequence[Any],
-                progress: Callable[[Iterable[T]], Iterator[T]] = iter, workers: int | None = None) -> list[T]:
-    """`[fn(item) for item in items]`, in `workers` (default: torch's thread count) spawned processes when there
-    are enough items; `fn` must be a module-level function. `progress` wraps the results as they arrive."""
+                progress: Callable[[Iterable[T]], Iterator[T]] = iter) -> list[T]:
+    """`[fn(item) for item in items]`, in as many spawned processes as torch has threads when there are enough
+    items; `fn` must be a module-level function. `progress` wraps the results as they arrive."""
     import torch  # here, not above: the workers import this module with their function's and need no torch
 
-    workers = min(workers or torch.get_num_threads(), len(items))
+    workers = min(torch.get_num_threads(), len(items))
     if workers <= 1 or len(items) < MIN_ITEMS:
         return list(progress(fn(item) for item in items))
     # spawned, not forked: a fork of a process whose torch thread pool is running can deadlock

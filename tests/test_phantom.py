@@ -1,3 +1,5 @@
+from concurrent.futures import ProcessPoolExecutor
+
 import numpy as np
 import pandas as pd
 import pytest
@@ -82,9 +84,17 @@ def test_pediatric_layout(tmp_path):
 
 def test_deterministic_for_a_seed_in_one_process_or_several(tmp_path, monkeypatch):
     counts = {"TRAIN": workers.MIN_ITEMS, "VAL": 2, "TEST": 2}  # enough videos for worker processes
+    pools = []
+
+    def counted_pool(*args, **kwargs):
+        pools.append(args)
+        return ProcessPoolExecutor(*args, **kwargs)
+
+    monkeypatch.setattr(workers, "ProcessPoolExecutor", counted_pool)
     for name, threads in (("a", 1), ("b", 2)):  # the writer renders in as many processes as torch has threads
         monkeypatch.setattr(torch, "get_num_threads", lambda threads=threads: threads)
         write_dynamic(tmp_path / name, build_cohort(7, counts, 0.2), "a4c", 8, 50.0, progress=False)
+        assert len(pools) == threads - 1  # "a" in this process, "b" in two workers
     assert (tmp_path / "a" / "FileList.csv").read_bytes() == (tmp_path / "b" / "FileList.csv").read_bytes()
     for avi in (tmp_path / "a" / "Videos").iterdir():
         assert avi.read_bytes() == (tmp_path / "b" / "Videos" / avi.name).read_bytes()
