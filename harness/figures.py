@@ -16,6 +16,7 @@ import numpy as np
 
 from harness.cache import atomic_write_bytes, atomic_write_text
 from harness.hashing import stable_hash
+from harness.privacy_spec import UNPERTURBED
 
 FIGURES_VERSION = 2  # bump when a figure's drawing changes (2: τ's interval; the headline figure)
 #: Every figure this module draws, by label (each in `<label>.png`): aggregates, and frames of generated rows only
@@ -228,12 +229,15 @@ DETECTION = (("memorised_pct", "first frame", "tab:blue"), ("content_memorised_p
 
 def render_robustness_figure(folder: Path, robustness: dict[str, Any]) -> dict[str, str]:
     """Detection rate against strength, one panel per perturbation: each memorised % of the near-copies (solid)
-    and of the perturbed held-out videos (dashed), with interval bars, strengths in the spec's order."""
-    lines = [line for line in robustness["rows"] if line.get("memorised_pct") is not None]
+    and of the perturbed held-out videos (dashed), with interval bars, strengths in the spec's order; thin
+    horizontal lines: the same videos unperturbed (the paired reference)."""
+    measured = [line for line in robustness["rows"] if line.get("memorised_pct") is not None]
+    lines = [line for line in measured if line["perturbation"] != UNPERTURBED]
     if not lines:
         return {}
+    references = [line for line in measured if line["perturbation"] == UNPERTURBED]
     folder.mkdir(parents=True, exist_ok=True)
-    stamp = stable_hash({"rows": lines, "version": FIGURES_VERSION})
+    stamp = stable_hash({"rows": measured, "version": FIGURES_VERSION})
     done = folder / "robustness-figure.json"
     previous = _unchanged(done, stamp)
     if previous is not None:
@@ -256,6 +260,11 @@ def render_robustness_figure(folder: Path, robustness: dict[str, Any]) -> dict[s
                 spread = np.clip(np.nan_to_num([values - low, high - values]), 0, None)
                 ax.errorbar(x[shown], values, yerr=spread, fmt="o" + style, color=colour, capsize=2, markersize=3,
                             label=f"{label} ({'near-copy' if source == 'train' else 'held-out'})")
+        for line in references:
+            for key, _, colour in DETECTION:
+                if line.get(key) is not None:
+                    ax.axhline(line[key], color=colour, linewidth=0.6, alpha=0.6,
+                               linestyle="-" if line["source"] == "train" else "--")
         ax.axhline(5, color="k", linewidth=0.8, linestyle=":")
         ax.set_xticks(x, strengths, fontsize=8)
         ax.set_ylim(-3, 103)

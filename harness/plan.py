@@ -231,7 +231,7 @@ def make_plan(resolved: ResolvedSpec, registry: Registry, device: torch.device, 
         f"{split} {n:,}" for split, n in videos.items()) + f" videos of {frames} frames", None, f"from {source}"))]
     encoding = encoder.plan(work, probe)
     parts += [("encoder", e) for e in encoding]
-    near_copies = 2 * len(spec.robustness.perturbations) * spec.robustness.samples if spec.robustness else 0
+    near_copies = len(spec.robustness.entries()) * spec.robustness.samples if spec.robustness else 0
     if spec.reid is not None:
         reid = component("reid_filters", spec.reid.plugin, "reid").plan(work, probe)
         queries = len(spec.generators) * spec.samples_per_generator + near_copies
@@ -255,9 +255,11 @@ def make_plan(resolved: ResolvedSpec, registry: Registry, device: torch.device, 
                                         k * sum(e.seconds or 0 for e in task))))
     if near_copies:
         per_video = sum(e.seconds or 0 for e in encoding if e.stage == "encode") / max(1, sum(videos.values()))
+        lines = f"{len(spec.robustness.perturbations)} paths" + (" and the unperturbed"
+                                                                  if spec.robustness.unperturbed else "")
         parts.append(("robustness", Estimate(
-            "near-copies", f"{near_copies:,} videos ({len(spec.robustness.perturbations)} paths x 2 sides) perturbed "
-            "and encoded; their scoring is in re-ID's", near_copies * per_video, "codec time not measured")))
+            "near-copies", f"{near_copies:,} videos ({len(spec.robustness.entries()) // 2} lines x 2 sides: {lines})"
+            " perturbed and encoded; their scoring is in re-ID's", near_copies * per_video, "codec time not measured")))
     cached, run = cached_stages(resolved.spec_hash, runs, cache_root)
     return render(parts, cached, _device_name(device), processes, run, probe.timings)
 

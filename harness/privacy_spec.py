@@ -11,6 +11,9 @@ from pydantic import BaseModel, ConfigDict, Field, PositiveFloat, PositiveInt, f
 from harness.metrics.intervals import Bootstrap
 from harness.metrics.pairs import HEADS
 
+#: the `perturbation` a robustness generator is asked for (with strength '') to leave its source video as it is
+UNPERTURBED = "none"
+
 
 class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid")
@@ -109,12 +112,17 @@ class PrivacySpec(_Strict):
 class RobustnessSpec(_Strict):
     """Near-copy controls with known answers: each listed perturbation applied to training videos (a memorising
     generator's output on its way to a user: they must score as memorised) and to held-out videos (they must score
-    like the plain holdout). Privacy only, no downstream task: the Robustness table under the privacy table."""
+    like the same videos unperturbed, the `none` line). Privacy only, no downstream task: the Robustness table under
+    the privacy table."""
 
     generator: str = Field("near-copy", description="the control plugin; its args take `perturbation`, `strength` "
-                                                    "and `source` (train or holdout)")
+                                                    "and `source` (train or holdout); perturbation `none` with "
+                                                    "strength '' leaves the source video as it is")
     perturbations: list[str] = Field(min_length=1, description="'name:strength' entries, e.g. 'h264:28'")
     samples: PositiveInt = Field(200, description="samples per perturbation and side")
+    unperturbed: bool = Field(True, description="also score the same source videos read the same way, unperturbed "
+                                                "(the `none` line): the paired reference every line is read against, "
+                                                "on the very videos it perturbs")
 
     @field_validator("perturbations")
     @classmethod
@@ -122,16 +130,22 @@ class RobustnessSpec(_Strict):
         for entry in value:
             if ":" not in entry:
                 raise ValueError(f"'{entry}' is not 'name:strength' (e.g. 'h264:28')")
+            if entry.split(":", 1)[0].strip() == UNPERTURBED:
+                raise ValueError(f"'{entry}': the unperturbed reference is added by `unperturbed: true`; remove it "
+                                 "from the list")
         if len(set(value)) != len(value):
             raise ValueError("a perturbation is listed twice; list each once")
         return value
 
     def entries(self) -> list[tuple[str, dict[str, str]]]:
-        """(row name, generator args) of every near-copy row: the training side, then the held-out side."""
+        """(row name, generator args) of every near-copy row: the training side, then the held-out side, each
+        starting with its unperturbed reference when asked for."""
+        listed = [(entry, *entry.split(":", 1)) for entry in self.perturbations]
+        if self.unperturbed:
+            listed.insert(0, (UNPERTURBED, UNPERTURBED, ""))
         out = []
         for source, prefix in (("train", ""), ("holdout", "holdout ")):
-            for entry in self.perturbations:
-                name, strength = entry.split(":", 1)
+            for entry, name, strength in listed:
                 out.append((f"{prefix}{entry}", {"perturbation": name.strip(), "strength": strength.strip(),
                                                  "source": source}))
         return out

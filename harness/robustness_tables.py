@@ -10,6 +10,7 @@ import pandas as pd
 from tabulate import tabulate
 
 from harness.metrics.columns import interval_text
+from harness.privacy_spec import UNPERTURBED
 
 #: the Robustness table's measures: key and header
 ROBUSTNESS = (("memorised_pct", "memorised %"), ("content_memorised_pct", "content %"),
@@ -19,8 +20,9 @@ ROBUSTNESS = (("memorised_pct", "memorised %"), ("content_memorised_pct", "conte
 def robustness_frame(results: list[dict[str, Any]]) -> tuple[str, pd.DataFrame] | None:
     """One line per perturbation and strength: the near-copies' memorised, content and motion memorised % (they
     should be flagged), how often the nearest training video was the source, and the same perturbation on held-out
-    videos (they should stay at the real rate); for every run with a `robustness` section, with a benchmark column
-    where there are several (e.g. the default next to the seed paper's privacy recipe)."""
+    videos (they should stay at the rate of the same videos unperturbed, the first line); for every run with a
+    `robustness` section, with a benchmark column where there are several (e.g. the default next to the seed
+    paper's privacy recipe)."""
     runs = [r for r in results if r.get("robustness")]
     if not runs:
         return None
@@ -32,10 +34,12 @@ def robustness_frame(results: list[dict[str, Any]]) -> tuple[str, pd.DataFrame] 
     note = (f"Each near-copy is a training video passed through one perturbation at one strength "
             f"(`{robustness['generator']}`, {robustness['samples']} samples per line and side) on its way to the "
             "harness, read like any video file; a memorisation detector must flag it as it flags an exact copy "
-            f"(near-copy columns ↑). The same perturbation applied to held-out videos nobody trained on must stay at "
-            f"the real rate, {nominal:g} % by construction (held-out columns, inside the holdout row's interval). "
-            "*source nearest %*: near-copies whose nearest training video (pred head) is the one they were made "
-            "from. Intervals as in the privacy table.")
+            "(near-copy columns ↑). The same perturbation applied to held-out videos nobody trained on must not be "
+            f"flagged more often than those videos are as they are: the *{UNPERTURBED}* line reads the very same "
+            "videos of both sides from their files without a perturbation, the paired reference of every line "
+            f"(the real rate is {nominal:g} % by construction; the privacy table's holdout row draws other "
+            "held-out videos). *source nearest %*: near-copies whose nearest training video (pred head) is the one "
+            "they were made from. Intervals as in the privacy table.")
     return note, pd.DataFrame(list(lines.values())).fillna("")
 
 

@@ -30,6 +30,7 @@ from harness.context import RunContext
 from harness.data import Condition, LatentSet, PixelSamples, SampleSet
 from harness.errors import UserError
 from harness.plan import Estimate, Probe, Workload
+from harness.privacy_spec import UNPERTURBED
 from harness.videoio import VideoReadError
 from harness_plugins.perturbations import PERTURBATIONS, check, perturbed_clip, strength_text
 from harness_plugins.perturbations import VERSION as PERTURBATIONS_VERSION
@@ -230,9 +231,9 @@ class NearCopy(Generator):
     """Real videos, each through one named perturbation at one strength (`harness_plugins.perturbations`): from the
     training split, a memorising generator whose output was decoded, compressed, resampled, shifted or re-scaled on
     its way to the user (it must score as memorised); from the held-out videos, the same path for videos nobody
-    trained on (it must score like the plain holdout). Each sample reads its source video's file at the file's own
-    rate, perturbs it and is read into the run's clip exactly as the datasets read their files; `encoder` decodes
-    the source's latents instead, and the run encodes the pixels again."""
+    trained on (it must score like those videos unperturbed, `none`). Each sample reads its source video's file at
+    the file's own rate, perturbs it and is read into the run's clip exactly as the datasets read their files;
+    `encoder` decodes the source's latents instead, and the run encodes the pixels again."""
 
     version = PERTURBATIONS_VERSION  # its samples change when the perturbations do
     output = "pixels"
@@ -241,8 +242,10 @@ class NearCopy(Generator):
     splits = ("train", "val", "holdout")
 
     class Config(ComponentConfig):
-        perturbation: str = Field("mjpeg", description=f"one of {', '.join(PERTURBATIONS)}")
-        strength: str = Field("95", description="one of the perturbation's named strengths")
+        perturbation: str = Field("mjpeg", description=f"one of {', '.join(PERTURBATIONS)}, or '{UNPERTURBED}' (the "
+                                                       "source video as it is: the lines' paired reference)")
+        strength: str = Field("95", description=f"one of the perturbation's named strengths ('' with "
+                                                f"'{UNPERTURBED}')")
         source: Literal["train", "holdout"] = Field("train", description="training videos (near-copies) or held-out "
                                                                          "ones (the false-positive side)")
 

@@ -8,7 +8,8 @@ in time to the run's fps, cut to its length, resized). Strengths are listed weak
 memorising generator's output plausibly goes through, at which detection must survive (issue: ≥ 90 % memorised).
 
 The run's own encoder round trip (`encoder`) is not a file operation: the `near-copy` control decodes the latents
-itself and lets the run encode the pixels again.
+itself and lets the run encode the pixels again. `none` (no strength) is every table's paired reference: the same
+videos read the same way, unperturbed; it is not a perturbation, so the re-ID model's training views never draw it.
 """
 
 from __future__ import annotations
@@ -24,6 +25,7 @@ import cv2
 import numpy as np
 
 from harness.data import ClipSpec
+from harness.privacy_spec import UNPERTURBED
 from harness.videoio import read_avi
 from harness_plugins.echonet import resample_clip, resize_clip
 
@@ -187,6 +189,10 @@ def strength_text(value: object) -> str:
 
 def check(name: str, strength: str) -> None:
     """Raise ValueError with one sentence when the name or the strength is not known."""
+    if name == UNPERTURBED:
+        if strength:
+            raise ValueError(f"'{UNPERTURBED}' leaves the video as it is and takes no strength; remove '{strength}'")
+        return
     if name not in PERTURBATIONS:
         raise ValueError(f"unknown perturbation '{name}'; known: {', '.join(PERTURBATIONS)}")
     known = PERTURBATIONS[name].strengths
@@ -198,6 +204,8 @@ def check(name: str, strength: str) -> None:
 def perturb(video: Video, name: str, strength: str, rng: np.random.Generator) -> Video:
     """`video` through the named perturbation (a file operation; `encoder` is the caller's own)."""
     check(name, strength)
+    if name == UNPERTURBED:
+        return video
     apply = PERTURBATIONS[name].apply
     if apply is None:
         raise ValueError(f"perturbation '{name}' acts on latents, not on a video file")

@@ -52,9 +52,10 @@ def test_echonet_sizes_come_from_its_filelist_or_the_published_counts(tmp_path, 
 
 
 def test_plan_counts_the_near_copy_rows(tmp_path):
-    """The spec's robustness section adds its near-copies (paths x 2 sides x samples) to the plan."""
+    """The spec's robustness section adds its near-copies ((paths + the unperturbed) x 2 sides x samples) to the
+    plan."""
     spec = tiny_spec(tmp_path, robustness={"samples": 7, "perturbations": ["mjpeg:95", "shift:2"]})
     done = run_cli("--cache", str(tmp_path / "empty"), "plan", str(spec), "--runs", str(tmp_path))
     assert done.returncode == 0, done.stderr
     line = next(line for line in done.stdout.splitlines() if line.startswith("robustness"))
-    assert "28 videos (2 paths x 2 sides)" in line
+    assert "42 videos (3 lines x 2 sides: 2 paths and the unperturbed)" in line

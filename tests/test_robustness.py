@@ -140,22 +140,41 @@ def test_the_robustness_section_fills_its_table_and_figure(tiny_run, tmp_path):
     results = json.loads((out / "results.json").read_text())
     lines = results["robustness"]["rows"]
     assert [(r["perturbation"], r["source"]) for r in lines] == [
-        ("mjpeg", "train"), ("encoder", "train"), ("mjpeg", "holdout"), ("encoder", "holdout")]
+        ("none", "train"), ("mjpeg", "train"), ("encoder", "train"),
+        ("none", "holdout"), ("mjpeg", "holdout"), ("encoder", "holdout")]
     assert all(r["error"] is None and r["memorised_pct"] is not None for r in lines)
-    assert lines[0]["source_found_pct"] >= 75  # an MJPEG copy of a training video finds its source
+    unperturbed = lines[0]  # the training videos read from their files as the dataset read them: exact copies
+    assert [unperturbed[key] for key in ("memorised_pct", "content_memorised_pct", "motion_memorised_pct",
+                                         "source_found_pct")] == [100.0] * 4
+    assert lines[1]["source_found_pct"] >= 75  # an MJPEG copy of a training video finds its source
+    held_out = pd.read_csv(out / "samples" / "robustness" / "holdout-none.csv")
+    assert set(held_out["source_ids"]) == set(pd.read_csv(out / "samples" / "robustness" / "holdout-mjpeg-95.csv")
+                                              ["source_ids"])  # the paired reference: the very same videos
     assert (out / "figures" / "robustness.png").is_file()
     assert (out / "samples" / "robustness" / "mjpeg-95.csv").is_file()
     text = (out / "leaderboard.md").read_text()
     assert text.index("### Privacy") < text.index("### Robustness") < text.index("### Coverage")
+    assert "| none " in text and "paired reference" in text
     checked = run_cli("check", str(out), "--spec", str(spec))
     assert checked.returncode == 0, checked.stdout + checked.stderr
-    results["robustness"]["rows"][0]["memorised_pct"] = (lines[0]["memorised_pct"] + 50) % 100  # edited by hand
+    results["robustness"]["rows"][1]["memorised_pct"] = (lines[1]["memorised_pct"] + 50) % 100  # edited by hand
     (out / "results.json").write_text(json.dumps(results))
     checked = run_cli("check", str(out), "--spec", str(spec))
     assert checked.returncode != 0 and "robustness line 'mjpeg:95': memorised_pct is" in checked.stdout
     plain = run_cli("validate", str(tiny_spec(tmp_path, name="plain.yaml", downstream=None,
                                               generators=[{"plugin": "copy"}])))
     assert f"benchmark hash {results['benchmark']['benchmark_hash']}" in plain.stdout  # near-copy rows: not in it
+
+
+def test_the_unperturbed_reference_leaves_the_video_as_it_is_and_is_not_listed():
+    video = Video(texture(), 50.0, 50.0)
+    assert perturb(video, "none", "", np.random.default_rng(0)) is video
+    with pytest.raises(ValueError, match="'none' leaves the video as it is and takes no strength; remove '2'"):
+        perturb(video, "none", "2", np.random.default_rng(0))
+    with pytest.raises(ValueError, match="added by `unperturbed: true`"):
+        RobustnessSpec(perturbations=["h264:28", "none:"])
+    assert [row for row, _ in RobustnessSpec(perturbations=["h264:28"], unperturbed=False).entries()] == [
+        "h264:28", "holdout h264:28"]
 
 
 def test_every_near_copy_row_has_its_own_plain_file_name():
