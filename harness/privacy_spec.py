@@ -67,9 +67,10 @@ class MotionSpec(_Strict):
         "rate read wrongly: 30 vs 32 fps is 0.94); [1]: same speed only (on the phantom's 16-frame clips, speeds "
         "raised τ_motion more than the scores of near-copies at another frame rate, which stayed at 0-3 %)"))
     lags: list[int] = Field([-1, 0, 1], min_length=1, description=(
-        "and started this many flow steps later or earlier (on the phantom default, lags of one step took "
-        "near-copies started 4 frames late from 2 to 100 % motion-memorised, and the motion-copy control, through "
-        "the higher τ_motion, from 88 to 71 %; [0]: aligned only)"))
+        "and started this many flow steps later or earlier, and, where every frame is decoded (the position view "
+        "on), every frame in between (on the phantom default, lags of one step took near-copies started 4 frames "
+        "late from 2 to 100 % motion-memorised, and the motion-copy control, through the higher τ_motion, from 88 "
+        "to 71 %; the frames in between took a start 2 frames late from 28 to 100 %; [0]: aligned only)"))
     overlap: float = Field(0.6, gt=0, le=1, description="the least share of the steps an alignment must cover")
     position_speeds: list[PositiveFloat] = Field([0.94, 1.0, 1.07], description=(
         "a second view, joined with the steps' as the copy test is with the re-ID model: every frame decoded, and "

@@ -13,6 +13,8 @@ from harness.metrics.motion import (
     best_motion_match,
     clip_profile,
     descriptors,
+    frame_lags,
+    frame_steps,
     frozen,
     motion_profiles,
     positions,
@@ -82,6 +84,23 @@ def test_positions_survive_the_jitter_of_another_frame_rate():
     assert nearest[0] == 0 and placed[0] > 0.99 and placed[0] > stepped[0]
     by_hand = positions(np.array([[[1.0, 2.0, 3.0, 4.0], [1.0, -1.0, 0.5, 0.0]]]))
     np.testing.assert_allclose(by_hand[0], [[0, 0, 0, 0], [1, 2, 3, 4], [2, 1, 3.5, 4]])
+
+
+def test_steps_starting_at_every_frame_line_up_a_clip_started_one_frame_late():
+    """A clip that starts one frame late is half a step of 2 frames out of phase with its source: its steps of 2
+    frames match none of the source's at any lag of whole steps, but with a step starting at every frame (from the
+    positions of every frame) a lag of one frame lines them up exactly."""
+    path = random_path(3, steps=18)
+    sources = np.stack([moving_clip(path[:16], seed=30), moving_clip(random_path(4, steps=16), seed=31)])
+    late = moving_clip(path[1:17], seed=30)[None]
+    stepped, _ = best_motion_match(torch.from_numpy(motion_profiles(late[:, ::2], size=64)),
+                                   torch.from_numpy(motion_profiles(sources[:, ::2], size=64)),
+                                   time_bases(7, lags=(-1, 0, 1)))
+    assert frame_lags((-1, 0, 1), 2) == (-2, -1, 0, 1, 2)
+    by_frame = [torch.from_numpy(frame_steps(positions(motion_profiles(clips, size=64)), 2))
+                for clips in (late, sources)]
+    matched, nearest = best_motion_match(*by_frame, time_bases(14, lags=frame_lags((-1, 0, 1), 2)))
+    assert nearest[0] == 0 and matched[0] > 0.999 and matched[0] > stepped[0] + 0.01
 
 
 def test_a_frozen_clip_has_no_motion_and_is_never_memorised():

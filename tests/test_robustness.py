@@ -10,6 +10,7 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
+import yaml
 
 from harness.cache import ArtifactCache
 from harness.data import ClipSpec, VideoSet
@@ -18,7 +19,7 @@ from harness.robustness_tables import robustness_frame
 from harness.videoio import read_avi
 from harness_plugins.echonet import resample_clip
 from harness_plugins.perturbations import PERTURBATIONS, Video, as_clip, perturb
-from tests.conftest import run_cli, tiny_spec
+from tests.conftest import ROOT, run_cli, tiny_spec
 
 CLIP = ClipSpec(8, 112, 112, 25.0)
 
@@ -175,6 +176,13 @@ def test_the_unperturbed_reference_leaves_the_video_as_it_is_and_is_not_listed()
         RobustnessSpec(perturbations=["h264:28", "none:"])
     assert [row for row, _ in RobustnessSpec(perturbations=["h264:28"], unperturbed=False).entries()] == [
         "h264:28", "holdout h264:28"]
+
+
+def test_the_full_robustness_spec_lists_every_realistic_strength():
+    """`phantom-robustness.yaml` stays the default's table at every strength detection must survive."""
+    listed = yaml.safe_load((ROOT / "benchmarks" / "phantom-robustness.yaml").read_text())["robustness"]
+    assert listed["perturbations"] == [f"{name}:{strength}" for name, p in PERTURBATIONS.items()
+                                       for strength in p.realistic]
 
 
 def test_every_near_copy_row_has_its_own_plain_file_name():

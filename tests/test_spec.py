@@ -81,7 +81,7 @@ def test_cli_validate_prints_every_error_and_exits_2(tmp_path):
     assert ok.returncode == 0 and "benchmark hash" in ok.stdout
 
 
-@pytest.mark.parametrize("spec", ["tiny.yaml", "phantom.yaml", "phantom-paper.yaml"])
+@pytest.mark.parametrize("spec", ["tiny.yaml", "phantom.yaml", "phantom-paper.yaml", "phantom-robustness.yaml"])
 def test_shipped_specs_are_valid(spec, registry):
     validate_spec(TINY.parent / spec, registry)
 

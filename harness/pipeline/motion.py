@@ -20,9 +20,9 @@ from harness.context import RunContext
 from harness.data import LatentSet
 from harness.metrics.columns import Column
 from harness.metrics.intervals import Bootstrap, memorised_estimate
-from harness.metrics.motion import best_motion_match, frozen, time_bases
+from harness.metrics.motion import best_motion_match, frame_lags, frame_steps, frozen, time_bases
 from harness.metrics.privacy import ceiling_level, is_memorised, joint_levels, privacy_threshold
-from harness.pipeline.decoded import Decoding, decoded
+from harness.pipeline.decoded import Decoded, Decoding, decoded
 from harness.pipeline.encoding import Encoded
 from harness.pipeline.stages import Stages, Stored
 from harness.spec import MotionSpec
@@ -44,6 +44,11 @@ class MotionReference:
     stats: dict[str, Any] | None = None  # tau, the scores that set it, the test videos' scores
     error: str | None = None  # one sentence: why motion cannot be measured in this run
     positions: torch.Tensor | None = None  # the training videos' positions [N_train, T, 4] (the position view)
+
+    @property
+    def by_frame(self) -> bool:
+        """Every frame is decoded, so the step view compares steps starting at every frame (`frame_steps`)."""
+        return self.decoding is not None and self.decoding.positions
 
     @property
     def summary(self) -> dict[str, Any]:
@@ -72,8 +77,8 @@ def fit_motion(stages: Stages, encoded: Encoded, decoding: Decoding, spec: Motio
         return MotionReference(spec, calibration, decoding, error="motion: the real videos do not move (their frames "
                                                                   "do not change), so there is no motion to compare.")
     views = _views(spec, decoding)
-    reference = {name: _tensor(getattr(train, name), ctx.device) for name in views}
-    own = {name: _tensor(getattr(test, name), ctx.device) for name in views}
+    reference = {name: _tensor(_view(train, name, spec, decoding.positions), ctx.device) for name in views}
+    own = {name: _tensor(_view(test, name, spec, decoding.positions), ctx.device) for name in views}
     stats: dict[str, Any] = {}
     for name, bases in views.items():
         pmax_test, _ = best_motion_match(own[name], reference[name], bases(own[name].shape[1]))
@@ -107,8 +112,10 @@ def motion_metrics(profiles: np.ndarray, motion: MotionReference, boot: Bootstra
     """Motion-memorised % with its interval, per-sample columns and motion scores (the step view's) of a set of
     step profiles, joined with the position view's scores of their `positions` where the reference has one."""
     still = frozen(profiles)
-    query = _tensor(profiles, device)
-    scores, nearest = best_motion_match(query, motion.train.to(device), time_bases_of(motion.spec, query.shape[1]))
+    steps = frame_steps(positions, motion.spec.frame_gap) if motion.by_frame and positions is not None else profiles
+    query = _tensor(steps, device)
+    scores, nearest = best_motion_match(query, motion.train.to(device),
+                                        time_bases_of(motion.spec, query.shape[1], motion.by_frame))
     scores = np.where(still, np.nan, scores)
     stats = motion.stats
     levels, calibration, ceiling = np.nan_to_num(scores, nan=-np.inf), stats["calibration_scores"], stats["ceiling"]
@@ -145,19 +152,29 @@ def motion_metrics(profiles: np.ndarray, motion: MotionReference, boot: Bootstra
 def _views(spec: MotionSpec, decoding: Decoding) -> dict[str, Callable[[int], list[tuple[np.ndarray, np.ndarray]]]]:
     """The views motion is compared in (the `Decoded` field each reads) and their time bases for a length."""
     views: dict[str, Callable[[int], list[tuple[np.ndarray, np.ndarray]]]] = {
-        "profiles": lambda steps: time_bases_of(spec, steps)}
+        "profiles": lambda steps: time_bases_of(spec, steps, decoding.positions)}
     if decoding.positions:
         views["positions"] = lambda frames: time_bases(frames, tuple(spec.position_speeds))
     return views
+
+
+def _view(clips: Decoded, name: str, spec: MotionSpec, by_frame: bool) -> np.ndarray:
+    """What a view compares of decoded clips: the steps (starting at every frame where every frame is decoded) or
+    the positions."""
+    if name == "profiles" and by_frame:
+        return frame_steps(clips.positions, spec.frame_gap)
+    return getattr(clips, name)
 
 
 def _tensor(array: np.ndarray, device: torch.device) -> torch.Tensor:
     return torch.from_numpy(np.asarray(array, dtype=np.float64)).to(device)
 
 
-def time_bases_of(spec: MotionSpec, steps: int) -> list[tuple[np.ndarray, np.ndarray]]:
-    """The alignments the spec compares motion on, for profiles of `steps` steps."""
-    return time_bases(steps, tuple(spec.speeds), tuple(spec.lags), spec.overlap)
+def time_bases_of(spec: MotionSpec, steps: int, by_frame: bool = False) -> list[tuple[np.ndarray, np.ndarray]]:
+    """The alignments the spec compares motion on, for profiles of `steps` steps (`by_frame`: one starting at every
+    frame, the lags then in frames)."""
+    lags = frame_lags(tuple(spec.lags), spec.frame_gap) if by_frame else tuple(spec.lags)
+    return time_bases(steps, tuple(spec.speeds), lags, spec.overlap)
 
 
 def decode_precision(spec: MotionSpec, device: torch.device) -> str:
