@@ -74,10 +74,11 @@ class MotionSpec(_Strict):
     overlap: float = Field(0.6, gt=0, le=1, description="the least share of the steps an alignment must cover")
     position_speeds: list[PositiveFloat] = Field([0.94, 1.0, 1.07], description=(
         "a second view, joined with the steps' as the copy test is with the re-ID model: every frame decoded, and "
-        "where the motion has got to by each frame (`harness.metrics.motion.positions`) compared as a replay at "
-        "these speeds; on the phantom default, near-copies at 32 fps read as 30 went from 2 to 88 % "
-        "motion-memorised and H.264 crf 28 from 83 to 95 %, starts and other codecs still at 100 % (alone, the "
-        "position view misses a start 4 frames late); []: the steps alone (half the decoding)"))
+        "where the motion has got to by each frame (`harness.metrics.motion.positions`, averaged over neighbouring "
+        "frames) compared as a replay at these speeds; on the phantom default, near-copies at 32 fps read as 30 "
+        "went from 2 to 88 % motion-memorised (100 % with the average) and H.264 crf 28 from 83 to 95 %, starts "
+        "and other codecs still at 100 % (alone, the position view misses a start 4 frames late); []: the steps "
+        "alone (half the decoding)"))
 
 
 class PrivacySpec(_Strict):

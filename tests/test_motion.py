@@ -18,6 +18,7 @@ from harness.metrics.motion import (
     frozen,
     motion_profiles,
     positions,
+    smoothed,
     time_bases,
 )
 from harness.pipeline.decoded import _distinct
@@ -76,12 +77,17 @@ def test_positions_survive_the_jitter_of_another_frame_rate():
     assert set(np.diff(resampled)) >= {1, 3}  # jittered steps
     sources = np.stack([moving_clip(path[original], seed=20 + i) for i, path in enumerate(paths)])
     copy = moving_clip(paths[0][resampled], seed=60, offset=(2.0, 1.0))[None]
-    placed, nearest = best_motion_match(torch.from_numpy(positions(motion_profiles(copy, size=64))),
-                                        torch.from_numpy(positions(motion_profiles(sources, size=64))),
-                                        time_bases(16, (0.94, 1.0, 1.07)))
+    moved, real = positions(motion_profiles(copy, size=64)), positions(motion_profiles(sources, size=64))
+    bases = time_bases(16, (0.94, 1.0, 1.07))
+    placed, nearest = best_motion_match(torch.from_numpy(moved), torch.from_numpy(real), bases)
     stepped, _ = best_motion_match(torch.from_numpy(motion_profiles(copy[:, ::2], size=64)),
                                    torch.from_numpy(motion_profiles(sources[:, ::2], size=64)))
     assert nearest[0] == 0 and placed[0] > 0.99 and placed[0] > stepped[0]
+    # averaged over neighbouring frames, the jitter's half-frame misplacements mostly cancel
+    level, nearest = best_motion_match(torch.from_numpy(smoothed(moved)), torch.from_numpy(smoothed(real)), bases)
+    assert nearest[0] == 0 and 1 - level[0] < (1 - placed[0]) / 2
+    line = positions(np.ones((1, 5, 4)))
+    np.testing.assert_allclose(smoothed(line)[0, 1:-1], line[0, 1:-1])  # a steady motion stays where it is
     by_hand = positions(np.array([[[1.0, 2.0, 3.0, 4.0], [1.0, -1.0, 0.5, 0.0]]]))
     np.testing.assert_allclose(by_hand[0], [[0, 0, 0, 0], [1, 2, 3, 4], [2, 1, 3.5, 4]])
 

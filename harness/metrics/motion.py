@@ -62,6 +62,15 @@ def positions(profiles: np.ndarray) -> np.ndarray:
     return np.concatenate([start, profiles], axis=1).cumsum(axis=1)
 
 
+def smoothed(positions: np.ndarray) -> np.ndarray:
+    """`[N, T, 4]` positions averaged over each frame and its neighbours (weights 1, 2, 1; the end frames repeated):
+    a video resampled to another frame rate by nearest frames sits up to half a frame off its path at many frames,
+    and the average takes most of that off while a path as smooth as a beat barely changes (on the phantom default,
+    near-copies drawn at 30 fps and read at 30 went from 73 to 100 % motion-memorised, at 32 read as 30 from 88)."""
+    padded = np.concatenate([positions[:, :1], positions, positions[:, -1:]], axis=1)
+    return (padded[:, :-2] + 2 * padded[:, 1:-1] + padded[:, 2:]) / 4
+
+
 def frame_steps(positions: np.ndarray, gap: int) -> np.ndarray:
     """`[N, T - gap, 4]` the motion over every window of `gap` frames, one window starting at each frame (where the
     motion has got to `gap` frames later, from `positions`): the steps of every phase at once, so a clip started an

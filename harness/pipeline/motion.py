@@ -20,7 +20,7 @@ from harness.context import RunContext
 from harness.data import LatentSet
 from harness.metrics.columns import Column
 from harness.metrics.intervals import Bootstrap, memorised_estimate
-from harness.metrics.motion import best_motion_match, frame_lags, frame_steps, frozen, time_bases
+from harness.metrics.motion import best_motion_match, frame_lags, frame_steps, frozen, smoothed, time_bases
 from harness.metrics.privacy import ceiling_level, is_memorised, joint_levels, privacy_threshold
 from harness.pipeline.decoded import Decoded, Decoding, decoded
 from harness.pipeline.encoding import Encoded
@@ -123,7 +123,7 @@ def motion_metrics(profiles: np.ndarray, motion: MotionReference, boot: Bootstra
                           "motion_nearest": [None if s else motion.train_ids[i] for i, s in zip(nearest, still,
                                                                                                  strict=True)]})
     if motion.positions is not None and positions is not None:
-        moved = _tensor(positions, device)
+        moved = _tensor(smoothed(positions), device)
         placed, _ = best_motion_match(moved, motion.positions.to(device),
                                       _views(motion.spec, motion.decoding)["positions"](moved.shape[1]))
         placed = np.where(still, np.nan, placed)
@@ -160,10 +160,12 @@ def _views(spec: MotionSpec, decoding: Decoding) -> dict[str, Callable[[int], li
 
 def _view(clips: Decoded, name: str, spec: MotionSpec, by_frame: bool) -> np.ndarray:
     """What a view compares of decoded clips: the steps (starting at every frame where every frame is decoded) or
-    the positions."""
-    if name == "profiles" and by_frame:
+    the positions (smoothed over neighbouring frames)."""
+    if name == "positions":
+        return smoothed(clips.positions)
+    if by_frame:
         return frame_steps(clips.positions, spec.frame_gap)
-    return getattr(clips, name)
+    return clips.profiles
 
 
 def _tensor(array: np.ndarray, device: torch.device) -> torch.Tensor:
