@@ -1,9 +1,9 @@
 """Phase 3b, motion memorisation: the motion profiles of the real training and test videos and τ_motion, and one
 row's motion scores against them (`harness.metrics.motion`).
 
-The profiles come from the decode the pixel tests share (`harness.pipeline.decoded`): every `frame_gap`-th frame,
-real videos included, so a sample and the real video it may copy pass through the same decoder and their flows
-compare like with like.
+The profiles come from the decode the pixel tests share (`harness.pipeline.decoded`): every `frame_gap`-th frame
+(every frame with the position view on, the steps then starting at every frame), real videos included, so a sample
+and the real video it may copy pass through the same decoder and their flows compare like with like.
 """
 
 from __future__ import annotations
@@ -39,7 +39,7 @@ class MotionReference:
     spec: MotionSpec
     calibration: str  # privacy.calibration: which direction sets τ_motion
     decoding: Decoding  # the decode the motion profiles come from
-    train: torch.Tensor | None = None  # the training videos' motion profiles [N_train, P, 4], on the device
+    train: torch.Tensor | None = None  # the training videos' step view [N_train, P, 4] (`_view`), on the device
     train_ids: tuple[str, ...] = ()
     stats: dict[str, Any] | None = None  # tau, the scores that set it, the test videos' scores
     error: str | None = None  # one sentence: why motion cannot be measured in this run
