@@ -26,7 +26,8 @@ ENVIRONMENT = ("harness_version", "git_revision", "packages", "device", "seed")
 #: row fields that are percentages, and fractions
 PERCENT = ("memorised_pct", "memorised_pct_train_to_test", "content_memorised_pct", "motion_memorised_pct",
            "source_found_pct")
-FRACTION = ("recall", "recall_after_filter", "reference_recall", "irs_inf", "precision", "knn_recall", "coverage")
+FRACTION = ("recall", "recall_after_filter", "reference_recall", "irs_inf", "precision", "knn_recall", "coverage",
+            "dynamic_degree", "dynamic_degree_gap")
 NON_NEGATIVE = ("fd", "ef_mae", "adherence_mae", "sample_seconds_per_video", "fit_seconds", "peak_rss_mb",
                 "cuda_peak_mb")
 #: how far a recomputed aggregate may be from the reported one (CSV round trip of a mean of flags)

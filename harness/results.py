@@ -51,6 +51,10 @@ class ResultRow(BaseModel):
     motion_memorised_pct_low: float | None = None
     motion_memorised_pct_high: float | None = None
     motion_tau: float | None = None
+    dynamic_degree: float | None = None  # how much a sample moves (harness.metrics.motion.dynamic_degree)
+    dynamic_degree_low: float | None = None
+    dynamic_degree_high: float | None = None
+    dynamic_degree_gap: float | None = None  # its distance to the real test videos'
     motion_error: str | None = None  # why the row's motion is missing or partial (too short, frozen)
     memorised_pct_train_to_test: float | None = None
     memorised_pct_train_to_test_low: float | None = None

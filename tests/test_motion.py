@@ -13,6 +13,7 @@ from harness.metrics.motion import (
     best_motion_match,
     clip_profile,
     descriptors,
+    dynamic_degree,
     frame_lags,
     frame_steps,
     frozen,
@@ -115,7 +116,8 @@ def test_a_frozen_clip_has_no_motion_and_is_never_memorised():
     profiles = motion_profiles(np.concatenate([still, moving]), size=64)
     assert frozen(profiles).tolist() == [True, False]
     reference = MotionReference(MotionSpec(), "test-to-train", None, stats={  # motion_metrics decodes nothing
-        "tau": 0.5, "calibration_scores": np.linspace(0, 0.6, 40), "ceiling": 0.9996})
+        "tau": 0.5, "calibration_scores": np.linspace(0, 0.6, 40), "ceiling": 0.9996,
+        "dynamic_threshold": 0.05, "dynamic_degree_real": 0.9})
     reference = MotionReference(reference.spec, reference.calibration, None, torch.from_numpy(profiles[1:]),
                                 ("train-0",), reference.stats)
     boot = Bootstrap(200, 95.0, 0)
@@ -123,8 +125,18 @@ def test_a_frozen_clip_has_no_motion_and_is_never_memorised():
     assert np.isnan(scores[0]) and scores[1] == pytest.approx(1.0, abs=1e-5)
     assert table["motion_memorised"].tolist() == [False, True] and pd.isna(table["motion_nearest"][0])
     assert metrics["motion_memorised_pct"] == 50.0 and "1 of 2 samples are frozen" in metrics["motion_error"]
+    assert table["dynamic_degree"].tolist() == [0.0, 1.0]  # the frozen clip never moves, the moving one always
+    assert metrics["dynamic_degree"] == 0.5 and metrics["dynamic_degree_gap"] == pytest.approx(0.4)
+    assert metrics["dynamic_degree_low"] <= 0.5 <= metrics["dynamic_degree_high"]
     metrics, _, _ = motion_metrics(profiles[:1], reference, boot, torch.device("cpu"))
     assert "motion_memorised_pct" not in metrics and "every sample is frozen" in metrics["motion_error"]
+
+
+def test_dynamic_degree_is_the_share_of_steps_that_move_more_than_the_threshold():
+    magnitudes = np.array([[0.0, 0.1, 0.3, 0.5], [1.0, 1.0, 1.0, 1.0], [0.0, 0.0, 0.0, 0.0]])
+    profiles = np.zeros((3, 4, 4))
+    profiles[..., 2] = magnitudes
+    assert dynamic_degree(profiles, 0.2).tolist() == [0.5, 1.0, 0.0]
 
 
 def test_repeated_clips_are_measured_once():

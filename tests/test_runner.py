@@ -211,6 +211,17 @@ def test_malformed_yaml_run_fails_before_touching_the_cache(tmp_path):
     _assert_clean_failure(done, cache, "broken.yaml:5: malformed YAML")
 
 
+def test_dynamic_degree_says_how_much_each_row_moves(tiny_run):
+    """The real test videos set the threshold at their 10th percentile step, so they move at about 0.9; training
+    videos (the copy row) move like them."""
+    results = tiny_run["results"]
+    assert 0.85 <= results["motion"]["dynamic_degree_real"] <= 0.95
+    rows = {r["generator"]: r for r in results["rows"]}
+    for row in rows.values():
+        assert 0.0 <= row["dynamic_degree_low"] <= row["dynamic_degree"] <= row["dynamic_degree_high"] <= 1.0
+    assert rows["copy"]["dynamic_degree_gap"] < 0.15
+
+
 def test_phantom_fresh_honours_the_requested_ef(tiny_run):
     samples = _samples_by_row(tiny_run)["phantom-fresh"]
     assert samples.provenance["source_ids"].str.startswith("new:").all()

@@ -78,6 +78,15 @@ class Estimate:
         return min(low, self.value), max(high, self.value)
 
 
+def mean_estimate(values: np.ndarray, boot: Bootstrap) -> Estimate:
+    """The mean of per-sample values and its replicates, resampling the samples."""
+    values = np.asarray(values, dtype=np.float64)
+    rng, draws = boot.rng(5), []
+    for size in boot.chunks(len(values)):
+        draws.append(values[rng.integers(0, len(values), (size, len(values)))].mean(axis=1))
+    return Estimate(float(values.mean()), np.concatenate(draws))
+
+
 def memorised_estimate(pmax: np.ndarray, pmax_calibration: np.ndarray, percentile: float,
                        boot: Bootstrap, ceiling: float = np.inf) -> Estimate:
     """The memorised share (in %) and its replicates, resampling the samples and the videos that set τ together;

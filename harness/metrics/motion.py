@@ -24,6 +24,8 @@ import torch
 
 #: Farnebäck's parameters: a 3-level pyramid (halving), a 9-pixel window, 3 iterations, polynomial of 5 pixels
 FARNEBACK = dict(pyr_scale=0.5, levels=3, winsize=9, iterations=3, poly_n=5, poly_sigma=1.1, flags=0)
+#: the percentile of the real test videos' flow steps (mean flow magnitude) a step must exceed to count as moving
+DYNAMIC_PERCENTILE = 10.0
 #: a clip whose frames change by less than this (mean grey levels: 1 % of the pixels by one level) at every step is
 #: frozen; its flow would be only the estimator's noise floor
 FROZEN_GREY = 0.01
@@ -82,6 +84,13 @@ def frame_steps(positions: np.ndarray, gap: int) -> np.ndarray:
 def frame_lags(lags: tuple[int, ...], gap: int) -> tuple[int, ...]:
     """Lags of `lags` steps of `gap` frames as lags of frames, with every frame between them."""
     return tuple(range(min(lags) * gap, max(lags) * gap + 1))
+
+
+def dynamic_degree(profiles: np.ndarray, threshold: float) -> np.ndarray:
+    """Per clip, the share of its flow steps whose mean flow magnitude exceeds `threshold` (VBench's dynamic degree,
+    counted per step): consistency alone rewards a video that does not move, this says how much it moves; a frozen
+    clip scores 0, the real videos whose low percentile set the threshold about 1 minus that percentile."""
+    return (np.asarray(profiles)[..., 2] > threshold).mean(axis=1)
 
 
 def frozen(profiles: np.ndarray) -> np.ndarray:

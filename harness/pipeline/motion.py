@@ -19,8 +19,17 @@ import torch
 from harness.context import RunContext
 from harness.data import LatentSet
 from harness.metrics.columns import Column
-from harness.metrics.intervals import Bootstrap, memorised_estimate
-from harness.metrics.motion import best_motion_match, frame_lags, frame_steps, frozen, smoothed, time_bases
+from harness.metrics.intervals import Bootstrap, mean_estimate, memorised_estimate
+from harness.metrics.motion import (
+    DYNAMIC_PERCENTILE,
+    best_motion_match,
+    dynamic_degree,
+    frame_lags,
+    frame_steps,
+    frozen,
+    smoothed,
+    time_bases,
+)
 from harness.metrics.privacy import ceiling_level, is_memorised, joint_levels, privacy_threshold
 from harness.pipeline.decoded import Decoded, Decoding, decoded
 from harness.pipeline.encoding import Encoded
@@ -30,7 +39,13 @@ from harness.spec import MotionSpec
 COLUMNS = [Column("motion_memorised_pct", "motion memorised %", "↓", 1, interval=True, group="privacy",
                   definition="samples that move like a training video, whatever they look like (optical-flow "
                              "motion: its steps, or where it has got to by each frame) above τ_motion, set on the "
-                             "real test videos like τ (Chen et al. 2024)")]
+                             "real test videos like τ (Chen et al. 2024)"),
+           Column("dynamic_degree", "dynamic degree", "", 3, interval=True, group="fidelity",
+                  definition=f"the share of a sample's optical-flow steps that move more than the real test "
+                             f"videos' {DYNAMIC_PERCENTILE:g}th percentile step: 0 for a frozen video, about "
+                             f"{1 - DYNAMIC_PERCENTILE / 100:g} for real ones"),
+           Column("dynamic_degree_gap", "dynamic degree gap to real", "↓", 3, group="fidelity",
+                  definition="the dynamic degree's distance to the real test videos'")]
 
 @dataclass(frozen=True)
 class MotionReference:
@@ -57,7 +72,8 @@ class MotionReference:
                "calibration": self.calibration, "decode_precision": self.decoding.precision, "error": self.error,
                "position_speeds": self.spec.position_speeds if self.positions is not None else []}
         if self.stats is not None:
-            out.update({k: self.stats[k] for k in ("tau", "tau_test_to_train", "tau_train_to_test")
+            out.update({k: self.stats[k] for k in ("tau", "tau_test_to_train", "tau_train_to_test",
+                                                   "dynamic_threshold", "dynamic_degree_real")
                         + (("position_tau",) if self.positions is not None else ())})
         return out
 
@@ -91,6 +107,9 @@ def fit_motion(stages: Stages, encoded: Encoded, decoding: Decoding, spec: Motio
         if not prefix:
             stats.update({"tau_test_to_train": taus["test-to-train"], "tau_train_to_test": taus["train-to-test"],
                           "test_scores": pmax_test})
+    threshold = float(np.percentile(test.profiles[..., 2], DYNAMIC_PERCENTILE))
+    stats.update({"dynamic_threshold": threshold,
+                  "dynamic_degree_real": float(dynamic_degree(test.profiles, threshold).mean())})
     ids = tuple(encoded.latents["train"].value.table["video_id"].astype(str))
     return MotionReference(spec, calibration, decoding, reference["profiles"], ids, stats,
                            positions=reference.get("positions"))
@@ -135,6 +154,12 @@ def motion_metrics(profiles: np.ndarray, motion: MotionReference, boot: Bootstra
     table["motion_memorised"] = ~still & is_memorised(levels, privacy_threshold(calibration, motion.spec.percentile),
                                                       ceiling)
     metrics: dict[str, Any] = {"motion_tau": stats["tau"]}
+    if "dynamic_threshold" in stats:
+        table["dynamic_degree"] = dynamic_degree(profiles, stats["dynamic_threshold"])
+        moving = mean_estimate(table["dynamic_degree"].to_numpy(), boot)
+        metrics["dynamic_degree"] = moving.value
+        metrics["dynamic_degree_low"], metrics["dynamic_degree_high"] = moving.interval(boot)
+        metrics["dynamic_degree_gap"] = abs(moving.value - stats["dynamic_degree_real"])
     if still.all():
         return {**metrics, "motion_error": "motion: every sample is frozen (its frames do not change), so its "
                                            "motion cannot be compared."}, table, scores
