@@ -45,7 +45,8 @@ MARKED = Column("generator", "generator",
 CONTROLS = ("come from control generators whose answer is known (they copy, hold out, collapse or make noise): they "
             "check the metrics, they do not compete.")
 #: The leaderboard's tables, in order: (group, title); every table repeats the generator column.
-GROUPS = [("privacy", "Privacy"), ("coverage", "Coverage"), ("fidelity", "Fidelity"), ("utility", "Utility"),
+GROUPS = [("privacy", "Privacy"), ("coverage", "Coverage"), ("fidelity", "Fidelity"),
+          ("temporal", "Consistency and motion"), ("utility", "Utility"),
           ("plugin", "Plugin metrics"), ("cost", "Cost and record")]
 
 

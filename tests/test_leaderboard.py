@@ -38,14 +38,14 @@ def test_markdown_csv_json(tiny_run, tmp_path):
 
 
 def test_markdown_is_narrow_tables_sharing_the_generator_column(tiny_run):
-    """Privacy, coverage, fidelity, utility and cost tables, each of at most 9 columns, with the generator first,
-    every row in every table, and each column's definition once under its table."""
+    """Privacy, coverage, fidelity, consistency and motion, utility and cost tables, each of at most 9 columns,
+    with the generator first, every row in every table, and each column's definition once under its table."""
     results = tiny_run["results"]
     md = render([results], "md")
     titles = re.findall(r"^### (.+)$", md, flags=re.M)
-    assert titles[:5] == ["Privacy", "Coverage", "Fidelity", "Utility", "Cost and record"]
+    assert titles[:6] == ["Privacy", "Coverage", "Fidelity", "Consistency and motion", "Utility", "Cost and record"]
     generators = [r["generator"] for r in results["rows"]]
-    for title in titles[:5]:
+    for title in titles[:6]:
         section = md.split(f"### {title}\n\n")[1].split("\n### ")[0]
         lines = [line for line in section.splitlines() if line.startswith("|")]
         header = [cell.strip() for cell in lines[0].strip("|").split("|")]

@@ -40,11 +40,11 @@ COLUMNS = [Column("motion_memorised_pct", "motion memorised %", "↓", 1, interv
                   definition="samples that move like a training video, whatever they look like (optical-flow "
                              "motion: its steps, or where it has got to by each frame) above τ_motion, set on the "
                              "real test videos like τ (Chen et al. 2024)"),
-           Column("dynamic_degree", "dynamic degree", "", 3, interval=True, group="fidelity",
+           Column("dynamic_degree", "dynamic degree", "", 3, interval=True, group="temporal",
                   definition=f"the share of a sample's optical-flow steps that move more than the real test "
                              f"videos' {DYNAMIC_PERCENTILE:g}th percentile step: 0 for a frozen video, about "
                              f"{1 - DYNAMIC_PERCENTILE / 100:g} for real ones"),
-           Column("dynamic_degree_gap", "dynamic degree gap to real", "↓", 3, group="fidelity",
+           Column("dynamic_degree_gap", "dynamic degree gap to real", "↓", 3, group="temporal",
                   definition="the dynamic degree's distance to the real test videos'")]
 
 @dataclass(frozen=True)
