@@ -154,12 +154,11 @@ def motion_metrics(profiles: np.ndarray, motion: MotionReference, boot: Bootstra
     table["motion_memorised"] = ~still & is_memorised(levels, privacy_threshold(calibration, motion.spec.percentile),
                                                       ceiling)
     metrics: dict[str, Any] = {"motion_tau": stats["tau"]}
-    if "dynamic_threshold" in stats:
-        table["dynamic_degree"] = dynamic_degree(profiles, stats["dynamic_threshold"])
-        moving = mean_estimate(table["dynamic_degree"].to_numpy(), boot)
-        metrics["dynamic_degree"] = moving.value
-        metrics["dynamic_degree_low"], metrics["dynamic_degree_high"] = moving.interval(boot)
-        metrics["dynamic_degree_gap"] = abs(moving.value - stats["dynamic_degree_real"])
+    table["dynamic_degree"] = dynamic_degree(profiles, stats["dynamic_threshold"])
+    moving = mean_estimate(table["dynamic_degree"].to_numpy(), boot)
+    metrics["dynamic_degree"] = moving.value
+    metrics["dynamic_degree_low"], metrics["dynamic_degree_high"] = moving.interval(boot)
+    metrics["dynamic_degree_gap"] = abs(moving.value - stats["dynamic_degree_real"])
     if still.all():
         return {**metrics, "motion_error": "motion: every sample is frozen (its frames do not change), so its "
                                            "motion cannot be compared."}, table, scores
