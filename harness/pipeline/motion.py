@@ -31,7 +31,7 @@ from harness.metrics.motion import (
     time_bases,
 )
 from harness.metrics.privacy import ceiling_level, is_memorised, joint_levels, privacy_threshold
-from harness.pipeline.decoded import Decoded, Decoding, decoded
+from harness.pipeline.decoded import Decoding, decoded
 from harness.pipeline.encoding import Encoded
 from harness.pipeline.stages import Stages, Stored
 from harness.spec import MotionSpec
@@ -93,8 +93,10 @@ def fit_motion(stages: Stages, encoded: Encoded, decoding: Decoding, spec: Motio
         return MotionReference(spec, calibration, decoding, error="motion: the real videos do not move (their frames "
                                                                   "do not change), so there is no motion to compare.")
     views = _views(spec, decoding)
-    reference = {name: _tensor(_view(train, name, spec, decoding.positions), ctx.device) for name in views}
-    own = {name: _tensor(_view(test, name, spec, decoding.positions), ctx.device) for name in views}
+    reference = {name: _tensor(_view(name, train.profiles, train.positions, spec, decoding.positions), ctx.device)
+                 for name in views}
+    own = {name: _tensor(_view(name, test.profiles, test.positions, spec, decoding.positions), ctx.device)
+           for name in views}
     stats: dict[str, Any] = {}
     for name, bases in views.items():
         pmax_test, _ = best_motion_match(own[name], reference[name], bases(own[name].shape[1]))
@@ -131,8 +133,7 @@ def motion_metrics(profiles: np.ndarray, motion: MotionReference, boot: Bootstra
     """Motion-memorised % with its interval, per-sample columns and motion scores (the step view's) of a set of
     step profiles, joined with the position view's scores of their `positions` where the reference has one."""
     still = frozen(profiles)
-    steps = frame_steps(positions, motion.spec.frame_gap) if motion.by_frame and positions is not None else profiles
-    query = _tensor(steps, device)
+    query = _tensor(_view("profiles", profiles, positions, motion.spec, motion.by_frame), device)
     scores, nearest = best_motion_match(query, motion.train.to(device),
                                         time_bases_of(motion.spec, query.shape[1], motion.by_frame))
     scores = np.where(still, np.nan, scores)
@@ -142,7 +143,7 @@ def motion_metrics(profiles: np.ndarray, motion: MotionReference, boot: Bootstra
                           "motion_nearest": [None if s else motion.train_ids[i] for i, s in zip(nearest, still,
                                                                                                  strict=True)]})
     if motion.positions is not None and positions is not None:
-        moved = _tensor(smoothed(positions), device)
+        moved = _tensor(_view("positions", profiles, positions, motion.spec, motion.by_frame), device)
         placed, _ = best_motion_match(moved, motion.positions.to(device),
                                       _views(motion.spec, motion.decoding)["positions"](moved.shape[1]))
         placed = np.where(still, np.nan, placed)
@@ -182,14 +183,13 @@ def _views(spec: MotionSpec, decoding: Decoding) -> dict[str, Callable[[int], li
     return views
 
 
-def _view(clips: Decoded, name: str, spec: MotionSpec, by_frame: bool) -> np.ndarray:
-    """What a view compares of decoded clips: the steps (starting at every frame where every frame is decoded) or
-    the positions (smoothed over neighbouring frames)."""
+def _view(name: str, profiles: np.ndarray, positions: np.ndarray | None, spec: MotionSpec, by_frame: bool
+          ) -> np.ndarray:
+    """What a view compares of decoded clips, real or generated alike: the steps (starting at every frame where
+    every frame is decoded) or the positions (smoothed over neighbouring frames)."""
     if name == "positions":
-        return smoothed(clips.positions)
-    if by_frame:
-        return frame_steps(clips.positions, spec.frame_gap)
-    return clips.profiles
+        return smoothed(positions)
+    return frame_steps(positions, spec.frame_gap) if by_frame else profiles
 
 
 def _tensor(array: np.ndarray, device: torch.device) -> torch.Tensor:
