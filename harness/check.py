@@ -17,6 +17,7 @@ from typing import Any
 import pandas as pd
 from pydantic import ValidationError
 
+from harness.pipeline.fidelity import COLUMNS as FIDELITY_COLUMNS
 from harness.privacy_spec import RobustnessSpec
 from harness.results import RESULTS_SCHEMA_VERSION, ResultRow
 from harness.spec import ResolvedSpec, benchmark_hash
@@ -25,11 +26,11 @@ from harness.spec import ResolvedSpec, benchmark_hash
 ENVIRONMENT = ("harness_version", "git_revision", "packages", "device", "seed")
 #: row fields that are percentages, and fractions
 PERCENT = ("memorised_pct", "memorised_pct_train_to_test", "content_memorised_pct", "motion_memorised_pct",
-           "source_found_pct")
+           "source_found_pct", "consistency_outside_pct")
 FRACTION = ("recall", "recall_after_filter", "reference_recall", "irs_inf", "precision", "knn_recall", "coverage",
-            "dynamic_degree", "dynamic_degree_gap")
-NON_NEGATIVE = ("fd", "ef_mae", "adherence_mae", "sample_seconds_per_video", "fit_seconds", "peak_rss_mb",
-                "cuda_peak_mb")
+            "dynamic_degree", "dynamic_degree_gap", "video_precision", "video_knn_recall", "video_coverage")
+NON_NEGATIVE = ("fd", "video_fd", "video_density", "density", "ef_mae", "adherence_mae", "sample_seconds_per_video",
+                "fit_seconds", "peak_rss_mb", "cuda_peak_mb")
 #: how far a recomputed aggregate may be from the reported one (CSV round trip of a mean of flags)
 TOLERANCE = 1e-6
 
@@ -69,7 +70,24 @@ def _check_contents(run: Path, results: dict[str, Any], manifest: dict[str, Any]
     head = (results.get("reid") or {}).get("head", "pred")
     for raw in results.get("rows", []):
         problems += _check_row(run, raw, expected, train_videos, head)
-    return problems + _check_robustness(run, results.get("robustness"), head)
+    return problems + _check_noise(run, results.get("rows", [])) + _check_robustness(run, results.get("robustness"),
+                                                                                      head)
+
+
+def _check_noise(run: Path, rows: list[dict[str, Any]]) -> list[str]:
+    """The `noise` control's ground truth: nothing like a real video, so it must not be the best row on any
+    fidelity column; if it is, the feature space cannot tell real from noise and the column measures nothing."""
+    noise = {row["generator"] for row in rows if row.get("plugin") == "noise" and row.get("control") is True}
+    problems = []
+    for column in (c for c in FIDELITY_COLUMNS if c.direction):
+        scored = {row["generator"]: row[column.key] for row in rows if isinstance(row.get(column.key), float | int)}
+        others = [value for name, value in scored.items() if name not in noise]
+        sign = -1 if column.direction == "↓" else 1  # best = highest after the sign
+        if others and any(all(sign * scored[name] > sign * other for other in others) for name in noise & set(scored)):
+            problems.append(f"{run / 'results.json'}: the noise control is the best row on {column.label} "
+                            f"({column.key}); a feature space that ranks noise above every generator measures "
+                            "nothing, so the fidelity table cannot be published.")
+    return problems
 
 
 def unchecked_runs(paths: list[Path]) -> list[str]:

@@ -236,6 +236,29 @@ class ReIdFilter(Component):
         """`(w, b)` of the `pred` head's linear layer on `|f_a - f_b|`."""
 
 
+class FeatureExtractor(Component):
+    """Maps whole clips to one feature vector each: the space the fidelity columns (Fréchet distance, precision,
+    k-NN recall, density, coverage) are computed in. It sees a clip, not a frame, as FVD's I3D does, so frames in the
+    wrong order, frozen or flickering move a sample away from the real videos.
+
+    The core hands it clips decoded by the run's encoder, real and generated alike: `input_shape`'s frames evenly
+    spaced over the clip (every frame of a shorter clip), each area-resized to its size, grayscale
+    `uint8 [N, frames, size, size]`.
+    """
+
+    @property
+    @abc.abstractmethod
+    def input_shape(self) -> tuple[int, int]:
+        """`(frames, size)`: how many frames of a clip it reads, at how many pixels a side."""
+
+    def fit(self, train: np.ndarray, ctx: RunContext) -> None:  # noqa: B027 - optional: a fixed model needs no fit
+        """Train on the real training split's clips, never on a generator's samples."""
+
+    @abc.abstractmethod
+    def features(self, clips: np.ndarray, ctx: RunContext) -> torch.Tensor:
+        """Features `[N, D]` of clips `uint8 [N, frames, size, size]`: finite, one row per clip."""
+
+
 class Task(Component):
     """A downstream task trained on (synthetic) videos and evaluated on the real test split.
 
@@ -311,5 +334,6 @@ ROLES: dict[str, Role] = {
     "reid_filters": Role(ReIdFilter, "re-ID filter"),
     "tasks": Role(Task, "task"),
     "metrics": Role(RowMetric, "metric"),
+    "feature_extractors": Role(FeatureExtractor, "feature extractor"),
     "commands": Role(Command, "command"),
 }

@@ -18,9 +18,16 @@ import torch
 
 from harness.distributed import SINGLE, ProcessGroup
 from harness.metrics.columns import Column
-from harness.metrics.consistency import consistency_curve
-from harness.metrics.fidelity import frechet_distance, prdc
-from harness.metrics.intervals import Bootstrap, Estimate, frechet_interval, memorised_estimate, pooled, recall_estimate
+from harness.metrics.consistency import consistency_curve, consistency_scores
+from harness.metrics.fidelity import FIDELITY_KEYS, fidelity_metrics
+from harness.metrics.intervals import (
+    Bootstrap,
+    Estimate,
+    memorised_estimate,
+    outside_estimate,
+    pooled,
+    recall_estimate,
+)
 from harness.metrics.pairs import HEADS, best_frame_match, identity_score, max_scores
 from harness.metrics.privacy import (
     appearances,
@@ -33,6 +40,8 @@ from harness.metrics.privacy import (
     privacy_threshold,
 )
 
+#: the share (%) of the real test videos' consistencies a sample's must lie within, centred on their median
+CONSISTENCY_CENTRAL = 95.0
 COLUMNS = [
     Column("memorised_pct", "memorised %", "↓", 1, needs_reid=True, interval=True, group="privacy",
            definition="samples whose first frame re-identifies a training patient: best re-ID score against any "
@@ -60,15 +69,20 @@ COLUMNS = [
     Column("consistency_gap_abs", "consistency gap to real", "↓",
            read=lambda row: _abs(row.get("consistency_gap")), derived_from="consistency_gap", group="temporal",
            definition="the consistency's distance to real test videos'"),
-    Column("fd", "Fréchet distance", "↓", interval=True, group="fidelity",
-           definition="Fréchet distance between the samples' and the training videos' re-ID features"),
-    Column("precision", "precision", "↑", group="fidelity",
+    Column("consistency_outside_pct", "consistency outside real %", "↓", 1, interval=True, group="temporal",
+           definition=f"samples whose own consistency lies outside the central {CONSISTENCY_CENTRAL:g} % of the real "
+                      "test videos' (two-sided: too steady, as a frozen video, or too changeable, as a flickering "
+                      f"one); real videos score {100 - CONSISTENCY_CENTRAL:g} % by construction"),
+    Column("fd", "Fréchet distance (re-ID)", "↓", interval=True, group="fidelity_reid",
+           definition="Fréchet distance between the samples' and the training videos' re-ID features of first "
+                      "frames (the seed paper's space)"),
+    Column("precision", "precision (re-ID)", "↑", group="fidelity_reid",
            definition="samples inside the k-NN balls of the training features (realism; prdc definitions)"),
-    Column("knn_recall", "k-NN recall", "↑", group="fidelity",
+    Column("knn_recall", "k-NN recall (re-ID)", "↑", group="fidelity_reid",
            definition="training features inside the k-NN balls of the samples (diversity; prdc)"),
-    Column("density", "density", "↑", group="fidelity",
+    Column("density", "density (re-ID)", "↑", group="fidelity_reid",
            definition="how many training k-NN balls a sample falls in, over k (prdc)"),
-    Column("coverage", "coverage", "↑", group="fidelity",
+    Column("coverage", "coverage (re-ID)", "↑", group="fidelity_reid",
            definition="training features whose k-NN ball holds a sample (prdc)"),
 ]
 
@@ -235,6 +249,7 @@ def reference_stats(ref: Reference) -> dict[str, Any]:
         "reference_recall": generative_recall(main["nearest_test"], n_train),
         "reference_irs_inf": irs["value"],
         "consistency_real": _curves(ref.test_frames, ref),
+        "consistency_real_videos": consistency_scores(ref.test_frames, "corr").mean(dim=1).cpu().numpy(),
         "consistency_real_swap": _curves(ref.test_frames, ref, swap=True) if len(ref.test_frames) > 1 else None,
         "replicates": [{**_with_tau(ref, _calibrate(replicate, ref.head)), "content": _content_calibration(replicate)}
                        for replicate in ref.replicates],
@@ -256,6 +271,8 @@ def _content_calibration(ref: Reference) -> dict[str, Any] | None:
 
 
 #: the numbers every re-ID model of the run measures, pooled over the models, with the range each lies in
+#: the pooled columns whose re-ID models must agree for the row's privacy to be reliable
+AGREE = ("memorised_pct", "memorised_pct_train_to_test")
 POOLED = {"memorised_pct": (0.0, 100.0), "memorised_pct_train_to_test": (0.0, 100.0), "recall": (0.0, 1.0),
           "recall_after_filter": (0.0, 1.0), "reference_recall": (0.0, 1.0)}
 
@@ -292,7 +309,7 @@ def row_metrics(first: torch.Tensor, frames: torch.Tensor, ref: Reference, stats
     `first` and `content`, with the training video each names, when `ref.copy` holds the real videos'). Without
     `fidelity`, only privacy and coverage (no consistency, Fréchet distance or k-NN numbers)."""
     _check_features(first, "the samples' re-ID features")
-    n_train, n = len(ref.train_first), len(first)
+    n_train = len(ref.train_first)
     per_sample = pd.DataFrame({"sample_id": sample_ids})
     by_head: dict[str, Any] = {}
     for head in HEADS:
@@ -324,11 +341,10 @@ def row_metrics(first: torch.Tensor, frames: torch.Tensor, ref: Reference, stats
     curves = _curves(frames, ref) if frames.shape[1] > 1 and fidelity else None
     swap = _curves(frames, ref, swap=True) if curves and len(frames) > 1 else None
     real = stats["consistency_real"]
-    train_np, first_np = ref.train_first.double().cpu().numpy(), first.double().cpu().numpy()
-    knn = (prdc(ref.train_first.double(), first.double(), k=ref.knn) if fidelity and min(n, n_train) > ref.knn
-           else {k: None for k in ("precision", "recall", "density", "coverage")})
-    fd = frechet_distance(train_np, first_np) if fidelity and min(n, n_train) > 1 else None
-    fd_low, fd_high = frechet_interval(train_np, first_np, fd, ref.boot) if fd is not None else (None, None)
+    outside = outside_estimate(consistency_scores(frames, "corr").mean(dim=1).cpu().numpy(),
+                               stats["consistency_real_videos"], CONSISTENCY_CENTRAL, ref.boot) if curves else None
+    first_np = first.double().cpu().numpy()
+    knn = fidelity_metrics(ref.train_first, first, ref.knn, ref.boot) if fidelity else {}
     metrics: dict[str, Any] = {"tau": stats["tau"], "tau_low": stats["tau_low"], "tau_high": stats["tau_high"]}
     for key, limits in POOLED.items():
         estimate = pooled([model[key] for model, _ in models], ref.boot, limits)
@@ -336,12 +352,16 @@ def row_metrics(first: torch.Tensor, frames: torch.Tensor, ref: Reference, stats
         metrics[f"{key}_low"], metrics[f"{key}_high"] = estimate.interval(ref.boot)
     if len(models) > 1:  # what each re-ID model measured, the first model's first
         metrics["per_model"] = {key: [model[key].value for model, _ in models] for key in POOLED}
+        disagree = [key for key in AGREE if not agree([model[key] for model, _ in models], ref.boot)]
     if content_frames and stats["content"] is not None:
         content, per_model = _content_metrics(content_frames, ref, stats, per_sample,
                                               copy["content"] if copy is not None else None)
         metrics.update(content)
         if "per_model" in metrics:
-            metrics["per_model"]["content_memorised_pct"] = per_model
+            metrics["per_model"]["content_memorised_pct"] = [e.value for e in per_model]
+            disagree += [] if agree(per_model, ref.boot) else ["content_memorised_pct"]
+    if len(models) > 1:
+        metrics["models_disagree"] = ", ".join(disagree) or None
     metrics.update({
         "irs_inf": irs["value"], "irs_inf_low": irs["low"], "irs_inf_high": irs["high"],
         "reference_irs_inf": stats["reference_irs_inf"],
@@ -351,9 +371,9 @@ def row_metrics(first: torch.Tensor, frames: torch.Tensor, ref: Reference, stats
         "consistency_gap": float(np.mean(curves["corr"]) - np.mean(real["corr"])) if curves else None,
         "consistency_head": float(np.mean(curves["pred"])) if curves else None,
         "consistency_swap": float(np.mean(swap["corr"])) if swap else None,
-        "fd": fd, "fd_low": fd_low, "fd_high": fd_high,
-        "precision": knn["precision"], "knn_recall": knn["recall"],
-        "density": knn["density"], "coverage": knn["coverage"],
+        **(dict(zip(("consistency_outside_pct", "consistency_outside_pct_low", "consistency_outside_pct_high"),
+                    (outside.value, *outside.interval(ref.boot)), strict=True)) if outside else {}),
+        **{key: knn.get(key) for key in FIDELITY_KEYS},
         "heads": by_head,
     })
     arrays = {"pmax": main_pmax, "nearest": main_nearest, "appearances": counts,
@@ -365,11 +385,20 @@ def row_metrics(first: torch.Tensor, frames: torch.Tensor, ref: Reference, stats
     return metrics, per_sample, arrays
 
 
+def agree(estimates: list[Estimate], boot: Bootstrap) -> bool:
+    """Whether the re-ID models' estimates of one number are consistent: their intervals share a point. When they
+    do not, the models see the row differently (off the data manifold, typically) and no pooled number stands
+    for them."""
+    bounds = np.array([e.interval(boot) for e in estimates])
+    return bool(bounds[:, 0].max() <= bounds[:, 1].min())
+
+
 def _content_metrics(frames: tuple[torch.Tensor, ...], ref: Reference, stats: dict[str, Any],
-                     per_sample: pd.DataFrame, copy: np.ndarray | None = None) -> tuple[dict[str, Any], list[float]]:
+                     per_sample: pd.DataFrame, copy: np.ndarray | None = None
+                     ) -> tuple[dict[str, Any], list[Estimate]]:
     """Content memorisation: a sample whose best frame match with any training frame exceeds τ_content (or, with
     the samples' content copy scores `copy`, whose joint level with the copy test does), pooled over the re-ID
-    models like memorised %, and each model's value; adds the per-sample columns (the first model's)."""
+    models like memorised %, and each model's estimate; adds the per-sample columns (the first model's)."""
     calibrations = [stats["content"], *(replicate["content"] for replicate in stats["replicates"])]
     copy_calibration = ref.copy.calibration("content", ref.calibration) if copy is not None else None
     estimates, flags = [], []
@@ -390,5 +419,4 @@ def _content_metrics(frames: tuple[torch.Tensor, ...], ref: Reference, stats: di
     estimate = pooled(estimates, ref.boot, (0.0, 100.0))
     low, high = estimate.interval(ref.boot)
     return ({"content_memorised_pct": estimate.value, "content_memorised_pct_low": low,
-             "content_memorised_pct_high": high, "content_tau": stats["content"]["tau"]},
-            [e.value for e in estimates])
+             "content_memorised_pct_high": high, "content_tau": stats["content"]["tau"]}, estimates)

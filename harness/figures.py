@@ -18,7 +18,7 @@ from harness.cache import atomic_write_bytes, atomic_write_text
 from harness.hashing import stable_hash
 from harness.privacy_spec import UNPERTURBED
 
-FIGURES_VERSION = 2  # bump when a figure's drawing changes (2: τ's interval; the headline figure)
+FIGURES_VERSION = 3  # bump when a figure's drawing changes (2: τ's interval, the headline figure; 3: its FD on clips)
 #: Every figure this module draws, by label (each in `<label>.png`): aggregates, and frames of generated rows only
 #: (the filmstrip leaves out rows that show real frames). Only these are ever published next to a table.
 PUBLISHABLE = ("pmax_histograms", "tsne", "consistency", "appearances", "motion_histograms", "headline",
@@ -178,7 +178,8 @@ def render_motion_figure(folder: Path, test_scores: np.ndarray, tau: float, rows
 
 
 HEADLINE = (("memorised_pct", "memorised %", None), ("recall", "recall", "reference_recall"),
-            ("fd", "Fréchet distance", None), ("ef_r2", "EF R² (train on samples, test on real)", None))
+            ("video_fd", "Fréchet distance (clip features)", None),
+            ("ef_r2", "EF R² (train on samples, test on real)", None))
 
 
 def render_headline_figure(folder: Path, rows: list[dict[str, Any]], nominal_pct: float) -> dict[str, str]:

@@ -37,6 +37,12 @@ def register_tasks(register):
 
 
 @hookspec
+def register_feature_extractors(register):
+    """Register clip feature extractors, the spaces fidelity is measured in (`fidelity.features` in a spec):
+    `cls` a `harness.components.FeatureExtractor`."""
+
+
+@hookspec
 def register_metrics(register):
     """Register extra leaderboard columns computed per generator row: `cls` a `harness.components.RowMetric`.
 

@@ -20,7 +20,7 @@ from harness.errors import UserError
 from harness.figures import PUBLISHABLE
 from harness.metrics import reconstruction
 from harness.metrics.columns import Column, interval_text
-from harness.pipeline import motion
+from harness.pipeline import fidelity, motion
 from harness.pipeline.row import COLUMNS as COST_COLUMNS
 from harness.privacy_notes import privacy_note
 from harness.provenance import PROVENANCE, provenance, row_provenance
@@ -35,9 +35,11 @@ HEAD = [GENERATOR, Column("control", "control"),
         Column("n_samples", "samples", group="cost", definition="videos the row asked for")]
 TAIL = [Column("generator_hash", "config hash", group="cost",
                definition="hash of the generator's configuration: rows with one hash are the same generator"),
-        Column("error", "error", read=lambda row: row.get("error") or row.get("motion_error"), group="cost",
+        Column("error", "error", group="cost",
+               read=lambda row: row.get("error") or row.get("motion_error") or row.get("video_fidelity_error"),
                definition="why a number of the row is missing or partial")]
-BUILTIN = [*evaluation.COLUMNS, *motion.COLUMNS, *downstream.COLUMNS, *reconstruction.COLUMNS, *COST_COLUMNS]
+BUILTIN = [*evaluation.COLUMNS, *fidelity.COLUMNS, *motion.COLUMNS, *downstream.COLUMNS, *reconstruction.COLUMNS,
+           *COST_COLUMNS]
 #: The generator as Markdown shows it, a control marked.
 MARKED = Column("generator", "generator",
                 read=lambda row: f"{row['generator']} (control)" if row.get("control") is True else row["generator"])
@@ -46,6 +48,7 @@ CONTROLS = ("come from control generators whose answer is known (they copy, hold
             "check the metrics, they do not compete.")
 #: The leaderboard's tables, in order: (group, title); every table repeats the generator column.
 GROUPS = [("privacy", "Privacy"), ("coverage", "Coverage"), ("fidelity", "Fidelity"),
+          ("fidelity_reid", "Fidelity in the re-ID space (the seed paper's)"),
           ("temporal", "Consistency and motion"), ("utility", "Utility"),
           ("plugin", "Plugin metrics"), ("cost", "Cost and record")]
 
@@ -189,6 +192,22 @@ def interval_note(reid: dict[str, Any], downstream: dict[str, Any] | None) -> st
     return text + "\n\n"
 
 
+def fidelity_note(results: list[dict[str, Any]]) -> str:
+    """Which clip feature space the fidelity table is measured in, and what the real test videos score in it."""
+    space = results[0].get("fidelity")
+    if not space:
+        return ""
+    text = (f"Fidelity is measured on clip features of `{space['features']}` ({space['input_shape'][0]} frames of a "
+            f"clip at {space['input_shape'][1]} pixels a side, decoded by the run's encoder like the samples)")
+    if space.get("error"):
+        return text + f"; it could not be measured: {space['error']}\n\n"
+    real = space["real"]
+    return text + (f". The real test videos, scored as a row against the training videos, reach Fréchet distance "
+                   f"{real['video_fd']:.3g}, precision {real['video_precision']:.3g}, k-NN recall "
+                   f"{real['video_knn_recall']:.3g}, density {real['video_density']:.3g} and coverage "
+                   f"{real['video_coverage']:.3g}: what a generator as good as the real data scores.\n\n")
+
+
 def utility_note(downstream: dict[str, Any] | None) -> str:
     """What the EF columns were trained and tested on, said under the utility table."""
     if not downstream:
@@ -216,7 +235,8 @@ def markdown(results: list[dict[str, Any]], frame: pd.DataFrame, every: list[Col
             f"`{bench['dataset']}` · encoder `{bench['encoder']}`\n\n")
     if any(row.get("control") is True for row in frame.to_dict("records")):
         text += f"Rows marked *(control)* {CONTROLS}\n\n"
-    notes = {"privacy": privacy_note(results), "utility": utility_note(results[0].get("downstream"))}
+    notes = {"privacy": privacy_note(results), "fidelity": fidelity_note(results),
+             "utility": utility_note(results[0].get("downstream"))}
     for group, title, shown in grouped(every, frame):
         cells = table(frame, [MARKED, *shown], mixed=len(hashes) > 1, inline_intervals=True)
         text += (f"### {title}\n\n" + tabulate(cells, headers="keys", tablefmt="github", showindex=False) + "\n\n"

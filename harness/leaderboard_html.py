@@ -28,7 +28,7 @@ def page(results: list[dict[str, Any]], frame: pd.DataFrame, every: list[Column]
     bench = results[0]["benchmark"]
     rows = frame.to_dict("records")
     anchors = [f"row-{i}" for i in range(len(rows))]
-    notes = {"privacy": privacy_notes.privacy_note(results),
+    notes = {"privacy": privacy_notes.privacy_note(results), "fidelity": leaderboard.fidelity_note(results),
              "utility": leaderboard.utility_note(results[0].get("downstream"))}
     parts = [f"<h1>{_esc(bench['title'])}</h1>", _summary(results, hashes)]
     if any(r.get("control") is True for r in rows):

@@ -139,7 +139,7 @@ def copy_scoring(work: Workload, probe: Probe, samples: int, privacy: PrivacySpe
 STAGES = {"dataset": ("dataset-train", "dataset-val", "dataset-test"), "encoder-fit": ("encoder-fit",),
           "encode": ("encode-train", "encode-val", "encode-test"), "reid-fit": ("reid-fit",),
           "embed real": ("embed-train", "embed-val", "embed-test", "content-train", "content-test"),
-          "downstream-fit": ("downstream-fit",)}
+          "downstream-fit": ("downstream-fit",), "fidelity-fit": ("fidelity-fit",)}
 
 
 def cached_stages(spec_hash: str, runs: Path, cache_root: Path) -> tuple[set[tuple[str, str]], str | None]:
@@ -157,7 +157,7 @@ def cached_stages(spec_hash: str, runs: Path, cache_root: Path) -> tuple[set[tup
         have = {s["stage"] for s in manifest.get("stages", [])
                 if (cache_root / s["stage"] / s["key"] / "meta.json").is_file()}
         parts = {"dataset": "real data", "encoder-fit": "encoder", "encode": "encoder", "reid-fit": "re-ID",
-                 "embed real": "re-ID", "downstream-fit": "downstream"}
+                 "embed real": "re-ID", "downstream-fit": "downstream", "fidelity-fit": "fidelity"}
         cached = {(parts[name], name) for name, stages in STAGES.items() if set(stages) <= have}
         for row in rows:
             for stage, key in row.get("artifacts", {}).items():
@@ -239,6 +239,9 @@ def make_plan(resolved: ResolvedSpec, registry: Registry, device: torch.device, 
         if spec.privacy.reid_seeds > 1:
             parts.append(("re-ID", Estimate("more models", f"{spec.privacy.reid_seeds - 1} more re-ID models",
                                             sum(e.seconds or 0 for e in reid) * (spec.privacy.reid_seeds - 1))))
+    if spec.fidelity.features is not None and spec.generators:
+        extractor = component("feature_extractors", spec.fidelity.features.plugin, "fidelity.features")
+        parts += [("fidelity", e) for e in extractor.plan(work, probe)]
     task: list[Estimate] = []
     if spec.downstream is not None:
         task = component("tasks", spec.downstream.task.plugin, "task").plan(work, probe)

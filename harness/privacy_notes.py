@@ -44,6 +44,11 @@ def _run_note(results: list[dict[str, Any]]) -> str:
     if not all(r["reid"].get("reliable", True) for r in results if r.get("reid")):
         text += ("**The re-ID model did not learn (validation AUC below the spec's minimum): privacy columns are "
                  "unreliable.**\n\n")
+    split = sorted({row["generator"] for r in results for row in r["rows"] if row.get("models_disagree")})
+    if split:
+        text += (f"**Rows whose re-ID models disagree ({', '.join(split)}): their intervals share no point, so no "
+                 "pooled number stands for them; their privacy columns are marked unreliable and each model's "
+                 "value is in the row's details.**\n\n")
     return text
 
 

@@ -78,6 +78,9 @@ class ResultRow(BaseModel):
     consistency_gap: float | None = None
     consistency_head: float | None = None
     consistency_swap: float | None = None
+    consistency_outside_pct: float | None = None  # outside the real test videos' central range, two-sided
+    consistency_outside_pct_low: float | None = None
+    consistency_outside_pct_high: float | None = None
     fd: float | None = None
     fd_low: float | None = None
     fd_high: float | None = None
@@ -85,8 +88,17 @@ class ResultRow(BaseModel):
     knn_recall: float | None = None
     density: float | None = None
     coverage: float | None = None
+    video_fd: float | None = None  # the same in the clip feature space (harness.pipeline.fidelity)
+    video_fd_low: float | None = None
+    video_fd_high: float | None = None
+    video_precision: float | None = None
+    video_knn_recall: float | None = None
+    video_density: float | None = None
+    video_coverage: float | None = None
+    video_fidelity_error: str | None = None  # why the row's clip-space fidelity is missing
     heads: dict[str, dict[str, float]] | None = None
     per_model: dict[str, list[float]] | None = None  # the pooled numbers as each re-ID model measured them
+    models_disagree: str | None = None  # the pooled columns whose re-ID models' intervals share no point
     extra_metrics: dict[str, float | None] | None = None  # the spec's `metrics` (plugin RowMetrics)
     # downstream utility (harness.downstream)
     utility: dict[str, dict[str, Any]] | None = None

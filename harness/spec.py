@@ -110,6 +110,18 @@ class ReidStudySpec(_Strict):
         return self
 
 
+#: the built-in clip feature extractor the fidelity columns are measured in when a spec names none
+DEFAULT_FEATURES = "video-contrast"
+
+
+class FidelitySpec(_Strict):
+    """Where fidelity is measured: a clip feature space (`features`), beside the seed paper's re-ID space."""
+
+    features: PluginRef | None = Field(default_factory=lambda: PluginRef(plugin=DEFAULT_FEATURES),
+                                       description="the clip feature extractor (`register_feature_extractors`); "
+                                                   "null: only the re-ID space's columns")
+
+
 class LeaderboardSpec(_Strict):
     title: str | None = None
 
@@ -124,6 +136,7 @@ class Spec(_Strict):
     encoder: PluginRef
     reid: PluginRef | None = None
     privacy: PrivacySpec = Field(default_factory=PrivacySpec)
+    fidelity: FidelitySpec = Field(default_factory=FidelitySpec)
     conditions: ConditionSpec = Field(default_factory=ConditionSpec)
     samples_per_generator: PositiveInt = 64
     generators: list[GeneratorEntry] = Field(default_factory=list)
@@ -208,6 +221,8 @@ class ResolvedSpec:
                                  "args": self.configs[f"variants.{variant.name}.{part}"].model_dump(mode="json")}
         if data.get("downstream") is not None:
             data["downstream"]["task"]["args"] = self.configs["task"].model_dump(mode="json")
+        if "fidelity.features" in self.configs:
+            data["fidelity"]["features"]["args"] = self.configs["fidelity.features"].model_dump(mode="json")
         for ref, raw in zip(self.spec.metrics, data["metrics"], strict=True):
             raw["args"] = self.configs[f"metrics.{ref.plugin}"].model_dump(mode="json")
         if self.spec.robustness is not None:
@@ -307,6 +322,8 @@ def validate_spec(path: Path, registry: Registry, overrides: dict[str, Any] | No
         refs.append(("reid", "reid_filters", ("reid",), spec.reid))
     if spec.downstream is not None:
         refs.append(("task", "tasks", ("downstream", "task"), spec.downstream.task))
+    if spec.fidelity.features is not None and spec.generators:
+        refs.append(("fidelity.features", "feature_extractors", ("fidelity", "features"), spec.fidelity.features))
     for i, entry in enumerate(spec.generators):
         refs.append((f"generators.{entry.row_name}", "generators", ("generators", i), entry))
     for i, ref in enumerate(spec.metrics):

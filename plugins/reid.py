@@ -28,7 +28,9 @@ The `cpu` preset trains with the `batch` objective (SSCD's lesson for copy detec
 as positives, keep many negatives): a batch of videos, each with a partner frame of its own, half of the partners
 from a perturbed copy, and every anchor scored against every partner of the batch; InfoNCE ranks a video's own
 partner first, a BCE balanced between positives and negatives keeps one absolute bar (τ is one threshold for every
-query); a few Gaussian latents with the training latents' moments are negatives of every anchor (`off_manifold`). A
+query); a few off-manifold frames (Gaussian latents with the training latents' moments, and batch frames with their
+latent pixels scrambled) are negatives of every anchor and of each other (`off_manifold`), so the model neither
+matches noise with a patient nor two noise frames with each other. A
 batch of 64 gives 4,032 negative pairs a step where the seed code's pairs give 32. On the phantom default (three
 models pooled, 60 near-copies a side, first-frame memorised %, with P_max against every training frame), against
 the pairs objective with hard negatives (first frames): H.264 crf 23 / 28 61 / 43 -> 100 / 98 %, gamma 0.9 4 -> 94 %,
@@ -139,8 +141,9 @@ class SiameseNetwork(nn.Module):
 class Siamese(ReIdFilter):
     """Siamese ResNet re-ID model; `paper-latent`, `paper-image` and `cpu` presets set backbone and optimiser."""
 
-    # editing a preset (or, by hand, the training) invalidates old models; 6: fused Adam
-    version = "6-" + stable_hash(PRESETS)[:8]
+    # editing a preset (or, by hand, the training) invalidates old models; 6: fused Adam; 7: off-manifold frames
+    # scrambled as well as Gaussian, negatives of each other too
+    version = "7-" + stable_hash(PRESETS)[:8]
 
     class Config(PresetConfig):
         presets = PRESETS
@@ -236,8 +239,10 @@ class Siamese(ReIdFilter):
             for batch in np.array_split(pairs, max(1, -(-len(pairs) // cfg.setting("batch_size")))):
                 part, weight = ctx.group.batch_part(len(batch))  # this process's pairs of the batch
                 if every_pair:
-                    off = off_manifold(moments, x_train.shape[2:], max(1, len(batch[part]) // 4), normalise, rng)
-                    loss = in_batch_loss(_pair_logits(trained, x_train, x_views, batch[part], ctx.device, off))
+                    anchors = x_train[batch[part, 0], batch[part, 1]]
+                    off = off_manifold(moments, anchors, max(2, len(batch[part]) // 4), normalise, rng)
+                    loss = in_batch_loss(_pair_logits(trained, x_train, x_views, batch[part], ctx.device, off),
+                                         len(batch[part]))
                 else:
                     loss = loss_fn(_pair_logits(trained, x_train, x_views, batch[part], ctx.device),
                                    torch.as_tensor(batch[part, 4], dtype=torch.float32, device=ctx.device))
@@ -367,14 +372,15 @@ class Siamese(ReIdFilter):
 def _pair_logits(net: SiameseNetwork, x: torch.Tensor, views: torch.Tensor | None, pairs: np.ndarray,
                  device: torch.device, off_manifold_partners: torch.Tensor | None = None) -> torch.Tensor:
     """Logits of the pairs (second frames from the videos `x` or their perturbed copies `views`); given
-    off-manifold partners, of every anchor against every partner and those (`[len(pairs), len(pairs) +
-    len(off_manifold_partners)]`, the batch objective)."""
+    off-manifold frames, of every anchor and off-manifold frame against every partner and off-manifold frame
+    (`[len(pairs) + k, len(pairs) + k]`, the batch objective)."""
     a = x[pairs[:, 0], pairs[:, 1]].to(device, non_blocking=True)
     b = frames_of(x, views, pairs[:, 2], pairs[:, 3]).to(device, non_blocking=True)
     with mixed_precision(device):
         if off_manifold_partners is None:
             return net(a, b).float()
-        return net(a, torch.cat([b, off_manifold_partners.to(device)]), every_pair=True).float()
+        off = off_manifold_partners.to(device)
+        return net(torch.cat([a, off]), torch.cat([b, off]), every_pair=True).float()
 
 
 @hookimpl

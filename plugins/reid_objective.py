@@ -17,15 +17,22 @@ def latent_moments(latents: np.ndarray, videos: int = 64) -> tuple[np.ndarray, n
     return sample.mean(axis=(0, 1, 3, 4))[:, None, None], sample.std(axis=(0, 1, 3, 4))[:, None, None]
 
 
-def off_manifold(moments: tuple[np.ndarray, np.ndarray], shape: tuple[int, ...], count: int, normalise,
+def off_manifold(moments: tuple[np.ndarray, np.ndarray], frames: torch.Tensor, count: int, normalise,
                  rng: np.random.Generator) -> torch.Tensor:
-    """`count` frames of shape `(C, h, w)` of Gaussian latents with the training latents' per-channel `moments`,
-    normalised as the model normalises a clip: negatives of every anchor. A model shown only real frames maps such a
-    frame to an arbitrary point, which may sit among the training frames (the `noise` control was 100 % memorised
-    by one tiny model trained over two processes)."""
+    """`count` frames `[count, C, h, w]` no video looks like, normalised as the model normalises a clip: half
+    Gaussian latents with the training latents' per-channel `moments`, half a batch frame's (`frames`, normalised)
+    latent pixels in random places (its values, none of its structure). They are negatives of every anchor and of
+    each other (`in_batch_loss`): a model shown only real frames maps such a frame to an arbitrary, nearly constant
+    point, which may sit among the training frames (the `noise` control was 100 % memorised by one tiny model
+    trained over two processes) and makes two independent noise frames look like one video."""
     mean, std = moments
-    noise = mean + std * rng.standard_normal((count, 1, *shape)).astype(np.float32)
-    return normalise(torch.from_numpy(noise))[:, 0]
+    gaussian = count - count // 2
+    noise = normalise(torch.from_numpy(mean + std * rng.standard_normal((gaussian, 1, *frames.shape[1:]))
+                                       .astype(np.float32)))[:, 0]
+    picked = frames[torch.from_numpy(rng.integers(0, len(frames), count // 2))].flatten(2)  # [n, C, h * w]
+    places = torch.from_numpy(np.argsort(rng.random(picked.shape), axis=-1))
+    scrambled = picked.gather(-1, places).view(-1, *frames.shape[1:])
+    return torch.cat([noise, scrambled.to(noise.dtype)])
 
 
 def positive_pairs(n_videos: int, n_frames: int, rng: np.random.Generator) -> np.ndarray:
@@ -36,17 +43,23 @@ def positive_pairs(n_videos: int, n_frames: int, rng: np.random.Generator) -> np
     return np.stack([videos, first, videos, second, np.ones(n_videos, dtype=np.int64)], axis=1)
 
 
-def in_batch_loss(logits: torch.Tensor) -> torch.Tensor:
-    """Loss of `[B, B + k]` logits of every anchor against every partner, the diagonal being the same video and the
-    last k columns off-manifold frames: InfoNCE both ways (an anchor must rank its own video's partner above the
-    batch's other videos, as P_max ranks the training videos) plus BCE balanced between the B positives and the
-    other pairs (a score must also clear one absolute bar: τ is one threshold for every query)."""
-    n = len(logits)
+def in_batch_loss(logits: torch.Tensor, videos: int) -> torch.Tensor:
+    """Loss of `[B + k, B + k]` logits of every anchor against every partner, the first `videos` (B) rows and
+    columns the batch's videos (the diagonal: the same video), the last k off-manifold frames: InfoNCE both ways
+    over the videos (an anchor must rank its own video's partner above the batch's other videos and the
+    off-manifold frames, as P_max ranks the training videos) plus BCE balanced between the B positives and every
+    other pair, off-manifold frames against each other included (a score must also clear one absolute bar: τ is one
+    threshold for every query; a frame is not compared with itself)."""
+    n = videos
     target = torch.arange(n, device=logits.device)
-    ranking = 0.5 * (nn.functional.cross_entropy(logits, target) +
-                     nn.functional.cross_entropy(logits[:, :n].T, target))
-    same = torch.eye(n, logits.shape[1], device=logits.device)
-    weight = same * max(logits.shape[1] - 1, 1) + (1 - same)
+    ranking = 0.5 * (nn.functional.cross_entropy(logits[:n], target) +
+                     nn.functional.cross_entropy(logits[:n, :n].T, target))
+    same = torch.zeros_like(logits)
+    same[:n, :n] = torch.eye(n, device=logits.device)
+    counted = 1 - torch.eye(len(logits), device=logits.device)
+    counted[:n, :n] = 1
+    negatives = float(counted.sum()) - n
+    weight = same * max(negatives / n, 1.0) + (1 - same) * counted
     bar = nn.functional.binary_cross_entropy_with_logits(logits, same, weight=weight, reduction="sum") / weight.sum()
     return ranking + bar
 

@@ -72,3 +72,16 @@ def test_the_leaderboard_refuses_a_failing_run_unless_told(tiny_run, tmp_path):
     assert "Traceback" not in done.stderr
     done = run_cli("leaderboard", run, "--format", "csv", "--allow-unchecked")
     assert done.returncode == 0 and "warning:" in done.stderr
+
+
+def test_a_table_whose_noise_row_wins_a_fidelity_column_is_refused(tiny_run, tmp_path):
+    def wins(results):
+        row(results, "noise")["video_precision"] = 1.0
+        for other in results["rows"]:
+            if other["generator"] != "noise":
+                other["video_precision"] = min(other["video_precision"], 0.9)
+
+    done = run_cli("check", edited(tiny_run["out"], tmp_path / "noisy", wins))
+    lines = done.stdout.strip().splitlines()
+    assert done.returncode == 2 and len(lines) == 1, done.stdout
+    assert "the noise control is the best row on precision (video_precision)" in lines[0]

@@ -7,12 +7,15 @@ import pytest
 import torch
 from scipy import stats
 
+from harness.evaluation import agree
 from harness.metrics.fidelity import frechet_distance
 from harness.metrics.intervals import (
     Bootstrap,
+    Estimate,
     _batched_frechet,
     frechet_interval,
     memorised_estimate,
+    outside_estimate,
     pooled,
     recall_estimate,
 )
@@ -157,3 +160,22 @@ def test_one_model_pools_to_itself_and_several_to_their_mean():
     assert mean.value == pytest.approx(np.mean([m.value for m in models]))
     assert np.all((mean.replicates >= 0) & (mean.replicates <= 100))
     assert np.all(recall_estimate(np.array([], dtype=int), 10, boot).replicates == 0)
+
+
+def test_re_id_models_agree_when_their_intervals_share_a_point():
+    boot = Bootstrap(resamples=200)
+    rng = np.random.default_rng(0)
+    around = [Estimate(v, v + rng.normal(0, 1, 200)) for v in (2.0, 3.0, 4.5)]
+    assert agree(around, boot)
+    apart = [*around, Estimate(19.0, 19.0 + rng.normal(0, 1, 200))]  # one model flags far more samples
+    assert not agree(apart, boot)
+
+
+def test_outside_share_is_two_sided_and_about_the_complement_for_the_reference_itself():
+    boot = Bootstrap(resamples=500)
+    reference = np.random.default_rng(1).normal(0.95, 0.01, 2000)
+    assert outside_estimate(reference, reference, 95.0, boot).value == pytest.approx(5.0, abs=0.1)
+    frozen, flickering = np.full(50, 1.0), np.full(50, 0.5)
+    for values in (frozen, flickering):
+        estimate = outside_estimate(values, reference, 95.0, boot)
+        assert estimate.value == 100.0 and estimate.interval(boot)[0] == 100.0

@@ -38,14 +38,16 @@ def test_markdown_csv_json(tiny_run, tmp_path):
 
 
 def test_markdown_is_narrow_tables_sharing_the_generator_column(tiny_run):
-    """Privacy, coverage, fidelity, consistency and motion, utility and cost tables, each of at most 9 columns,
-    with the generator first, every row in every table, and each column's definition once under its table."""
+    """Privacy, coverage, fidelity (clip and re-ID spaces), consistency and motion, utility and cost tables, each of
+    at most 9 columns, with the generator first, every row in every table, and each column's definition once under
+    its table."""
     results = tiny_run["results"]
     md = render([results], "md")
     titles = re.findall(r"^### (.+)$", md, flags=re.M)
-    assert titles[:6] == ["Privacy", "Coverage", "Fidelity", "Consistency and motion", "Utility", "Cost and record"]
+    assert titles[:7] == ["Privacy", "Coverage", "Fidelity", "Fidelity in the re-ID space (the seed paper's)",
+                          "Consistency and motion", "Utility", "Cost and record"]
     generators = [r["generator"] for r in results["rows"]]
-    for title in titles[:6]:
+    for title in titles[:7]:
         section = md.split(f"### {title}\n\n")[1].split("\n### ")[0]
         lines = [line for line in section.splitlines() if line.startswith("|")]
         header = [cell.strip() for cell in lines[0].strip("|").split("|")]
@@ -89,7 +91,7 @@ def test_compare_checks_a_run_against_published_intervals(tiny_run, tmp_path):
     run_cli("leaderboard", str(tiny_run["out"]), "--format", "json", "--out", str(published))
     same = compare(published / "leaderboard.json", tiny_run["out"])
     assert np.allclose(same["this run"], same["published"], rtol=1e-9)  # the JSON keeps 10 digits
-    assert {"memorised %", "recall", "Fréchet distance"} <= set(same["metric"])
+    assert {"memorised %", "recall", "Fréchet distance", "Fréchet distance (re-ID)"} <= set(same["metric"])
     moved = copy.deepcopy(tiny_run["results"])
     holdout = next(r for r in moved["rows"] if r["generator"] == "holdout")
     holdout["fd"] = holdout["fd_high"] + 1.0
@@ -97,7 +99,7 @@ def test_compare_checks_a_run_against_published_intervals(tiny_run, tmp_path):
     (tmp_path / "moved" / "results.json").write_text(json.dumps(moved))
     lines = compare(published / "leaderboard.json", tmp_path / "moved")
     changed = ~np.isclose(lines["this run"], lines["published"], rtol=1e-9)
-    assert lines.loc[changed, ["generator", "metric"]].values.tolist() == [["holdout", "Fréchet distance"]]
+    assert lines.loc[changed, ["generator", "metric"]].values.tolist() == [["holdout", "Fréchet distance (re-ID)"]]
     assert not lines.loc[changed, "inside"].any()
     done = run_cli("compare", str(published / "leaderboard.json"), str(tmp_path / "moved"))
     assert done.returncode == 0 and f"{int(lines['inside'].sum())} of {len(lines)} numbers inside" in done.stdout
@@ -128,7 +130,7 @@ def test_mixed_benchmarks_are_refused_unless_allowed(tiny_run):
 
 def test_published_table_has_no_frames_or_embeddings(tiny_run):
     payload = render([tiny_run["results"]], "json")
-    assert len(payload) < 8_000 * len(tiny_run["results"]["rows"])  # a few numbers per metric and strategy
+    assert len(payload) < 9_000 * len(tiny_run["results"]["rows"])  # a few numbers per metric and strategy
     assert all(not isinstance(v, list) for row in json.loads(payload)["rows"] for v in row.values())
 
 
@@ -173,3 +175,15 @@ def test_rows_follow_the_typed_schema(tiny_run):
     bad["rows"][0]["memorised_percent"] = 3.0
     with pytest.raises(UserError, match="row 'copy' does not follow the results schema \\(memorised_percent: Extra"):
         render([bad], "md")
+
+
+def test_a_row_whose_re_id_models_disagree_is_marked_unreliable(tiny_run):
+    results = copy.deepcopy(tiny_run["results"])
+    noise = next(r for r in results["rows"] if r["generator"] == "noise")
+    noise.update(models_disagree="memorised_pct", privacy_reliable=False,
+                 per_model={"memorised_pct": [0.0, 0.7, 19.0]})
+    md = render([results], "md")
+    assert re.search(r"^\| noise \(control\) +\| [\d.]+ \[[\d.]+, [\d.]+\] \(unreliable\)", md, flags=re.M)
+    assert "Rows whose re-ID models disagree (noise)" in md
+    page = render([results], "html")
+    assert "memorised % per re-ID model" in page and "0, 0.7, 19" in page

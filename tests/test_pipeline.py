@@ -244,7 +244,8 @@ def test_reid_and_row_phases_with_stubs(ctx):
     asked = conditions(8, encoded.latents["train"].value, ConditionSpec(), ctx)
     assert asked == conditions(8, encoded.latents["train"].value, ConditionSpec(), ctx)  # same for every row
     request = RowRequest("copy", chosen(StubCopy, "stub-copy"), "h", asked, [], BOOT)
-    result = run_row(stages, request, encoded, reid, None, None, ctx.using(privacy_filter=reid.privacy_filter(ctx)))
+    result = run_row(stages, request, encoded, reid, None, None, None,
+                     ctx.using(privacy_filter=reid.privacy_filter(ctx)))
     row, table = result.row, result.table
     assert row["error"] is None and row["n_returned"] == 8 and row["memorised_pct"] == 100.0
     assert (table["nearest_pred"] == table["source_ids"]).all() and result.arrays.is_file()
@@ -255,16 +256,16 @@ def test_pixel_space_generator_is_encoded_and_scored_like_a_latent_one(ctx):
     reid = fit_reid(stages, chosen(StubReId), encoded, PrivacySpec(bootstrap_resamples=50), ctx)
     asked = conditions(6, encoded.latents["train"].value, ConditionSpec(), ctx)
     pixels = run_row(stages, RowRequest("pixels", chosen(StubPixelCopy), "h", asked, [], BOOT), encoded, reid,
-                     None, None, ctx)
+                     None, None, None, ctx)
     latent = run_row(stages, RowRequest("latent", chosen(StubCopy), "h", asked, [], BOOT), encoded, reid,
-                     None, None, ctx)
+                     None, None, None, ctx)
     assert pixels.row["error"] is None and set(pixels.row["artifacts"]) == {"generator-fit", "samples",
                                                                             "encode-samples"}
     # RGB with three equal channels -> the same grey clips -> the same latents and metrics as the latent copy
     for key in ("memorised_pct", "recall", "fd"):
         assert pixels.row[key] == latent.row[key]
     wrong = run_row(stages, RowRequest("wrong", chosen(StubPixelCopy, size=6), "h", asked, [], BOOT), encoded, reid,
-                    None, None, ctx)
+                    None, None, None, ctx)
     assert wrong.row["error"] == ("the generator returned clips of 4 frames of 6x6 pixels; the run's clips are 4 "
                                   "frames of 8x8 (ctx.clip).")
 
@@ -273,7 +274,7 @@ def test_a_broken_generator_is_its_rows_error(ctx):
     stages, data, encoded, ctx = real_phases(ctx)
     asked = conditions(3, encoded.latents["train"].value, ConditionSpec(), ctx)
     result = run_row(stages, RowRequest("broken", chosen(StubBroken), "h", asked, [], BOOT), encoded, None, None,
-                     None, ctx)
+                     None, None, ctx)
     assert "clips of shape [1, 1, 2, 2]" in result.row["error"] and result.table is None
 
 
@@ -283,11 +284,13 @@ def test_task_phase_and_strategies_with_a_cached_failure(ctx):
     task = fit_real_task(stages, chosen(StubTask), encoded, spec, ctx)
     assert task.summary["real_full"]["n_train"] == N["train"] and task.predictions.is_file()
     asked = conditions(1, encoded.latents["train"].value, ConditionSpec(), ctx)
-    result = run_row(stages, RowRequest("one", chosen(StubCopy), "h", asked, [], BOOT), encoded, None, None, task, ctx)
+    result = run_row(stages, RowRequest("one", chosen(StubCopy), "h", asked, [], BOOT), encoded, None, None, None,
+                     task, ctx)
     utility = result.row["utility"]
     assert utility["full"] == {"n_train": 0, "error": "stub task: needs at least 2 training videos."}
     warm = Stages(ctx.cache)
-    again = run_row(warm, RowRequest("one", chosen(StubCopy), "h", asked, [], BOOT), encoded, None, None, task, ctx)
+    again = run_row(warm, RowRequest("one", chosen(StubCopy), "h", asked, [], BOOT), encoded, None, None, None, task,
+                    ctx)
     assert again.row["utility"] == utility and warm.executed == []  # the failure came from the cache
 
 

@@ -20,12 +20,14 @@ def test_plan_lists_every_stage_and_marks_what_the_last_run_cached(tiny_run, tmp
     assert "train 16, val 30, test 30, holdout 30 videos of 8 frames" in fresh.stdout
     assert "total still to compute: about" in fresh.stdout and "cached: nothing" in fresh.stdout
     assert "measured: vae encode" in fresh.stdout  # the estimates come from timing the spec's models
+    fidelity = next(line for line in lines if line.split()[:2] == ["fidelity", "fidelity-fit"])
+    assert "300 steps of 32 real clips" in fidelity and "video-contrast step" in fresh.stdout
 
     warm = run_cli("--cache", str(tiny_run["cache"]), "plan", str(TINY), "--runs", str(tiny_run["out"].parent))
     assert warm.returncode == 0, warm.stderr
     cached = {tuple(line.split()[:2]) for line in warm.stdout.splitlines() if " cached " in f"{line} "}
     assert {("encoder", "encoder-fit"), ("encoder", "encode"), ("re-ID", "reid-fit"),
-            ("downstream", "downstream-fit"), ("row", "copy")} <= cached
+            ("downstream", "downstream-fit"), ("fidelity", "fidelity-fit"), ("row", "copy")} <= cached
     assert f"cached: from {tiny_run['out']}" in warm.stdout
 
 

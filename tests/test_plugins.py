@@ -63,7 +63,7 @@ def test_third_party_generator_and_metric_join_the_same_benchmark(third_party, t
     # the shared stages came from the cache: only the new generator's stages ran
     stages = json.loads((out / "manifest.json").read_text())["stages"]
     row_stages = {"generator-fit", "samples", "embed-samples", "content-samples", "decoded-samples", "copy-scores",
-                  "row-metrics", "row-metric", "downstream-measure", "filmstrip"}
+                  "row-metrics", "row-metric", "downstream-measure", "filmstrip", "fidelity-features"}
     assert row_stages <= {s["stage"] for s in stages if not s["cached"]} <= row_stages | {"downstream"}
     board = run_cli("leaderboard", str(tiny_run["out"]), str(out), "--format", "csv")
     assert board.returncode == 0 and "jitter" in board.stdout and "copy" in board.stdout

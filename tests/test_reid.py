@@ -81,6 +81,7 @@ def test_rows_carry_every_metric_and_a_per_sample_table(tiny_run):
 def test_reid_tables_in_the_leaderboard(tiny_run):
     md = render([tiny_run["results"]], "md")
     for phrase in ("memorised % ↓", "recall after filter ↑", "IRS∞ ↑", "Fréchet distance ↓", "coverage ↑",
+                   "Fréchet distance (re-ID) ↓", "consistency outside real % ↓",
                    "AUC [95 % CI] ↑", "AUC corr ↑", "s/epoch ↓"):
         assert phrase in md
 

@@ -27,7 +27,9 @@ def comparable(results: dict) -> dict:
         real = {**downstream["real_full"], "training": {k: v for k, v in downstream["real_full"]["training"].items()
                                                         if k != "epoch_seconds"}}
         downstream = {**downstream, "real_full": real}
-    return {**results, "reid": reid, "downstream": downstream,
+    fidelity = {**results["fidelity"], "report": {k: v for k, v in results["fidelity"]["report"].items()
+                                                  if k != "step_seconds"}}
+    return {**results, "reid": reid, "downstream": downstream, "fidelity": fidelity,
             "rows": [{k: v for k, v in row.items() if k not in TIMING_KEYS} for row in results["rows"]]}
 
 

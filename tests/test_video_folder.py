@@ -114,3 +114,35 @@ def test_a_wrong_folder_on_the_command_line_exits_2(tiny_run, tmp_path):
                    "--out", str(tmp_path / "run"), "--no-progress")
     assert done.returncode == 2 and "Traceback" not in done.stderr
     assert f"error: generator 'video-folder': video-folder: {tmp_path / 'none'} is not a folder" in done.stderr
+
+
+def test_real_videos_shuffled_or_frozen_score_worse_than_in_order(tiny_run, tmp_path):
+    """The real test videos as folders: in order, with their frames shuffled, and frozen on their first frame. The
+    clip features see the difference that frame-by-frame features cannot; the frozen clips also stand out on
+    dynamic degree and consistency (a shuffled clip moves about as much as the real one at this size: its steps
+    are larger, but the share above the real low percentile is near 1 for both)."""
+    stages = json.loads((tiny_run["out"] / "manifest.json").read_text())["stages"]
+    key = next(s["key"] for s in stages if s["stage"] == "dataset-test")
+    test = VideoSet.load(ArtifactCache(tiny_run["cache"]).path("dataset-test", key))
+    rng = np.random.default_rng(0)
+    frames = np.asarray(test.frames)
+    kinds = {"ordered": frames, "shuffled": np.stack([clip[rng.permutation(len(clip))] for clip in frames]),
+             "frozen": np.repeat(frames[:, :1], frames.shape[1], axis=1)}
+    for kind, clips in kinds.items():
+        for i, clip in enumerate(clips):
+            write_rgb_mp4(tmp_path / kind / "mp4" / f"sample_{i:06d}.mp4", clip, 25.0)
+        pd.DataFrame({"FileName": [f"sample_{i:06d}" for i in range(len(clips))], "EF": 50}).to_csv(
+            tmp_path / kind / "FileList.csv", index=False)
+    spec = tiny_spec(tmp_path, downstream=None, generators=[
+        {"plugin": "video-folder", "name": kind, "args": {"root": str(tmp_path / kind)}} for kind in kinds])
+    done = run_cli("--cache", str(tiny_run["cache"]), "run", str(spec), "--out", str(tmp_path / "run"),
+                   "--no-progress")
+    assert done.returncode == 0, done.stderr
+    rows = {r["generator"]: r for r in json.loads((tmp_path / "run" / "results.json").read_text())["rows"]}
+    ordered = rows["ordered"]
+    for kind in ("shuffled", "frozen"):
+        row = rows[kind]
+        assert row["video_fd_low"] > ordered["video_fd_high"], kind  # outside the intervals
+        assert row["video_precision"] < ordered["video_precision"] and row["video_density"] < ordered["video_density"]
+    assert rows["frozen"]["dynamic_degree"] == 0.0 < ordered["dynamic_degree_low"]
+    assert rows["frozen"]["consistency_outside_pct_low"] > ordered["consistency_outside_pct_high"]

@@ -12,6 +12,8 @@ import numpy as np
 import torch
 from scipy import linalg
 
+from harness.metrics.intervals import Bootstrap, frechet_interval
+
 
 def _blocks(n: int, other: int, block_bytes: int, itemsize: int):
     rows = max(1, block_bytes // max(other * itemsize, 1))
@@ -59,3 +61,21 @@ def frechet_distance(real: np.ndarray, fake: np.ndarray) -> float:
         covmean = linalg.sqrtm((s_r + eps) @ (s_f + eps))
     covmean = covmean.real
     return float(((mu_r - mu_f) ** 2).sum() + np.trace(s_r) + np.trace(s_f) - 2.0 * np.trace(covmean))
+
+
+#: the keys `fidelity_metrics` returns, as a results row holds them
+FIDELITY_KEYS = ("fd", "fd_low", "fd_high", "precision", "knn_recall", "density", "coverage")
+
+
+def fidelity_metrics(real: torch.Tensor, fake: torch.Tensor, k: int, boot: Bootstrap) -> dict[str, float | None]:
+    """The fidelity columns of `fake` against `real` features: Fréchet distance with its interval, precision,
+    k-NN recall, density and coverage; None where a set is too small (two videos for the distance, k + 1 for the
+    k-NN numbers)."""
+    small = min(len(real), len(fake))
+    knn = prdc(real.double(), fake.double(), k=k) if small > k else dict.fromkeys(("precision", "recall", "density",
+                                                                                     "coverage"))
+    real_np, fake_np = real.double().cpu().numpy(), fake.double().cpu().numpy()
+    fd = frechet_distance(real_np, fake_np) if small > 1 else None
+    fd_low, fd_high = frechet_interval(real_np, fake_np, fd, boot) if fd is not None else (None, None)
+    return dict(zip(FIDELITY_KEYS, (fd, fd_low, fd_high, knn["precision"], knn["recall"], knn["density"],
+                                    knn["coverage"]), strict=True))

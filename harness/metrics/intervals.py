@@ -87,6 +87,20 @@ def mean_estimate(values: np.ndarray, boot: Bootstrap) -> Estimate:
     return Estimate(float(values.mean()), np.concatenate(draws))
 
 
+def outside_estimate(values: np.ndarray, reference: np.ndarray, central: float, boot: Bootstrap) -> Estimate:
+    """The share (in %) of `values` outside the central `central` % of `reference` (below its lower or above its
+    upper percentile: two-sided), and its replicates, resampling both together."""
+    values, reference = np.asarray(values, np.float64), np.asarray(reference, np.float64)
+    ends = (50 - central / 2, 50 + central / 2)
+    rng, draws = boot.rng(6), []
+    for size in boot.chunks(len(values) + len(reference)):
+        low, high = np.percentile(reference[rng.integers(0, len(reference), (size, len(reference)))], ends, axis=1)
+        drawn = values[rng.integers(0, len(values), (size, len(values)))]
+        draws.append(((drawn < low[:, None]) | (drawn > high[:, None])).mean(axis=1))
+    low, high = np.percentile(reference, ends)
+    return Estimate(100 * float(np.mean((values < low) | (values > high))), 100 * np.concatenate(draws))
+
+
 def memorised_estimate(pmax: np.ndarray, pmax_calibration: np.ndarray, percentile: float,
                        boot: Bootstrap, ceiling: float = np.inf) -> Estimate:
     """The memorised share (in %) and its replicates, resampling the samples and the videos that set τ together;

@@ -34,6 +34,7 @@ from harness.figures import (
 from harness.pipeline.copy import fit_copy
 from harness.pipeline.decoded import Decoding
 from harness.pipeline.encoding import Encoded, encode_real
+from harness.pipeline.fidelity import fit_fidelity
 from harness.pipeline.motion import MotionReference, decode_precision, fit_motion
 from harness.pipeline.real_data import load_real_data
 from harness.pipeline.reid import ReidModel, fit_reid
@@ -101,10 +102,14 @@ def run_generators(resolved: ResolvedSpec, record: dict[str, Any], stages: Stage
     privacy = spec.privacy
     copy_on = privacy.copy_test.enabled and spec.reid is not None and bool(spec.generators)
     motion_on = privacy.motion.enabled and bool(spec.generators)
+    features = choose("feature_extractors", spec.fidelity.features.plugin, "fidelity.features") \
+        if spec.fidelity.features is not None and spec.generators else None
     decoding = Decoding(encoded.encoder, privacy.motion.frame_gap, decode_precision(privacy.motion, ctx.device),
                         flow_size=privacy.motion.flow_size if motion_on else None,
                         copy_size=privacy.copy_test.size if copy_on else None,
-                        positions=motion_on and bool(privacy.motion.position_speeds))
+                        positions=motion_on and bool(privacy.motion.position_speeds),
+                        clip=features.create().input_shape if features is not None else None)
+    boot = spec.privacy.bootstrap(ctx.seed_for("bootstrap"))
     reid = None
     if spec.reid is not None:
         # 3a. the pixel copy test the privacy columns join with the re-ID model
@@ -115,6 +120,9 @@ def run_generators(resolved: ResolvedSpec, record: dict[str, Any], stages: Stage
         ctx = ctx.using(privacy_filter=reid.privacy_filter(ctx))
     # 3b. the real videos' motion, for motion memorisation
     motion = fit_motion(stages, encoded, decoding, privacy.motion, privacy.calibration, ctx) if motion_on else None
+    # 3c. the clip feature space fidelity is measured in, fitted on the real training videos
+    fidelity = fit_fidelity(stages, features, encoded, decoding, privacy.knn, boot, ctx) \
+        if features is not None else None
     # 4. the downstream task on the real training split
     task = None
     if spec.downstream is not None:
@@ -122,13 +130,12 @@ def run_generators(resolved: ResolvedSpec, record: dict[str, Any], stages: Stage
                              spec.downstream, ctx)
     # 5. one row per generator, all asked for the same videos
     metrics = [choose("metrics", ref.plugin, f"metrics.{ref.plugin}") for ref in spec.metrics]
-    boot = spec.privacy.bootstrap(ctx.seed_for("bootstrap"))
     rows = []
     for entry in spec.generators:
         asked = conditions(resolved.n_samples(entry), encoded.latents["train"].value, spec.conditions, ctx)
         request = RowRequest(entry.row_name, choose("generators", entry.plugin, f"generators.{entry.row_name}"),
                              resolved.generator_hash(entry.row_name), asked, metrics, boot)
-        rows.append(run_row(stages, request, encoded, reid, motion, task, ctx))
+        rows.append(run_row(stages, request, encoded, reid, motion, fidelity, task, ctx))
     # 5b. near-copies of training and held-out videos: does memorisation detection survive what generators do?
     robustness = None
     if spec.robustness is not None:
@@ -137,7 +144,7 @@ def run_generators(resolved: ResolvedSpec, record: dict[str, Any], stages: Stage
     for row in rows:
         if row.table is not None and ctx.group.main:
             atomic_write_text(run_dir / "samples" / f"{row.row['generator']}.csv", row.table.to_csv(index=False))
-        if reid is not None and not reid.summary["reliable"]:
+        if reid is not None and (not reid.summary["reliable"] or row.row.get("models_disagree")):
             row.row["privacy_reliable"] = False
     figures = draw_figures(run_dir / "figures", rows, reid, motion, task, encoded, spec.privacy.head) \
         if ctx.group.main else {}
@@ -150,6 +157,7 @@ def run_generators(resolved: ResolvedSpec, record: dict[str, Any], stages: Stage
     results = build_results(resolved, record, data.reports, encoded.summary, [r.row for r in rows],
                             reid.summary if reid else None, task.summary if task else None, figures, declared)
     results["motion"] = motion.summary if motion is not None else None
+    results["fidelity"] = fidelity.summary if fidelity is not None else None
     if robustness is not None:
         results["robustness"] = robustness
     return results

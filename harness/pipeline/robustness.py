@@ -37,7 +37,7 @@ def run_robustness(stages: Stages, resolved: ResolvedSpec, choose, encoded: Enco
         key = f"robustness.{row}"
         request = RowRequest(row, choose("generators", spec.generator, key), resolved.robustness_hash(row), asked,
                              [], boot, privacy_only=True)
-        result = run_row(stages, request, encoded, reid, motion, None, ctx)
+        result = run_row(stages, request, encoded, reid, motion, None, None, ctx)
         if result.table is not None and ctx.group.main:
             atomic_write_text(run_dir / "samples" / "robustness" / f"{spec.table_stem(row)}.csv",
                               result.table.to_csv(index=False))

@@ -29,6 +29,7 @@ from harness.metrics.columns import Column
 from harness.metrics.intervals import Bootstrap
 from harness.pipeline.copy import row_copy
 from harness.pipeline.encoding import Encoded
+from harness.pipeline.fidelity import FidelityReference, row_fidelity
 from harness.pipeline.motion import MotionReference, row_motion
 from harness.pipeline.reid import Features, ReidModel, embed, embed_frames
 from harness.pipeline.stages import Chosen, Stages, Stored
@@ -92,7 +93,8 @@ def conditions(n: int, train: LatentSet, spec: ConditionSpec, ctx: RunContext) -
 
 
 def run_row(stages: Stages, request: RowRequest, encoded: Encoded, reid: ReidModel | None,
-            motion: MotionReference | None, task: RealTask | None, ctx: RunContext) -> RowResult:
+            motion: MotionReference | None, fidelity: FidelityReference | None, task: RealTask | None,
+            ctx: RunContext) -> RowResult:
     # 1. the generator's samples (its fit runs only when they are not cached)
     latents = encoded.latents
     generator = stages.fit("generator-fit", request.generator, _fit, ctx=ctx,
@@ -141,6 +143,9 @@ def run_row(stages: Stages, request: RowRequest, encoded: Encoded, reid: ReidMod
             row.update(metrics)
             if moved is not None:
                 table = table.merge(moved, on="sample_id", how="left")
+        # 2c. fidelity in the clip feature space
+        if fidelity is not None and not request.privacy_only:
+            row.update(row_fidelity(stages, fidelity, samples, ctx))
         # 3. downstream utility under every strategy, and adherence to the requested label
         if task is not None:
             utility, measured, out["ef_predictions"] = downstream_utility(stages, samples, per_sample, reid, task,
