@@ -38,7 +38,7 @@ FAMILIES = ("noise", "shuffled", "frozen", "jittered", "spliced", "blurred")
 
 
 def _unit(clips: np.ndarray | torch.Tensor, device: torch.device) -> torch.Tensor:
-    return torch.as_tensor(np.asarray(clips), device=device).float() / 255.0
+    return torch.as_tensor(np.asarray(clips, dtype=np.float32), device=device) / 255.0  # a writable copy
 
 
 class ClipNet(nn.Module):
