@@ -118,7 +118,7 @@ def off_manifold(clips: torch.Tensor, others: torch.Tensor, rng: torch.Generator
     family = torch.randint(0, len(FAMILIES), (n,), generator=rng).tolist()
     for i, kind in enumerate(FAMILIES[f] for f in family):
         clip = clips[i]
-        if kind == "noise":  # Gaussian or uniform pixels around a random grey, or one grey
+        if kind == "noise":  # Gaussian or uniform pixels around a random grey, of any spread down to none
             level, spread = torch.rand(2, generator=rng).tolist()
             pixels = torch.randn(clip.shape, generator=rng) if level < 0.5 else torch.rand(clip.shape, generator=rng)
             out[i] = (0.1 + 0.6 * level + 0.4 * spread * (pixels - (0 if level < 0.5 else 0.5))).clamp(0, 1)
