@@ -19,10 +19,12 @@ import torch
 from harness.distributed import SINGLE, ProcessGroup
 from harness.metrics.columns import Column
 from harness.metrics.consistency import consistency_curve, consistency_scores
-from harness.metrics.fidelity import FIDELITY_KEYS, fidelity_metrics
+from harness.metrics.copy import CopyScores, joint_with_copy
+from harness.metrics.fidelity import FIDELITY_KEYS, fidelity_columns, fidelity_metrics
 from harness.metrics.intervals import (
     Bootstrap,
     Estimate,
+    agree,
     memorised_estimate,
     outside_estimate,
     pooled,
@@ -35,7 +37,6 @@ from harness.metrics.privacy import (
     generative_recall,
     irs_infinity,
     is_memorised,
-    joint_levels,
     memorised_fraction,
     privacy_threshold,
 )
@@ -73,52 +74,12 @@ COLUMNS = [
            definition=f"samples whose own consistency lies outside the central {CONSISTENCY_CENTRAL:g} % of the real "
                       "test videos' (two-sided: too steady, as a frozen video, or too changeable, as a flickering "
                       f"one); real videos score {100 - CONSISTENCY_CENTRAL:g} % by construction"),
-    Column("fd", "Fréchet distance (re-ID)", "↓", interval=True, group="fidelity_reid",
-           definition="Fréchet distance between the samples' and the training videos' re-ID features of first "
-                      "frames (the seed paper's space)"),
-    Column("precision", "precision (re-ID)", "↑", group="fidelity_reid",
-           definition="samples inside the k-NN balls of the training features (realism; prdc definitions)"),
-    Column("knn_recall", "k-NN recall (re-ID)", "↑", group="fidelity_reid",
-           definition="training features inside the k-NN balls of the samples (diversity; prdc)"),
-    Column("density", "density (re-ID)", "↑", group="fidelity_reid",
-           definition="how many training k-NN balls a sample falls in, over k (prdc)"),
-    Column("coverage", "coverage (re-ID)", "↑", group="fidelity_reid",
-           definition="training features whose k-NN ball holds a sample (prdc)"),
+    *fidelity_columns("", "fidelity_reid", " (re-ID)", "the training videos' first-frame re-ID features"),
 ]
 
 
 def _abs(value: float | None) -> float | None:
     return None if value is None or value != value else abs(value)
-
-
-@dataclass(frozen=True)
-class CopyScores:
-    """The real videos' pixel copy scores (`harness.metrics.copy`), the second test of the first-frame and content
-    columns: test videos against the training videos and the other way, first frames and any frame."""
-
-    first_test: np.ndarray
-    first_train: np.ndarray
-    content_test: np.ndarray
-    content_train: np.ndarray
-
-    def calibration(self, part: str, direction: str) -> np.ndarray:
-        """The scores that calibrate `part` (first or content) in the `privacy.calibration` direction."""
-        return getattr(self, f"{part}_{'test' if direction == 'test-to-train' else 'train'}")
-
-
-#: what a frame scores against itself under the copy test (normalised cross-correlation)
-COPY_IDENTITY = 1.0
-
-
-def _joint(pmax: np.ndarray, calibration: np.ndarray, ceiling: float, copy: np.ndarray | None,
-           copy_calibration: np.ndarray | None) -> tuple[np.ndarray, np.ndarray, float]:
-    """Re-ID scores and their calibration, joined with the copy test's when there is one (`joint_levels`): the
-    scores, calibration and ceiling to threshold."""
-    if copy is None or copy_calibration is None:
-        return pmax, calibration, ceiling
-    levels, reference = joint_levels([pmax, copy], [calibration, copy_calibration],
-                                     [ceiling, ceiling_level(COPY_IDENTITY, copy_calibration)])
-    return levels, reference, np.inf
 
 
 @dataclass
@@ -283,10 +244,10 @@ def _privacy_estimates(pmax: np.ndarray, nearest: np.ndarray, ref: Reference, ca
     or by the copy test on the samples' first frames `copy` where the run has one)."""
     n_train, n, boot = len(ref.train_first), len(pmax), ref.boot
     copies = ref.copy if copy is not None else None
-    scores, calibration, ceiling = _joint(pmax, _calibration(ref, calibrated)[1], calibrated["ceiling"], copy,
-                                          copies and copies.calibration("first", ref.calibration))
-    reverse = _joint(pmax, calibrated["pmax_train"], calibrated["ceiling"], copy,
-                     copies and copies.first_train)
+    scores, calibration, ceiling = joint_with_copy(pmax, _calibration(ref, calibrated)[1], calibrated["ceiling"],
+                                                   copy, copies and copies.calibration("first", ref.calibration))
+    reverse = joint_with_copy(pmax, calibrated["pmax_train"], calibrated["ceiling"], copy,
+                              copies and copies.first_train)
     memorised = is_memorised(scores, privacy_threshold(calibration, ref.percentile), ceiling)
     return {
         "memorised_pct": memorised_estimate(scores, calibration, ref.percentile, boot, ceiling),
@@ -385,14 +346,6 @@ def row_metrics(first: torch.Tensor, frames: torch.Tensor, ref: Reference, stats
     return metrics, per_sample, arrays
 
 
-def agree(estimates: list[Estimate], boot: Bootstrap) -> bool:
-    """Whether the re-ID models' estimates of one number are consistent: their intervals share a point. When they
-    do not, the models see the row differently (off the data manifold, typically) and no pooled number stands
-    for them."""
-    bounds = np.array([e.interval(boot) for e in estimates])
-    return bool(bounds[:, 0].max() <= bounds[:, 1].min())
-
-
 def _content_metrics(frames: tuple[torch.Tensor, ...], ref: Reference, stats: dict[str, Any],
                      per_sample: pd.DataFrame, copy: np.ndarray | None = None
                      ) -> tuple[dict[str, Any], list[Estimate]]:
@@ -404,8 +357,8 @@ def _content_metrics(frames: tuple[torch.Tensor, ...], ref: Reference, stats: di
     estimates, flags = [], []
     for features, model, calibrated in zip(frames, (ref, *ref.replicates), calibrations, strict=True):
         pmax, nearest = model.best_frames(features, model.content_train)
-        scores, calibration, ceiling = _joint(pmax, _calibration(model, calibrated)[1], calibrated["ceiling"], copy,
-                                              copy_calibration)
+        scores, calibration, ceiling = joint_with_copy(pmax, _calibration(model, calibrated)[1],
+                                                       calibrated["ceiling"], copy, copy_calibration)
         estimates.append(memorised_estimate(scores, calibration, ref.content_percentile, ref.boot, ceiling))
         flags.append(is_memorised(scores, privacy_threshold(calibration, ref.content_percentile), ceiling))
         if model is ref:

@@ -7,12 +7,12 @@ import pytest
 import torch
 from scipy import stats
 
-from harness.evaluation import agree
 from harness.metrics.fidelity import frechet_distance
 from harness.metrics.intervals import (
     Bootstrap,
     Estimate,
     _batched_frechet,
+    agree,
     frechet_interval,
     memorised_estimate,
     outside_estimate,

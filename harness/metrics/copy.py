@@ -24,6 +24,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from harness.metrics.privacy import ceiling_level, joint_levels
+
 #: query frames x alignments x reference frames scored at once: bounds the memory of a score block (floats)
 BLOCK = 1 << 24
 #: a frame whose grey levels vary less than this (standard deviation) over the compared pixels shows nothing
@@ -172,3 +174,33 @@ def _refine(query: torch.Tensor, ref: torch.Tensor, aligner: _Aligner, chosen: t
         best.append(found.values.clamp(-1, 1))
         index.append(picked.gather(1, found.indices[:, None])[:, 0])
     return torch.cat(best).cpu().numpy(), torch.cat(index).cpu().numpy()
+
+
+@dataclass(frozen=True)
+class CopyScores:
+    """The real videos' pixel copy scores (this module's), the second test of the first-frame and content
+    columns: test videos against the training videos and the other way, first frames and any frame."""
+
+    first_test: np.ndarray
+    first_train: np.ndarray
+    content_test: np.ndarray
+    content_train: np.ndarray
+
+    def calibration(self, part: str, direction: str) -> np.ndarray:
+        """The scores that calibrate `part` (first or content) in the `privacy.calibration` direction."""
+        return getattr(self, f"{part}_{'test' if direction == 'test-to-train' else 'train'}")
+
+
+#: what a frame scores against itself under the copy test (normalised cross-correlation)
+COPY_IDENTITY = 1.0
+
+
+def joint_with_copy(pmax: np.ndarray, calibration: np.ndarray, ceiling: float, copy: np.ndarray | None,
+           copy_calibration: np.ndarray | None) -> tuple[np.ndarray, np.ndarray, float]:
+    """Re-ID scores and their calibration, joined with the copy test's when there is one (`joint_levels`): the
+    scores, calibration and ceiling to threshold."""
+    if copy is None or copy_calibration is None:
+        return pmax, calibration, ceiling
+    levels, reference = joint_levels([pmax, copy], [calibration, copy_calibration],
+                                     [ceiling, ceiling_level(COPY_IDENTITY, copy_calibration)])
+    return levels, reference, np.inf

@@ -12,6 +12,7 @@ import numpy as np
 import torch
 from scipy import linalg
 
+from harness.metrics.columns import Column
 from harness.metrics.intervals import Bootstrap, frechet_interval
 
 
@@ -65,6 +66,23 @@ def frechet_distance(real: np.ndarray, fake: np.ndarray) -> float:
 
 #: the keys `fidelity_metrics` returns, as a results row holds them
 FIDELITY_KEYS = ("fd", "fd_low", "fd_high", "precision", "knn_recall", "density", "coverage")
+
+
+def fidelity_columns(prefix: str, group: str, suffix: str, space: str) -> list[Column]:
+    """The five fidelity columns of one feature space: keys `<prefix><key>`, labels ending in `suffix`, the space
+    named in their definitions as `space` (the training videos' features it compares with)."""
+    return [
+        Column(f"{prefix}fd", f"Fréchet distance{suffix}", "↓", interval=True, group=group,
+               definition=f"Fréchet distance between the samples' features and {space}"),
+        Column(f"{prefix}precision", f"precision{suffix}", "↑", group=group,
+               definition=f"samples inside the k-NN balls of {space} (realism; prdc definitions)"),
+        Column(f"{prefix}knn_recall", f"k-NN recall{suffix}", "↑", group=group,
+               definition=f"{space} inside the k-NN balls of the samples' (diversity; prdc)"),
+        Column(f"{prefix}density", f"density{suffix}", "↑", group=group,
+               definition=f"how many k-NN balls of {space} a sample falls in, over k (prdc)"),
+        Column(f"{prefix}coverage", f"coverage{suffix}", "↑", group=group,
+               definition=f"{space} whose k-NN ball holds a sample (prdc)"),
+    ]
 
 
 def fidelity_metrics(real: torch.Tensor, fake: torch.Tensor, k: int, boot: Bootstrap) -> dict[str, float | None]:

@@ -101,6 +101,14 @@ def outside_estimate(values: np.ndarray, reference: np.ndarray, central: float, 
     return Estimate(100 * float(np.mean((values < low) | (values > high))), 100 * np.concatenate(draws))
 
 
+def agree(estimates: list[Estimate], boot: Bootstrap) -> bool:
+    """Whether the re-ID models' estimates of one number are consistent: their intervals share a point. When they
+    do not, the models see the row differently (off the data manifold, typically) and no pooled number stands
+    for them."""
+    bounds = np.array([e.interval(boot) for e in estimates])
+    return bool(bounds[:, 0].max() <= bounds[:, 1].min())
+
+
 def memorised_estimate(pmax: np.ndarray, pmax_calibration: np.ndarray, percentile: float,
                        boot: Bootstrap, ceiling: float = np.inf) -> Estimate:
     """The memorised share (in %) and its replicates, resampling the samples and the videos that set τ together;

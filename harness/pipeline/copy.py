@@ -17,8 +17,7 @@ import torch
 
 from harness.context import RunContext
 from harness.data import LatentSet
-from harness.evaluation import CopyScores
-from harness.metrics.copy import best_copy_match, search_grids
+from harness.metrics.copy import CopyScores, best_copy_match, search_grids
 from harness.pipeline.decoded import Decoding, decoded
 from harness.pipeline.encoding import Encoded
 from harness.pipeline.stages import Stages, Stored

@@ -21,8 +21,7 @@ from harness.components import FeatureExtractor
 from harness.context import RunContext
 from harness.data import LatentSet
 from harness.errors import UserError
-from harness.metrics.columns import Column
-from harness.metrics.fidelity import FIDELITY_KEYS, fidelity_metrics
+from harness.metrics.fidelity import FIDELITY_KEYS, fidelity_columns, fidelity_metrics
 from harness.metrics.intervals import Bootstrap
 from harness.pipeline.decoded import Decoded, Decoding, decoded
 from harness.pipeline.encoding import Encoded
@@ -33,20 +32,7 @@ CHUNK_CLIPS = 512
 #: the results row's keys of the clip feature space's columns
 KEYS = {key: f"video_{key}" for key in FIDELITY_KEYS}
 
-_SPACE = "the training videos' clip features (`fidelity.features`)"
-COLUMNS = [
-    Column("video_fd", "Fréchet distance", "↓", interval=True, group="fidelity",
-           definition=f"Fréchet distance between the samples' and {_SPACE}: FVD's formula in the run's clip "
-                      "feature space"),
-    Column("video_precision", "precision", "↑", group="fidelity",
-           definition="samples inside the k-NN balls of the training clips' features (realism; prdc definitions)"),
-    Column("video_knn_recall", "k-NN recall", "↑", group="fidelity",
-           definition="training clips inside the k-NN balls of the samples' features (diversity; prdc)"),
-    Column("video_density", "density", "↑", group="fidelity",
-           definition="how many training k-NN balls a sample's clip falls in, over k (prdc)"),
-    Column("video_coverage", "coverage", "↑", group="fidelity",
-           definition="training clips whose k-NN ball holds a sample (prdc)"),
-]
+COLUMNS = fidelity_columns("video_", "fidelity", "", "the training videos' clip features")
 
 
 @dataclass(frozen=True)
