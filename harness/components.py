@@ -16,12 +16,14 @@ from __future__ import annotations
 
 import abc
 import argparse
-from dataclasses import dataclass
+from collections.abc import Callable
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar, Literal, Protocol, runtime_checkable
 
 from pydantic import BaseModel, ConfigDict
 
+from harness.metrics.intervals import Bootstrap
 from harness.metrics.pairs import HEADS
 
 if TYPE_CHECKING:
@@ -281,28 +283,71 @@ class Task(Component):
 
 
 @dataclass(frozen=True)
-class RowFeatures:
-    """What a row metric sees: re-ID features of first frames and the privacy analysis of the main head."""
+class Measured:
+    """A row metric's value with its interval, or the one sentence saying why it has none."""
 
-    samples: torch.Tensor  # [N, D] first-frame features of the row's samples
-    train: torch.Tensor  # [N_train, D]
-    test: torch.Tensor  # [N_test, D]
-    pmax: np.ndarray  # [N] best score of each sample against the training videos
-    nearest: np.ndarray  # [N] index of that training video
-    tau: float
+    value: float | None
+    low: float | None = None
+    high: float | None = None
+    reason: str | None = None
+
+
+@dataclass(frozen=True)
+class RowFeatures:
+    """What a row metric sees, in one feature space (`space`): the row's samples, the real training videos and the
+    real test videos (held out from every model of the run), each `[N, D]` on the run's device.
+
+    - `"reid"`: the re-ID model's features of first frames, with the privacy analysis of its main head (`pmax`,
+      `nearest`, `tau`);
+    - `"clip"`: the clip features fidelity is measured in (`fidelity.features`); no privacy analysis there.
+
+    `boot` draws the intervals as the run's other intervals are drawn. `once(name, compute)` keeps what several
+    metrics of the space need (nearest neighbours, a partition) so it is computed once per row and space.
+    """
+
+    samples: torch.Tensor
+    train: torch.Tensor
+    test: torch.Tensor
+    pmax: np.ndarray | None = None  # [N] best score of each sample against the training videos
+    nearest: np.ndarray | None = None  # [N] index of that training video
+    tau: float | None = None
+    space: str = "reid"
+    boot: Bootstrap = field(default_factory=Bootstrap)
+    _shared: dict[str, Any] = field(default_factory=dict, compare=False, repr=False)
+
+    def once(self, name: str, compute: Callable[[], Any]) -> Any:
+        """`compute()`'s result, computed on the first call under `name` for these features."""
+        if name not in self._shared:
+            self._shared[name] = compute()
+        return self._shared[name]
+
+
+#: the feature spaces a row metric can be computed in (`RowMetric.spaces`)
+SPACES = ("reid", "clip")
 
 
 class RowMetric(Component):
-    """An extra leaderboard column computed for every generator row of a spec that lists it under `metrics`."""
+    """An extra leaderboard column computed for every generator row of a spec that lists it under `metrics`, in
+    each feature space of `spaces` the run has. Its definition is the first paragraph of its docstring."""
 
     label: ClassVar[str]
     #: "↑" when higher is better, "↓" when lower is better, "" when neither.
     direction: ClassVar[Literal["↑", "↓", ""]] = ""
     digits: ClassVar[int] = 3
+    spaces: ClassVar[tuple[str, ...]] = ("reid",)
+    #: the leaderboard tables the columns join (one per feature space): "plugin" (Plugin metrics), "peers" (Privacy
+    #: (peers)) or "fidelity" (the Fidelity tables)
+    group: ClassVar[Literal["plugin", "peers", "fidelity"]] = "plugin"
 
     @abc.abstractmethod
-    def compute(self, features: RowFeatures) -> float | None:
-        """The row's value (None when undefined for these samples)."""
+    def compute(self, features: RowFeatures) -> float | Measured | None:
+        """The row's value, with its interval when it has one (`Measured`); None, or a `Measured` whose `reason`
+        says why, when it is undefined for these samples. A `UserError`'s sentence becomes that reason."""
+
+    def null(self) -> float | None:
+        """The value a generator that never saw the training videos has by construction (the held-out videos'
+        percentile, a chance AUC), or None: then the real test videos are measured as a row for reference."""
+        return None
 
 
 class Command(abc.ABC):

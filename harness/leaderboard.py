@@ -47,10 +47,13 @@ MARKED = Column("generator", "generator",
 CONTROLS = ("come from control generators whose answer is known (they copy, hold out, collapse or make noise): they "
             "check the metrics, they do not compete.")
 #: The leaderboard's tables, in order: (group, title); every table repeats the generator column.
-GROUPS = [("privacy", "Privacy"), ("coverage", "Coverage"), ("fidelity", "Fidelity"),
+GROUPS = [("privacy", "Privacy"), ("peers", "Privacy (peers)"),
+          ("peers_clip", "Privacy (peers) in the clip feature space"), ("coverage", "Coverage"),
+          ("fidelity", "Fidelity"),
           ("fidelity_reid", "Fidelity in the re-ID space (the seed paper's)"),
           ("temporal", "Consistency and motion"), ("utility", "Utility"),
-          ("plugin", "Plugin metrics"), ("cost", "Cost and record")]
+          ("plugin", "Plugin metrics"), ("plugin_clip", "Plugin metrics in the clip feature space"),
+          ("cost", "Cost and record")]
 
 
 def columns(results: list[dict[str, Any]]) -> list[Column]:
@@ -58,10 +61,21 @@ def columns(results: list[dict[str, Any]]) -> list[Column]:
     declared: dict[str, Column] = {}
     for result in results:
         for m in result.get("metrics", []):
-            declared[m["key"]] = Column(m["key"], m["label"], m["direction"], m["digits"], needs_reid=True,
+            space = m.get("space", "reid")
+            group = table_of(m)
+            declared[m["key"]] = Column(m["key"], m["label"], m["direction"], m["digits"], needs_reid=space == "reid",
                                         read=lambda r, key=m["key"]: _extra(r, key), derived_from="extra_metrics",
-                                        group="plugin", definition=m.get("definition", ""))
+                                        interval=True, read_bounds=lambda r, key=m["key"]: _extra_bounds(r, key),
+                                        group=group, definition=m.get("definition", ""))
     return [*HEAD, *BUILTIN, *declared.values(), *TAIL]
+
+
+def table_of(metric: dict[str, Any]) -> str:
+    """The group (`GROUPS`) of a plugin metric's column: its declared table in its feature space."""
+    group, space = metric.get("group", "plugin"), metric.get("space", "reid")
+    if group == "fidelity":
+        return "fidelity_reid" if space == "reid" else "fidelity"
+    return group if space == "reid" else f"{group}_{space}"
 
 
 def grouped(every: list[Column], frame: pd.DataFrame) -> list[tuple[str, str, list[Column]]]:
@@ -81,9 +95,21 @@ def filled(value: Any) -> bool:
     return value is not None and value == value and value != ""
 
 
-def _extra(row: dict[str, Any], key: str) -> Any:
+def _extra_cell(row: dict[str, Any], key: str) -> dict[str, Any]:
     extra = row.get("extra_metrics")
-    return extra.get(key) if isinstance(extra, dict) else None
+    cell = extra.get(key) if isinstance(extra, dict) else None
+    return cell if isinstance(cell, dict) else {"value": cell}
+
+
+def _extra(row: dict[str, Any], key: str) -> Any:
+    """A plugin metric's value, or the sentence saying why the row has none."""
+    cell = _extra_cell(row, key)
+    return cell.get("reason") if cell.get("value") is None else cell["value"]
+
+
+def _extra_bounds(row: dict[str, Any], key: str) -> tuple[Any, Any]:
+    cell = _extra_cell(row, key)
+    return cell.get("low"), cell.get("high")
 
 
 def load_results(paths: list[Path]) -> list[dict[str, Any]]:
@@ -208,6 +234,32 @@ def fidelity_note(results: list[dict[str, Any]]) -> str:
                    f"{real['video_coverage']:.3g}: what a generator as good as the real data scores.\n\n")
 
 
+def reference_notes(results: list[dict[str, Any]]) -> dict[str, str]:
+    """Under each table of plugin metrics: what a generator that never saw the training videos scores on each
+    column, by construction or measured on the real test videos as a row."""
+    by_group: dict[str, list[str]] = {}
+    for m in results[0].get("metrics", []):
+        ref = m.get("reference") or {}
+        if ref.get("value") is None:
+            continue
+        group = table_of(m)
+        text = interval_text(ref["value"], ref.get("low"), ref.get("high"), m["digits"])
+        by_group.setdefault(group, []).append(f"{m['label']} {text} ({ref['source']})")
+    return {group: ("A generator that never saw the training videos scores: " + "; ".join(parts)
+                    + ". Values by construction follow from how the column is calibrated; the others are the real "
+                      "test videos measured as a row.\n\n")
+            for group, parts in by_group.items()}
+
+
+def group_notes(results: list[dict[str, Any]]) -> dict[str, str]:
+    """The note under each table, by group (the Markdown and the page share them)."""
+    notes = {"privacy": privacy_note(results), "fidelity": fidelity_note(results),
+             "utility": utility_note(results[0].get("downstream"))}
+    for group, text in reference_notes(results).items():
+        notes[group] = notes.get(group, "") + text
+    return notes
+
+
 def utility_note(downstream: dict[str, Any] | None) -> str:
     """What the EF columns were trained and tested on, said under the utility table."""
     if not downstream:
@@ -235,8 +287,7 @@ def markdown(results: list[dict[str, Any]], frame: pd.DataFrame, every: list[Col
             f"`{bench['dataset']}` · encoder `{bench['encoder']}`\n\n")
     if any(row.get("control") is True for row in frame.to_dict("records")):
         text += f"Rows marked *(control)* {CONTROLS}\n\n"
-    notes = {"privacy": privacy_note(results), "fidelity": fidelity_note(results),
-             "utility": utility_note(results[0].get("downstream"))}
+    notes = group_notes(results)
     for group, title, shown in grouped(every, frame):
         cells = table(frame, [MARKED, *shown], mixed=len(hashes) > 1, inline_intervals=True)
         text += (f"### {title}\n\n" + tabulate(cells, headers="keys", tablefmt="github", showindex=False) + "\n\n"
@@ -378,7 +429,9 @@ def render(results: list[dict[str, Any]], fmt: str, allow_mixed: bool = False, b
         payload = {"benchmark_hashes": hashes, "title": results[0]["benchmark"]["title"],
                    "columns": [{"key": c.key, "header": c.header, "direction": c.direction, "group": c.group,
                                 "definition": c.definition,
-                                **({"interval": [f"{c.key}_low", f"{c.key}_high"]} if c.interval else {})}
+                                **({"interval": [f"{c.key}_low", f"{c.key}_high"]}
+                                   if c.interval and c.read_bounds is None else {}),
+                                **({"in": c.derived_from} if c.derived_from else {})}
                                for c in every],
                    "rows": json.loads(frame.to_json(orient="records")), "runs": runs}
         return json.dumps(payload, indent=2, ensure_ascii=False) + "\n"

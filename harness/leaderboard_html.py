@@ -28,8 +28,7 @@ def page(results: list[dict[str, Any]], frame: pd.DataFrame, every: list[Column]
     bench = results[0]["benchmark"]
     rows = frame.to_dict("records")
     anchors = [f"row-{i}" for i in range(len(rows))]
-    notes = {"privacy": privacy_notes.privacy_note(results), "fidelity": leaderboard.fidelity_note(results),
-             "utility": leaderboard.utility_note(results[0].get("downstream"))}
+    notes = leaderboard.group_notes(results)
     parts = [f"<h1>{_esc(bench['title'])}</h1>", _summary(results, hashes)]
     if any(r.get("control") is True for r in rows):
         parts.append(_prose(f"Rows marked *control* {leaderboard.CONTROLS}"))

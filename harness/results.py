@@ -99,7 +99,9 @@ class ResultRow(BaseModel):
     heads: dict[str, dict[str, float]] | None = None
     per_model: dict[str, list[float]] | None = None  # the pooled numbers as each re-ID model measured them
     models_disagree: str | None = None  # the pooled columns whose re-ID models' intervals share no point
-    extra_metrics: dict[str, float | None] | None = None  # the spec's `metrics` (plugin RowMetrics)
+    # the spec's `metrics` (plugin RowMetrics): per column key, {value, low, high, reason} (a bare value in runs
+    # written before metrics had intervals)
+    extra_metrics: dict[str, float | dict[str, Any] | None] | None = None
     # downstream utility (harness.downstream)
     utility: dict[str, dict[str, Any]] | None = None
     adherence: dict[str, float | int | None] | None = None

@@ -59,7 +59,7 @@ def test_third_party_generator_and_metric_join_the_same_benchmark(third_party, t
     [row] = result["rows"]
     assert row["generator"] == "jitter" and row["error"] is None and row["n_returned"] == 30
     samples = pd.read_csv(out / "samples" / "jitter.csv")
-    assert row["extra_metrics"]["mean-pmax"] == pytest.approx(samples["pmax_pred"].mean(), rel=1e-5)
+    assert row["extra_metrics"]["mean-pmax"]["value"] == pytest.approx(samples["pmax_pred"].mean(), rel=1e-5)
     # the shared stages came from the cache: only the new generator's stages ran
     stages = json.loads((out / "manifest.json").read_text())["stages"]
     row_stages = {"generator-fit", "samples", "embed-samples", "content-samples", "decoded-samples", "copy-scores",

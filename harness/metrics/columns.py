@@ -23,8 +23,9 @@ class Column:
     #: How the value is read from a results row (default: `row[key]`), and the row field it comes from.
     read: Callable[[dict[str, Any]], Any] | None = None
     derived_from: str | None = None
-    #: The row also holds `<key>_low` and `<key>_high`, the value's interval.
+    #: The row also holds `<key>_low` and `<key>_high`, the value's interval (or `read_bounds` reads it).
     interval: bool = False
+    read_bounds: Callable[[dict[str, Any]], tuple[Any, Any]] | None = None
     #: The leaderboard table it is shown in (`harness.leaderboard.GROUPS`; "" for the row's name, shown in all).
     group: str = ""
     #: One sentence under its table (and the tooltip of its header on the page).
@@ -43,7 +44,11 @@ class Column:
 
     def bounds(self, row: dict[str, Any]) -> tuple[Any, Any]:
         """The interval's ends (None when the row has none)."""
-        return (row.get(f"{self.key}_low"), row.get(f"{self.key}_high")) if self.interval else (None, None)
+        if not self.interval:
+            return None, None
+        if self.read_bounds is not None:
+            return self.read_bounds(row)
+        return row.get(f"{self.key}_low"), row.get(f"{self.key}_high")
 
 
 def interval_text(value: float, low: float | None, high: float | None, digits: int = 3) -> str:

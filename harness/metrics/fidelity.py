@@ -14,20 +14,12 @@ from scipy import linalg
 
 from harness.metrics.columns import Column
 from harness.metrics.intervals import Bootstrap, frechet_interval
-
-
-def _blocks(n: int, other: int, block_bytes: int, itemsize: int):
-    rows = max(1, block_bytes // max(other * itemsize, 1))
-    for start in range(0, n, rows):
-        yield slice(start, min(n, start + rows))
+from harness.metrics.neighbours import blocks, nearest
 
 
 def kth_neighbour_distance(x: torch.Tensor, k: int, block_bytes: int = 64 * 2**20) -> torch.Tensor:
-    """Distance from each row to its k-th nearest other row of the same set (self excluded)."""
-    out = torch.empty(len(x), dtype=x.dtype, device=x.device)
-    for s in _blocks(len(x), len(x), block_bytes, x.element_size()):
-        out[s] = torch.cdist(x[s], x).topk(k + 1, dim=1, largest=False).values[:, k]
-    return out
+    """Distance from each row to its k-th nearest other row of the same set (the row itself counted as its 0th)."""
+    return nearest(x, x, k + 1, block_bytes=block_bytes)[0][:, k]
 
 
 def prdc(real: torch.Tensor, fake: torch.Tensor, k: int = 5, block_bytes: int = 64 * 2**20) -> dict[str, float]:
@@ -36,7 +28,7 @@ def prdc(real: torch.Tensor, fake: torch.Tensor, k: int = 5, block_bytes: int = 
     inside_real = torch.zeros(len(fake), dtype=torch.long, device=fake.device)  # real balls containing fake j
     recalled = torch.zeros(len(real), dtype=torch.bool, device=real.device)
     covered = torch.zeros(len(real), dtype=torch.bool, device=real.device)
-    for s in _blocks(len(real), len(fake), block_bytes, real.element_size()):
+    for s in blocks(len(real), len(fake), block_bytes, real.element_size()):
         d = torch.cdist(real[s], fake)  # [block of real, M]
         inside_real += (d < r_real[s, None]).sum(dim=0)
         recalled[s] = (d < r_fake[None, :]).any(dim=1)

@@ -37,9 +37,10 @@ from harness.pipeline.encoding import Encoded, encode_real
 from harness.pipeline.fidelity import fit_fidelity
 from harness.pipeline.motion import MotionReference, decode_precision, fit_motion
 from harness.pipeline.real_data import load_real_data
-from harness.pipeline.reid import ReidModel, fit_reid
+from harness.pipeline.reid import ReidModel, fit_reid, reid_row_features
 from harness.pipeline.robustness import run_robustness
 from harness.pipeline.row import RowRequest, RowResult, conditions, run_row
+from harness.pipeline.row_metrics import declarations, measured_references
 from harness.pipeline.stages import Chosen, Stages
 from harness.pipeline.study import describe, study_tests
 from harness.pipeline.task import RealTask, fit_real_task
@@ -110,6 +111,8 @@ def run_generators(resolved: ResolvedSpec, record: dict[str, Any], stages: Stage
                         positions=motion_on and bool(privacy.motion.position_speeds),
                         clip=features.create().input_shape if features is not None else None)
     boot = spec.privacy.bootstrap(ctx.seed_for("bootstrap"))
+    metrics = [choose("metrics", ref.plugin, f"metrics.{ref.plugin}") for ref in spec.metrics]
+    references: dict[str, Any] = {}  # the plugin metrics' values for a generator that never saw the training videos
     reid = None
     if spec.reid is not None:
         # 3a. the pixel copy test the privacy columns join with the re-ID model
@@ -118,18 +121,22 @@ def run_generators(resolved: ResolvedSpec, record: dict[str, Any], stages: Stage
         reid = fit_reid(stages, choose("reid_filters", spec.reid.plugin, "reid"), encoded, privacy, ctx,
                         seeds=privacy.reid_seeds, copy=copy)
         ctx = ctx.using(privacy_filter=reid.privacy_filter(ctx))
+        references.update(measured_references(
+            stages, metrics, "reid", lambda: reid_row_features(reid, reid.reference.test_first),
+            {"samples": "test", "reid": reid.cache_identity}))
     # 3b. the real videos' motion, for motion memorisation
     motion = fit_motion(stages, encoded, decoding, privacy.motion, privacy.calibration, ctx) if motion_on else None
     # 3c. the clip feature space fidelity is measured in, fitted on the real training videos
-    fidelity = fit_fidelity(stages, features, encoded, decoding, privacy.knn, boot, ctx) \
+    fidelity = fit_fidelity(stages, features, encoded, decoding, privacy.knn, boot, metrics, ctx) \
         if features is not None else None
+    if fidelity is not None and fidelity.error is None:
+        references.update(fidelity.summary["metrics"])
     # 4. the downstream task on the real training split
     task = None
     if spec.downstream is not None:
         task = fit_real_task(stages, choose("tasks", spec.downstream.task.plugin, "task"), encoded,
                              spec.downstream, ctx)
     # 5. one row per generator, all asked for the same videos
-    metrics = [choose("metrics", ref.plugin, f"metrics.{ref.plugin}") for ref in spec.metrics]
     rows = []
     for entry in spec.generators:
         asked = conditions(resolved.n_samples(entry), encoded.latents["train"].value, spec.conditions, ctx)
@@ -150,10 +157,9 @@ def run_generators(resolved: ResolvedSpec, record: dict[str, Any], stages: Stage
         if ctx.group.main else {}
     if robustness is not None and ctx.group.main:
         figures.update(render_robustness_figure(run_dir / "figures", robustness))
-    declared = [{"key": m.name, "label": m.factory.label, "direction": m.factory.direction,
-                 "digits": m.factory.digits,
-                 "definition": " ".join((m.factory.__doc__ or "").strip().split("\n\n")[0].split())}  # 1st paragraph
-                for m in metrics]
+    spaces = [space for space, on in (("reid", reid is not None),
+                                      ("clip", fidelity is not None and fidelity.error is None)) if on]
+    declared = declarations(metrics, spaces, references)
     results = build_results(resolved, record, data.reports, encoded.summary, [r.row for r in rows],
                             reid.summary if reid else None, task.summary if task else None, figures, declared)
     results["motion"] = motion.summary if motion is not None else None

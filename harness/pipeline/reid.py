@@ -11,7 +11,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from harness.components import ReIdFilter
+from harness.components import ReIdFilter, RowFeatures
 from harness.context import RunContext
 from harness.data import LatentSet
 from harness.errors import GeneratorOutputError
@@ -86,6 +86,13 @@ class ReidModel:
             return self.reid.get().embed(frames[:, None], ctx, frames=[0])[:, 0]
 
         return PrivacyFilter(embed_frames, self.reference, self.stats["tau"], self.stats["ceiling"])
+
+
+def reid_row_features(reid: ReidModel, samples: torch.Tensor) -> RowFeatures:
+    """What a row metric sees in the re-ID space: first-frame features and the main head's privacy analysis."""
+    ref = reid.reference
+    pmax, nearest = (t.cpu().numpy() for t in ref.pmax(samples, ref.head))
+    return RowFeatures(samples, ref.train_first, ref.test_first, pmax, nearest, reid.stats["tau"], "reid", ref.boot)
 
 
 def fit_reid(stages: Stages, chosen: Chosen[ReIdFilter], encoded: Encoded, privacy: PrivacySpec,

@@ -17,7 +17,7 @@ import numpy as np
 import pandas as pd
 import torch
 
-from harness.components import Generator, RowFeatures, RowMetric
+from harness.components import Generator, RowMetric
 from harness.context import RunContext
 from harness.data import ClipSpec, Condition, LatentSet, PixelSamples, SampleSet
 from harness.distributed import concat
@@ -31,7 +31,8 @@ from harness.pipeline.copy import row_copy
 from harness.pipeline.encoding import Encoded
 from harness.pipeline.fidelity import FidelityReference, row_fidelity
 from harness.pipeline.motion import MotionReference, row_motion
-from harness.pipeline.reid import Features, ReidModel, embed, embed_frames
+from harness.pipeline.reid import Features, ReidModel, embed, embed_frames, reid_row_features
+from harness.pipeline.row_metrics import row_metric_cells
 from harness.pipeline.stages import Chosen, Stages, Stored
 from harness.pipeline.task import RealTask, Selection, measure, train_and_test
 from harness.spec import ConditionSpec
@@ -145,7 +146,10 @@ def run_row(stages: Stages, request: RowRequest, encoded: Encoded, reid: ReidMod
                 table = table.merge(moved, on="sample_id", how="left")
         # 2c. fidelity in the clip feature space
         if fidelity is not None and not request.privacy_only:
-            row.update(row_fidelity(stages, fidelity, samples, ctx))
+            columns, cells = row_fidelity(stages, fidelity, samples, request.metrics, ctx)
+            row.update(columns)
+            if cells:
+                row["extra_metrics"] = {**(row.get("extra_metrics") or {}), **cells}
         # 3. downstream utility under every strategy, and adherence to the requested label
         if task is not None:
             utility, measured, out["ef_predictions"] = downstream_utility(stages, samples, per_sample, reid, task,
@@ -175,9 +179,9 @@ def privacy_metrics(stages: Stages, request: RowRequest, samples: Stored[SampleS
                           copy=copy, ctx=ctx)
     metrics = artifact.meta["metrics"]
     if request.metrics:
-        metrics["extra_metrics"] = {chosen.name: stages.run("row-metric", _extra_metric, metric=chosen,
-                                                            features=features, reid=reid).meta["value"]
-                                    for chosen in request.metrics}
+        metrics["extra_metrics"] = row_metric_cells(stages, request.metrics, "reid",
+                                                    lambda: reid_row_features(reid, features.value.first),
+                                                    {"samples": features.key, "reid": reid.cache_identity})
     return (metrics, pd.read_csv(artifact.path / "per_sample.csv", dtype={"sample_id": str}),
             artifact.path / "arrays.npz")
 
@@ -309,14 +313,6 @@ def _row_metrics(folder: Path, features: Stored[Features], replicates: list[Stor
                                           ctx.seed_for("tsne", row))
     np.savez(folder / "arrays.npz", **arrays)
     return {"metrics": metrics}
-
-
-def _extra_metric(folder: Path, metric: Chosen[RowMetric], features, reid: ReidModel) -> dict[str, Any]:
-    ref = reid.reference
-    pmax, nearest = (t.cpu().numpy() for t in ref.pmax(features.value.first, ref.head))
-    value = metric.create().compute(RowFeatures(features.value.first, ref.train_first, ref.test_first, pmax,
-                                                nearest, reid.stats["tau"]))
-    return {"value": None if value is None else float(value)}
 
 
 def _filmstrip(folder: Path, encoder, samples: Stored[SampleSet], n: int, ctx: RunContext) -> None:
