@@ -5,6 +5,8 @@ like the seed paper's notebook, which scores one synthetic feature against all t
 head per iteration. Both see the same random sigmoid features; the loop is timed on a subset of queries, since its
 cost per query is constant. `content` times content memorisation's frame-level scoring: every (strided) frame of
 every sample against every such frame of every training video, through the same chunked all-pairs scoring.
+`metrics` times the spec's row metrics (the peers' privacy tests, say) one after the other on random features of
+the given sizes, sharing what a run shares between them (`RowFeatures.once`), so each line is what that metric adds.
 """
 
 from __future__ import annotations
@@ -14,6 +16,8 @@ from typing import Any
 
 import torch
 
+from harness.components import RowFeatures, RowMetric
+from harness.metrics.intervals import Bootstrap
 from harness.metrics.pairs import best_frame_match, max_scores, pred_kernel
 from harness.monitor import StageMonitor, _rss_bytes
 
@@ -117,3 +121,34 @@ def content_report(result: dict[str, Any]) -> str:
             f"{result['frames']}), dim {result['dim']}, on {result['device']} ({result['threads']} threads)\n"
             f"  {result['pairs_per_s']:.3e} frame pairs/s: {result['pairs']:.3e} pairs in {result['seconds']:.1f} s, "
             f"peak extra memory {result['peak_extra_memory_mib']:.1f} MiB")
+
+
+@torch.no_grad()
+def bench_metrics(metrics: dict[str, type[RowMetric]], samples: int, references: int, test: int, dim: int,
+                  device: torch.device, resamples: int = 2000) -> dict[str, Any]:
+    """Each row metric computed on `samples` random features against `references` training and `test` held-out
+    ones, in the order given, with one shared `RowFeatures` (as in a run: what one metric computed for the space
+    the next reuses); seconds and peak extra memory per metric, the value as a sanity check."""
+    features = RowFeatures(_features(samples, dim, 2, device), _features(references, dim, 1, device),
+                           _features(test, dim, 3, device), space="clip", boot=Bootstrap(resamples))
+    lines = []
+    for name, factory in metrics.items():
+        out: list[Any] = []
+        seconds, extra = _measured(lambda f=factory, o=out: o.append(f().compute(features)), device)
+        value = out[0]
+        lines.append({"metric": name, "seconds": seconds, "peak_extra_memory_mib": extra / 2**20,
+                      "value": getattr(value, "value", value), "reason": getattr(value, "reason", None)})
+    return {"device": str(device), "samples": samples, "references": references, "test": test, "dim": dim,
+            "resamples": resamples, "metrics": lines, "seconds": sum(line["seconds"] for line in lines),
+            "threads": torch.get_num_threads()}
+
+
+def metrics_report(result: dict[str, Any]) -> str:
+    """`bench_metrics`'s result as the lines `harness bench metrics` prints."""
+    head = (f"row metrics, {result['samples']:,} samples x {result['references']:,} training x {result['test']:,} "
+            f"held-out features of dim {result['dim']}, {result['resamples']} resamples, on {result['device']} "
+            f"({result['threads']} threads)")
+    lines = [f"  {m['metric']:<22} {m['seconds']:8.2f} s  peak extra {m['peak_extra_memory_mib']:8.1f} MiB  "
+             + (f"value {m['value']:.4g}" if m["value"] is not None else f"({m['reason']})")
+             for m in result["metrics"]]
+    return "\n".join([head, *lines, f"  {'all':<22} {result['seconds']:8.2f} s"])

@@ -119,6 +119,16 @@ def _parser(registry: Registry) -> argparse.ArgumentParser:
     content.add_argument("--dim", type=int, default=128)
     content.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto")
     content.add_argument("--json", action="store_true")
+    metrics = bench_sub.add_parser("metrics", help="the registered row metrics (the peers' privacy tests, ...) on "
+                                                   "random features (default: EchoNet size, 100,000 samples)")
+    metrics.add_argument("--metric", action="append", help="a registered metric (repeat; default: all of them)")
+    metrics.add_argument("--samples", type=int, default=100_000)
+    metrics.add_argument("--references", type=int, default=7_465, help="training features")
+    metrics.add_argument("--test", type=int, default=1_277, help="held-out features")
+    metrics.add_argument("--dim", type=int, default=128)
+    metrics.add_argument("--resamples", type=int, default=2000, help="bootstrap resamples of the intervals")
+    metrics.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto")
+    metrics.add_argument("--json", action="store_true")
 
     _plugin_commands(sub, registry)
     return p
@@ -225,7 +235,8 @@ def cmd_bench(args) -> int:
         if not torch.cuda.is_available():
             raise UserError("--device cuda was given but no CUDA GPU is visible; use --device cpu.")
     sizes = {"pairs": ("queries", "references", "dim", "loop_queries", "memory_queries"),
-             "content": ("samples", "references", "frames", "stride", "dim")}[args.bench_command]
+             "content": ("samples", "references", "frames", "stride", "dim"),
+             "metrics": ("samples", "references", "test", "dim", "resamples")}[args.bench_command]
     for name in sizes:
         if getattr(args, name) < 1:
             raise UserError(f"--{name.replace('_', '-')} must be a positive number.")
@@ -235,11 +246,24 @@ def cmd_bench(args) -> int:
         result = bench.bench_pairs(args.queries, args.references, args.dim, device, args.loop_queries,
                                    args.memory_queries)
         report = bench.pairs_report(result)
-    else:
+    elif args.bench_command == "content":
         result = bench.bench_content(args.samples, args.references, args.frames, args.stride, args.dim, device)
         report = bench.content_report(result)
+    else:
+        result = bench.bench_metrics(_metrics(args.metric), args.samples, args.references, args.test, args.dim,
+                                     device, args.resamples)
+        report = bench.metrics_report(result)
     print(json.dumps(result, indent=2) if args.json else report)
     return 0
+
+
+def _metrics(names: list[str] | None) -> dict[str, type]:
+    """The registered row metrics `harness bench metrics` times (all of them by default)."""
+    registered = get_registry().components["metrics"]
+    unknown = sorted(set(names or ()) - set(registered))
+    if unknown:
+        raise UserError(f"--metric {unknown[0]}: no such metric is registered; known: {', '.join(sorted(registered))}.")
+    return {name: registered[name].factory for name in (names or registered)}
 
 
 def cmd_plugins(args) -> int:

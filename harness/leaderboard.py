@@ -424,8 +424,9 @@ def render(results: list[dict[str, Any]], fmt: str, allow_mixed: bool = False, b
         return table(frame, [*every, *PROVENANCE], mixed=len(hashes) > 1, inline_intervals=False).to_csv(index=False)
     if fmt == "json":
         runs = [{"run": f"{r['benchmark']['name']}-{r['benchmark']['spec_hash'][:8]}",
-                 "benchmark_hash": r["benchmark"]["benchmark_hash"], "environment": r.get("environment")}
-                for r in results]
+                 "benchmark_hash": r["benchmark"]["benchmark_hash"], "environment": r.get("environment"),
+                 "metrics": r.get("metrics", [])}  # the plugin columns, with what a generator that never saw
+                for r in results]                   # the training videos scores on each
         payload = {"benchmark_hashes": hashes, "title": results[0]["benchmark"]["title"],
                    "columns": [{"key": c.key, "header": c.header, "direction": c.direction, "group": c.group,
                                 "definition": c.definition,

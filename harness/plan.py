@@ -18,9 +18,11 @@ from typing import TYPE_CHECKING, Any
 
 import torch
 
+from harness.components import RowFeatures, RowMetric
 from harness.environment import cpu_model
 from harness.errors import UserError
 from harness.metrics.copy import best_copy_match, search_grids
+from harness.metrics.intervals import Bootstrap
 from harness.metrics.pairs import max_scores
 
 if TYPE_CHECKING:
@@ -135,6 +137,29 @@ def copy_scoring(work: Workload, probe: Probe, samples: int, privacy: PrivacySpe
                     seconds * queries / 256 * max(1.0, ref_frames / timed), "decoding is not counted")
 
 
+def row_metrics(work: Workload, probe: Probe, metrics: dict[str, type[RowMetric]], spaces: int) -> Estimate:
+    """The spec's row metrics (`metrics`), every row in every feature space: all of them timed together on random
+    features of at most 2,000 samples x 1,000 training x 500 held-out videos, scaled by samples x training videos
+    (the nearest-neighbour pairs; the rest grows more slowly, so large sets are overestimated)."""
+    train, test = work.videos.get("train", 0), work.videos.get("test", 0)
+    small = (min(work.samples, 2000) or 1, min(train, 1000) or 2, min(test, 500) or 4)
+    features = [torch.rand(n, 128, device=probe.device) for n in small]
+    boot = Bootstrap(2000)
+
+    def compute() -> None:
+        shared = RowFeatures(*features, space="clip", boot=boot)
+        for factory in metrics.values():
+            try:
+                factory().compute(shared)
+            except UserError:  # too few of something at the probe's size: the run says so in its cells
+                pass
+
+    seconds = probe.seconds("row metrics (2,000 samples)", compute)
+    scale = work.samples * max(train, 1) / (small[0] * small[1])
+    return Estimate("row-metric", f"{len(metrics)} metrics x {work.rows} rows x {spaces} feature spaces",
+                    seconds * max(scale, 1.0) * work.rows * spaces)
+
+
 #: The run's stages an estimate stands for, when the plan asks whether they are cached.
 STAGES = {"dataset": ("dataset-train", "dataset-val", "dataset-test"), "encoder-fit": ("encoder-fit",),
           "encode": ("encode-train", "encode-val", "encode-test"), "reid-fit": ("reid-fit",),
@@ -239,9 +264,14 @@ def make_plan(resolved: ResolvedSpec, registry: Registry, device: torch.device, 
         if spec.privacy.reid_seeds > 1:
             parts.append(("re-ID", Estimate("more models", f"{spec.privacy.reid_seeds - 1} more re-ID models",
                                             sum(e.seconds or 0 for e in reid) * (spec.privacy.reid_seeds - 1))))
-    if spec.fidelity.features is not None and spec.generators:
+    clip = spec.fidelity.features is not None and bool(spec.generators)
+    if clip:
         extractor = component("feature_extractors", spec.fidelity.features.plugin, "fidelity.features")
         parts += [("fidelity", e) for e in extractor.plan(work, probe)]
+    if spec.metrics and spec.generators:
+        metrics = {ref.plugin: registry.get("metrics", ref.plugin).factory for ref in spec.metrics}
+        spaces = (spec.reid is not None) + clip
+        parts.append(("metrics", row_metrics(work, probe, metrics, spaces)))
     task: list[Estimate] = []
     if spec.downstream is not None:
         task = component("tasks", spec.downstream.task.plugin, "task").plan(work, probe)

@@ -4,6 +4,9 @@ answered with one sentence."""
 
 from __future__ import annotations
 
+import json
+from pathlib import Path
+
 import numpy as np
 import pytest
 import torch
@@ -284,3 +287,81 @@ def test_a_metric_returning_nan_without_a_reason_gets_one():
                     RowFeatures(cloud(5, 2, 0), cloud(5, 2, 1), cloud(5, 2, 2), space="reid"))
     assert cells["broken"] == {"value": None, "low": None, "high": None,
                                "reason": "metric 'broken' gave nan without saying why."}
+
+
+# --- the controls of a whole run --------------------------------------------------------------------------------
+
+PRIVACY = {"dcr": "↓", "nndr": "↓", "dcr-median": "↑", "authenticity": "↑", "data-copying": "↑",
+           "data-copying-cells": "↓", "membership-inference": "↓"}
+
+
+def cell(row: dict, key: str) -> dict:
+    return row["extra_metrics"][key]
+
+
+def value(row: dict, key: str) -> float:
+    return cell(row, key)["value"]
+
+
+def copy_is_the_least_private(rows: dict[str, dict], space: str, keys: dict[str, str] = PRIVACY) -> None:
+    """On every privacy column, `copy` is at least as exposed as every other row, and strictly more than the rows
+    that never saw the training videos."""
+    prefix = "" if space == "reid" else f"{space}/"
+    for name, direction in keys.items():
+        key = prefix + name
+        sign = 1 if direction == "↓" else -1  # larger sign * value = less private
+        exposed = sign * value(rows["copy"], key)
+        assert all(exposed >= sign * value(row, key) for row in rows.values()), key
+        for other in ("holdout", "phantom-fresh", "noise"):
+            if name != "data-copying-cells":  # no cell copies in either: 0 = 0
+                assert exposed > sign * value(rows[other], key), (key, other)
+
+
+@pytest.mark.parametrize("space", ["reid", "clip"])
+def test_the_tiny_runs_controls_on_the_peers_tests(tiny_run, space):
+    """Copies are the least private row on every column; noise is the farthest (nothing closer than held-out
+    videos, every sample authentic, C_T positive); held-out videos sit near the real test videos' own values.
+    Only relations with a wide margin are held here: 30 samples, models trained on 16 videos."""
+    rows = {r["generator"]: r for r in tiny_run["results"]["rows"]}
+    prefix = "" if space == "reid" else f"{space}/"
+    keys = dict(PRIVACY)
+    if space == "reid":  # 16 members: the re-ID space's membership AUC of copies sits within 0.1 of the others'
+        keys.pop("membership-inference")
+    copy_is_the_least_private(rows, space, keys)
+    assert value(rows["copy"], prefix + "dcr") == 100.0 and value(rows["copy"], prefix + "authenticity") == 0.0
+    noise = rows["noise"]
+    assert value(noise, prefix + "dcr") == 0.0 and value(noise, prefix + "authenticity") == 1.0
+    assert cell(noise, prefix + "data-copying")["low"] > 0
+    if space == "clip":
+        assert cell(rows["copy"], prefix + "membership-inference")["low"] > 0.6
+        declared = {m["key"]: m for m in tiny_run["results"]["metrics"]}
+        for name in ("dcr-median", "authenticity"):  # the held-out row's interval meets the real test videos'
+            ref, held_out = declared[prefix + name]["reference"], cell(rows["holdout"], prefix + name)
+            assert held_out["low"] <= ref["high"] and ref["low"] <= held_out["high"], name
+
+
+def test_the_published_phantom_tables_controls_on_the_peers_tests():
+    """The published default benchmark, as a reader sees it: copy the least private row on every column of both
+    spaces; the held-out row at the value a generator that never saw the training videos has (inside its interval
+    where that value holds by construction, intervals meeting where it is measured); collapse between copy and
+    the held-out row on the columns that see it (README, "The peers' privacy tests")."""
+    table = json.loads((Path(__file__).parents[1] / "leaderboard" / "phantom" / "leaderboard.json").read_text())
+    rows = {r["generator"]: r for r in table["rows"] if r["benchmark_name"] == "phantom"}
+    [run] = [r for r in table["runs"] if r["run"].startswith("phantom-") and not r["run"].startswith("phantom-paper")]
+    declared = {m["key"]: m for m in run["metrics"]}
+    between = {"reid": ("dcr", "nndr", "dcr-median", "data-copying-cells"),
+               "clip": ("dcr", "nndr", "data-copying", "data-copying-cells")}
+    for space in ("reid", "clip"):
+        prefix = "" if space == "reid" else f"{space}/"
+        copy_is_the_least_private(rows, space)
+        for name in PRIVACY:
+            key, held_out = prefix + name, cell(rows["holdout"], prefix + name)
+            ref = declared[key]["reference"]
+            if ref["source"] == "by construction":
+                assert held_out["low"] <= ref["value"] <= held_out["high"], key
+            elif ref.get("low") is not None:
+                assert held_out["low"] <= ref["high"] and ref["low"] <= held_out["high"], key
+        for name in between[space]:
+            sign = 1 if PRIVACY[name] == "↓" else -1
+            low, high = sorted(sign * value(rows[r], prefix + name) for r in ("copy", "holdout"))
+            assert low <= sign * value(rows["collapse"], prefix + name) <= high, prefix + name
