@@ -238,17 +238,20 @@ def reference_notes(results: list[dict[str, Any]]) -> dict[str, str]:
     """Under each table of plugin metrics: what a generator that never saw the training videos scores on each
     column, by construction or measured on the real test videos as a row."""
     by_group: dict[str, list[str]] = {}
-    for m in results[0].get("metrics", []):
-        ref = m.get("reference") or {}
-        if ref.get("value") is None:
-            continue
-        group = table_of(m)
-        text = interval_text(ref["value"], ref.get("low"), ref.get("high"), m["digits"])
-        by_group.setdefault(group, []).append(f"{m['label']} {text} ({ref['source']})")
-    return {group: ("A generator that never saw the training videos scores: " + "; ".join(parts)
-                    + ". Values by construction follow from how the column is calibrated; the others are the real "
-                      "test videos measured as a row.\n\n")
-            for group, parts in by_group.items()}
+    for result in results:
+        parts: dict[str, list[str]] = {}
+        for m in result.get("metrics", []):
+            ref = m.get("reference") or {}
+            if ref.get("value") is not None:
+                text = interval_text(ref["value"], ref.get("low"), ref.get("high"), m["digits"])
+                parts.setdefault(table_of(m), []).append(f"{m['label']} {text} ({ref['source']})")
+        where = f" in `{result['benchmark']['name']}`" if len(results) > 1 else ""
+        for group, said in parts.items():
+            by_group.setdefault(group, []).append(f"A generator that never saw the training videos scores{where}: "
+                                                  + "; ".join(said) + ".")
+    return {group: " ".join(said) + (" Values by construction follow from how the column is calibrated; the others "
+                                     "are the real test videos measured as a row.\n\n")
+            for group, said in by_group.items()}
 
 
 def group_notes(results: list[dict[str, Any]]) -> dict[str, str]:
