@@ -346,7 +346,7 @@ class RowMetric(Component):
 
     def null(self) -> float | None:
         """The value a generator that never saw the training videos has by construction (the held-out videos'
-        percentile, a chance AUC), or None: then the real test videos are measured as a row for reference."""
+        percentile, a chance AUC), or None: then real test videos, as many as a row has samples, are scored as a row."""
         return None
 
 

@@ -250,7 +250,7 @@ def reference_notes(results: list[dict[str, Any]]) -> dict[str, str]:
             by_group.setdefault(group, []).append(f"A generator that never saw the training videos scores{where}: "
                                                   + "; ".join(said) + ".")
     return {group: " ".join(said) + (" Values by construction follow from how the column is calibrated; the others "
-                                     "are the real test videos measured as a row.\n\n")
+                                     "are real test videos, as many as a row has samples, scored as a row.\n\n")
             for group, said in by_group.items()}
 
 

@@ -45,7 +45,7 @@ class FrameMeans(FeatureExtractor):
 
 def fidelity_of(stages, encoded, ctx, **config):
     decoding = Decoding(encoded.encoder, 2, "float32", clip=(4, 8))
-    return fit_fidelity(stages, chosen(FrameMeans, "frame-means", **config), encoded, decoding, 3, BOOT, [], ctx)
+    return fit_fidelity(stages, chosen(FrameMeans, "frame-means", **config), encoded, decoding, 3, BOOT, [], 30, ctx)
 
 
 def test_a_row_is_measured_against_the_training_clips(ctx):

@@ -123,11 +123,12 @@ def run_generators(resolved: ResolvedSpec, record: dict[str, Any], stages: Stage
         ctx = ctx.using(privacy_filter=reid.privacy_filter(ctx))
         references.update(measured_references(
             stages, metrics, "reid", lambda: reid_row_features(reid, reid.reference.test_first),
-            {"samples": "test", "reid": reid.cache_identity}))
+            {"samples": "test", "reid": reid.cache_identity}, spec.samples_per_generator))
     # 3b. the real videos' motion, for motion memorisation
     motion = fit_motion(stages, encoded, decoding, privacy.motion, privacy.calibration, ctx) if motion_on else None
     # 3c. the clip feature space fidelity is measured in, fitted on the real training videos
-    fidelity = fit_fidelity(stages, features, encoded, decoding, privacy.knn, boot, metrics, ctx) \
+    fidelity = fit_fidelity(stages, features, encoded, decoding, privacy.knn, boot, metrics,
+                            spec.samples_per_generator, ctx) \
         if features is not None else None
     if fidelity is not None and fidelity.error is None:
         references.update(fidelity.summary["metrics"])

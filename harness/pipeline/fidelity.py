@@ -61,9 +61,11 @@ class FidelityReference:
 
 
 def fit_fidelity(stages: Stages, chosen: Chosen[FeatureExtractor], encoded: Encoded, decoding: Decoding, knn: int,
-                 boot: Bootstrap, metrics: list[Chosen[RowMetric]], ctx: RunContext) -> FidelityReference:
+                 boot: Bootstrap, metrics: list[Chosen[RowMetric]], n_samples: int, ctx: RunContext
+                 ) -> FidelityReference:
     """Fit the extractor on the decoded real training clips, and measure the real test videos as a row would be:
-    what a generator indistinguishable from the real data scores (the plugin metrics of the clip space too)."""
+    what a generator indistinguishable from the real data scores (the plugin metrics of the clip space too, on
+    `n_samples` of them)."""
     train_clips, test_clips = (decoded(stages, f"decoded-{split}", decoding, encoded.latents[split], ctx)
                                for split in ("train", "test"))
     extractor = stages.fit("fidelity-fit", chosen, _fit, clips=train_clips, ctx=ctx)
@@ -78,7 +80,8 @@ def fit_fidelity(stages: Stages, chosen: Chosen[FeatureExtractor], encoded: Enco
                    real={KEYS[k]: v for k, v in fidelity_metrics(train.value, test.value, knn, boot).items()})
     reference = FidelityReference(chosen, extractor, decoding, knn, boot, train, test, summary)
     summary["metrics"] = measured_references(stages, metrics, "clip", lambda: reference.row_features(test.value),
-                                             {"samples": test.key, "fidelity": reference.cache_identity})
+                                             {"samples": test.key, "fidelity": reference.cache_identity},
+                                             n_samples)
     return reference
 
 
