@@ -428,8 +428,9 @@ def render(results: list[dict[str, Any]], fmt: str, allow_mixed: bool = False, b
     if fmt == "json":
         runs = [{"run": f"{r['benchmark']['name']}-{r['benchmark']['spec_hash'][:8]}",
                  "benchmark_hash": r["benchmark"]["benchmark_hash"], "environment": r.get("environment"),
-                 "metrics": r.get("metrics", [])}  # the plugin columns, with what a generator that never saw
-                for r in results]                   # the training videos scores on each
+                 # per plugin column: what a generator that never saw the training videos scores
+                 "references": {m["key"]: m.get("reference") for m in r.get("metrics", [])}}
+                for r in results]
         payload = {"benchmark_hashes": hashes, "title": results[0]["benchmark"]["title"],
                    "columns": [{"key": c.key, "header": c.header, "direction": c.direction, "group": c.group,
                                 "definition": c.definition,

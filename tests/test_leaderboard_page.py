@@ -70,7 +70,8 @@ def test_the_page_sorts_shows_every_row_and_requests_nothing(tiny_run, browser, 
     generators = [r["generator"] for r in rows]
     groups = browser.execute_script(
         "return Array.from(document.querySelectorAll('table.board')).map(function (t) { return t.dataset.group; });")
-    assert groups[:7] == ["privacy", "coverage", "fidelity", "fidelity_reid", "temporal", "utility", "cost"]
+    assert groups[:9] == ["privacy", "peers", "peers_clip", "coverage", "fidelity", "fidelity_reid", "temporal",
+                          "utility", "cost"]
     for group in groups:  # every row in every table, and every metric header explains itself
         assert _order(browser, group) == generators
         titles = browser.execute_script(
