@@ -25,6 +25,18 @@ def load_rows(path: Path) -> tuple[str, list[dict[str, Any]]]:
                     "benchmark).")
 
 
+def _headline(row: dict[str, Any], other: dict[str, Any]):
+    """(metric, (published value, low, high), this run's value) of every number with an interval: the built-in
+    columns, then the plugin metrics' (under their column keys)."""
+    for column in HEADLINE:
+        yield column.label, (column.value(row), *column.bounds(row)), column.value(other)
+    for key, cell in (row.get("extra_metrics") or {}).items():
+        if isinstance(cell, dict):
+            new = ((other.get("extra_metrics") or {}).get(key) or {})
+            yield key, (cell.get("value"), cell.get("low"), cell.get("high")), (
+                new.get("value") if isinstance(new, dict) else new)
+
+
 def compare(reference: Path, run: Path) -> pd.DataFrame:
     """One line per row and headline number present in both: the reference's value and interval, the run's value,
     and whether it lies inside."""
@@ -36,11 +48,10 @@ def compare(reference: Path, run: Path) -> pd.DataFrame:
     lines = []
     for row in ref_rows:
         other = theirs.get(row["generator"])
-        for column in HEADLINE if other else ():
-            value, (low, high), new = column.value(row), column.bounds(row), column.value(other)
+        for metric, (value, low, high), new in _headline(row, other) if other else ():
             if value is None or low is None or new is None:
                 continue
-            lines.append({"generator": row["generator"], "metric": column.label, "published": value,
+            lines.append({"generator": row["generator"], "metric": metric, "published": value,
                           "low": low, "high": high, "this run": new, "inside": low <= new <= high})
     if not lines:
         raise UserError(f"{reference} and {run} share no row with intervals to compare.")

@@ -92,7 +92,8 @@ def test_compare_checks_a_run_against_published_intervals(tiny_run, tmp_path):
     run_cli("leaderboard", str(tiny_run["out"]), "--format", "json", "--out", str(published))
     same = compare(published / "leaderboard.json", tiny_run["out"])
     assert np.allclose(same["this run"], same["published"], rtol=1e-9)  # the JSON keeps 10 digits
-    assert {"memorised %", "recall", "Fréchet distance", "Fréchet distance (re-ID)"} <= set(same["metric"])
+    assert {"memorised %", "recall", "Fréchet distance", "Fréchet distance (re-ID)", "dcr",
+            "clip/membership-inference"} <= set(same["metric"])  # plugin metrics under their column keys
     moved = copy.deepcopy(tiny_run["results"])
     holdout = next(r for r in moved["rows"] if r["generator"] == "holdout")
     holdout["fd"] = holdout["fd_high"] + 1.0
