@@ -142,7 +142,7 @@ def _check_row(run: Path, raw: dict[str, Any], expected: dict[str, Any], train_v
     want = expected.get(name, expected["default"])
     if want is not None and row["n_samples"] != want:
         problems.append(f"{where}: n_samples is {row['n_samples']}, the benchmark asks for {want}.")
-    problems += _check_ranges(where, row)
+    problems += _check_ranges(where, row) + _check_plugin_cells(where, row)
     if row.get("error"):
         return problems  # a failed row has no samples to check
     table_path = run / "samples" / f"{name}.csv"
@@ -192,6 +192,20 @@ def _check_ranges(where: str, row: dict[str, Any]) -> list[str]:
         low, high_end = row.get(f"{key}_low"), row.get(f"{key}_high")
         if low is not None and high_end is not None and low > high_end:
             problems.append(f"{where}: {key}_low {low} is above {key}_high {high_end}.")
+    return problems
+
+
+def _check_plugin_cells(where: str, row: dict[str, Any]) -> list[str]:
+    """A plugin metric's cell: a value inside its own interval, or a sentence saying why it has none."""
+    problems = []
+    for key, cell in (row.get("extra_metrics") or {}).items():
+        if not isinstance(cell, dict):  # a bare value: runs written before metrics had intervals
+            continue
+        value, low, high = cell.get("value"), cell.get("low"), cell.get("high")
+        if value is None and not cell.get("reason"):
+            problems.append(f"{where}: metric {key} has no value and no reason.")
+        elif value is not None and low is not None and high is not None and not low <= value <= high:
+            problems.append(f"{where}: metric {key} = {value} lies outside its interval [{low}, {high}].")
     return problems
 
 

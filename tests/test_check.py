@@ -85,3 +85,16 @@ def test_a_table_whose_noise_row_wins_a_fidelity_column_is_refused(tiny_run, tmp
     lines = done.stdout.strip().splitlines()
     assert done.returncode == 2 and len(lines) == 1, done.stdout
     assert "the noise control is the best row on precision (video_precision)" in lines[0]
+
+
+def test_a_plugin_metric_outside_its_interval_or_empty_without_a_reason_is_named(tiny_run, tmp_path):
+    def tamper(results):
+        row(results, "copy")["extra_metrics"]["dcr"]["value"] = 50.0  # its interval is [100, 100]
+        row(results, "holdout")["extra_metrics"]["clip/authenticity"] = {"value": None, "low": None, "high": None,
+                                                                          "reason": None}
+
+    done = run_cli("check", edited(tiny_run["out"], tmp_path / "tampered", tamper), "--spec", str(TINY))
+    lines = done.stdout.strip().splitlines()
+    assert done.returncode == 2 and len(lines) == 2, done.stdout
+    assert "row 'copy': metric dcr = 50.0 lies outside its interval [100.0, 100.0]" in lines[0] + lines[1]
+    assert "row 'holdout': metric clip/authenticity has no value and no reason" in lines[0] + lines[1]
