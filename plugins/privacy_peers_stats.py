@@ -157,11 +157,9 @@ def z_score(u: torch.Tensor, m: torch.Tensor, n: torch.Tensor) -> torch.Tensor:
 
 @dataclass(frozen=True)
 class DataCopying:
-    """C_T with its replicates, the z-score of every cell (NaN where a cell is left out) and how many copy."""
+    """C_T with its replicates, and how many of its cells copy."""
 
     ct: Estimate
-    cell_z: np.ndarray
-    cells_used: int
     cells_copying: int
 
 
@@ -183,20 +181,18 @@ def data_copying(samples: torch.Tensor, train: torch.Tensor, test: torch.Tensor,
     if not used:
         raise UserError(f"no cell of the data-copying test's {cells} holds more than {min_cell_samples} of the "
                         f"row's {len(samples)} samples and a held-out video; C_T is undefined (ask for more samples, "
-                        "or fewer cells)")
-    cell_z = np.full(cells, np.nan)
+                        "or fewer cells).")
     observed_z, weights = [], []
     for c in used:
         q, p = dist_samples[cell_of["samples"] == c], dist_test[cell_of["test"] == c]
         sizes = torch.tensor([len(q), len(p)], dtype=torch.float64, device=q.device)
         z = z_score(u_statistic(q[None], p[None]), sizes[0], sizes[1])
-        cell_z[c] = float(z[0])
-        observed_z.append(cell_z[c])
+        observed_z.append(float(z[0]))
         weights.append(len(p))
     value = float(np.dot(weights, observed_z) / np.sum(weights))
     replicates = _ct_replicates(dist_samples, cell_of["samples"], dist_test, cell_of["test"], used, boot)
     copying = int(np.sum(np.asarray(observed_z) < COPYING_Z))
-    return DataCopying(Estimate(value, replicates), cell_z, len(used), copying)
+    return DataCopying(Estimate(value, replicates), copying)
 
 
 def _ct_replicates(dist_samples: torch.Tensor, samples_cell: torch.Tensor, dist_test: torch.Tensor,
