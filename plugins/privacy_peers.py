@@ -20,9 +20,8 @@ from harness.metrics.intervals import Estimate
 from harness_plugins import privacy_peers_stats as stats
 
 
-def measured(estimate: Estimate, features: RowFeatures, scale: float = 1.0) -> Measured:
-    low, high = estimate.interval(features.boot)
-    return Measured(estimate.value * scale, low * scale, high * scale)
+def measured(estimate: Estimate, features: RowFeatures) -> Measured:
+    return Measured(estimate.value, *estimate.interval(features.boot))
 
 
 def _enough_samples(features: RowFeatures) -> None:
@@ -42,6 +41,8 @@ def _own(features: RowFeatures) -> torch.Tensor:
 
 
 class PeerMetric(RowMetric):
+    """A peer's test: computed in both feature spaces, shown in the Privacy (peers) tables."""
+
     spaces = SPACES
     group = "peers"
 
@@ -53,8 +54,8 @@ class HeldOutConfig(ComponentConfig):
 
 class CloserThanHeldOut(PeerMetric):
     """Samples closer to their nearest training video than 95 % of the real held-out videos are (distance to
-    closest record, DCR; the 5th percentile of the held-out videos' DCR, resampled with the samples): 5 % for a
-    generator that never saw the training videos, 100 % for copies."""
+    closest record, DCR; below the held-out videos' 5th percentile, `percentile`, resampled with the samples): 5 %
+    for a generator that never saw the training videos, 100 % for copies."""
 
     label = "DCR closer %"
     direction = "↓"
