@@ -40,12 +40,26 @@ TAIL = [Column("generator_hash", "config hash", group="cost",
                definition="why a number of the row is missing or partial")]
 BUILTIN = [*evaluation.COLUMNS, *fidelity.COLUMNS, *motion.COLUMNS, *downstream.COLUMNS, *reconstruction.COLUMNS,
            *COST_COLUMNS]
-#: The generator as Markdown shows it, a control marked.
-MARKED = Column("generator", "generator",
-                read=lambda row: f"{row['generator']} (control)" if row.get("control") is True else row["generator"])
+def short_of(row: dict[str, Any]) -> str | None:
+    """"27 of 30 samples" for a row scored on fewer samples than the benchmark asks (a folder of 27 videos)."""
+    asked, have = row.get("n_asked"), row.get("n_samples")
+    return f"{int(have)} of {int(asked)} samples" if asked == asked and asked and have < asked else None
+
+
+def _marked(row: dict[str, Any]) -> str:
+    marks = [m for m in ("control" if row.get("control") is True else None, short_of(row)) if m]
+    return f"{row['generator']} ({', '.join(marks)})" if marks else row["generator"]
+
+
+#: The generator as Markdown shows it, a control or a short row marked.
+MARKED = Column("generator", "generator", read=_marked)
 #: What a row marked as a control is.
 CONTROLS = ("come from control generators whose answer is known (they copy, hold out, collapse or make noise): they "
             "check the metrics, they do not compete.")
+#: What a row marked "n of N samples" is.
+SHORT = ("were scored on fewer samples than the benchmark asks (a folder holding fewer videos, unreadable files "
+         "skipped): their numbers are computed on those, recall and real recall at the row's own count, so they "
+         "compare; their intervals are wider.")
 #: The leaderboard's tables, in order: (group, title); every table repeats the generator column.
 GROUPS = [("privacy", "Privacy"), ("peers", "Privacy (peers)"),
           ("peers_clip", "Privacy (peers) in the clip feature space"), ("coverage", "Coverage"),
@@ -290,6 +304,8 @@ def markdown(results: list[dict[str, Any]], frame: pd.DataFrame, every: list[Col
             f"`{bench['dataset']}` · encoder `{bench['encoder']}`\n\n")
     if any(row.get("control") is True for row in frame.to_dict("records")):
         text += f"Rows marked *(control)* {CONTROLS}\n\n"
+    if any(short_of(row) for row in frame.to_dict("records")):
+        text += f"Rows marked *(n of N samples)* {SHORT}\n\n"
     notes = group_notes(results)
     for group, title, shown in grouped(every, frame):
         cells = table(frame, [MARKED, *shown], mixed=len(hashes) > 1, inline_intervals=True)

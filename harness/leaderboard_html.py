@@ -32,6 +32,8 @@ def page(results: list[dict[str, Any]], frame: pd.DataFrame, every: list[Column]
     parts = [f"<h1>{_esc(bench['title'])}</h1>", _summary(results, hashes)]
     if any(r.get("control") is True for r in rows):
         parts.append(_prose(f"Rows marked *control* {leaderboard.CONTROLS}"))
+    if any(leaderboard.short_of(r) for r in rows):
+        parts.append(_prose(f"Rows marked *n of N samples* {leaderboard.SHORT}"))
     for group, title, shown in leaderboard.grouped(every, frame):
         parts.append(f'<section id="{group}"><h2>{_esc(title)}</h2>'
                      + _table(group, shown, rows, anchors, mixed=len(hashes) > 1) + _definitions(shown)
@@ -110,6 +112,8 @@ def _table(group: str, shown: list[Column], rows: list[dict[str, Any]], anchors:
     for row, anchor in zip(rows, anchors, strict=True):
         name = _esc(row["generator"])
         badge = ' <span class="badge">control</span>' if row.get("control") is True else ""
+        if leaderboard.short_of(row):
+            badge += f' <span class="badge">{_esc(leaderboard.short_of(row))}</span>'
         cells = [f'<td data-value="{name}"><a href="#{anchor}">{name}</a>{badge}</td>']
         if mixed:
             bench, title = _esc(row["benchmark_hash"]), _esc(row.get("benchmark_name") or "")

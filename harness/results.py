@@ -26,7 +26,8 @@ class ResultRow(BaseModel):
     generator: str
     plugin: str
     generator_hash: str
-    n_samples: int
+    n_samples: int  # the samples the row was scored on asking for (a folder's videos, or the benchmark's count)
+    n_asked: int | None = None  # the samples the benchmark asks the row for; more than n_samples when a folder is short
     artifacts: dict[str, str]  # cache keys of the generator's fit and samples (for `harness regenerate`)
     generator_report: dict[str, Any] | None = None  # what the generator counted, e.g. skipped unreadable files
     n_returned: int | None = None

@@ -55,3 +55,30 @@ def test_export_keeps_only_compliant_samples_and_refuses_real_rows(image_space_r
     assert refused.returncode == 2 and "returns real videos" in refused.stderr and not (base / "copy").exists()
     again = run_cli("--cache", cache, "export", str(run), "--row", "phantom-fresh", "--out", str(base / "kept"))
     assert again.returncode == 2 and "already exists" in again.stderr
+
+
+def test_a_short_folder_joins_the_leaderboard_marked(image_space_run):
+    """Export -> score -> publish with fewer videos than the benchmark asks (three of the exported 30 removed, as a
+    user sharing only part of a row would): the row joins the benchmark's table marked with its sample count."""
+    run, cache, base = image_space_run["run"], str(image_space_run["cache"]), image_space_run["base"]
+    out = base / "part"
+    assert run_cli("--cache", cache, "export", str(run), "--row", "phantom-fresh", "--out", str(out),
+                   "--include-memorised", "--no-progress").returncode == 0
+    files = pd.read_csv(out / "FileList.csv")
+    for name in files["FileName"][:3]:
+        (out / "Videos" / f"{name}.avi").unlink()
+    files.iloc[3:].to_csv(out / "FileList.csv", index=False)
+    back = run_cli("--cache", cache, "run", str(image_space_run["spec"]), "--generator", "video-folder",
+                   "--generator-args", json.dumps({"root": str(out)}), "--out", str(base / "short"), "--no-progress")
+    assert back.returncode == 0, back.stderr
+    [row] = json.loads((base / "short" / "results.json").read_text())["rows"]
+    assert row["n_samples"] == row["n_returned"] == 27 and row["n_asked"] == 30
+    board = run_cli("leaderboard", str(run), str(base / "short"), "--format", "md")
+    assert board.returncode == 0, board.stderr
+    assert "| video-folder (27 of 30 samples)" in board.stdout
+    assert "Rows marked *(n of N samples)*" in board.stdout
+    too_many = json.loads((base / "short" / "results.json").read_text())
+    too_many["rows"][0]["n_samples"] = 31
+    (base / "short" / "results.json").write_text(json.dumps(too_many))
+    done = run_cli("check", str(base / "short"), "--spec", str(image_space_run["spec"]))
+    assert done.returncode == 2 and "n_samples is 31, the benchmark asks for 30" in done.stdout

@@ -104,7 +104,8 @@ def run_row(stages: Stages, request: RowRequest, encoded: Encoded, reid: ReidMod
     pixels = request.generator.factory.output == "pixels"
     expected = {"clip": ctx.clip} if pixels else {"clip_shape": list(latents["train"].value.clip_shape)}
     base = {"generator": request.name, "plugin": request.generator.name, "generator_hash": request.generator_hash,
-            "control": request.generator.factory.control, "n_samples": len(request.conditions)}
+            "control": request.generator.factory.control, "n_samples": len(request.conditions),
+            "n_asked": len(request.conditions)}
     artifacts = {"generator-fit": generator.key}
     try:
         asked = generator.component.existing_samples(ctx) or request.conditions
