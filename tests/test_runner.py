@@ -142,6 +142,35 @@ def test_killed_run_resumes_to_identical_results(tiny_run, tmp_path):
         json.loads((tmp_path / "again" / "results.json").read_text()))
 
 
+def test_an_interrupted_run_says_so_and_resumes_without_recomputing_what_it_finished(tmp_path):
+    """Ctrl-C once the VAE has trained: one sentence, exit 130, and the next run loads every stage the first one
+    finished (artifacts are written whole or not at all) and computes only the rest."""
+    spec = tiny_spec(tmp_path, generators=[{"plugin": "copy"}], downstream=None, reid={"args": {"max_epochs": 10}},
+                     seed=11)  # its own seed: every stage is cold, whatever other tests left in their caches
+    cache, out = tmp_path / "cache", tmp_path / "run"
+    cmd = [sys.executable, "-m", "harness.cli", "--cache", str(cache), "run", str(spec), "--out", str(out),
+           "--no-progress"]
+    proc = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    deadline = time.time() + 300
+    while time.time() < deadline and proc.poll() is None:
+        if any((cache / "encoder-fit").glob("*/meta.json")):
+            break
+        time.sleep(0.01)
+    else:
+        proc.kill()
+        pytest.fail("the run ended or stalled before its VAE was trained")
+    proc.send_signal(signal.SIGINT)
+    _, err = proc.communicate(timeout=300)
+    assert proc.returncode == 130 and "interrupted; re-run the same command to resume from the cache." in err, err
+    finished = {(a.stage, a.key) for a in ArtifactCache(cache).entries()}
+    assert {"dataset-train", "encoder-fit"} <= {stage for stage, _ in finished}
+    done = run_cli(*cmd[3:])
+    assert done.returncode == 0, done.stderr
+    stages = json.loads((out / "manifest.json").read_text())["stages"]
+    assert not {(s["stage"], s["key"]) for s in stages if not s["cached"]} & finished
+    assert {(s["stage"], s["key"]) for s in stages if s["cached"]} >= {f for f in finished if f[0] == "encoder-fit"}
+
+
 def _spec(tmp_path, dataset: str, generators: str = "  - plugin: copy\n") -> str:
     path = tmp_path / "spec.yaml"
     path.write_text(f"spec_version: 1\nname: bad\ndevice: cpu\ndataset: {dataset}\nencoder: {{plugin: identity}}\n"
