@@ -12,6 +12,7 @@ writes; every rank builds together and then reads what rank 0 wrote.
 from __future__ import annotations
 
 import contextlib
+import errno
 import fcntl
 import hashlib
 import json
@@ -28,6 +29,7 @@ from pathlib import Path
 from typing import Any
 
 from harness.distributed import SINGLE, ProcessGroup
+from harness.errors import UserError
 from harness.hashing import stable_hash
 
 TMP_PREFIX = ".tmp-"
@@ -65,6 +67,15 @@ def file_digest(path: Path) -> str:
         while chunk := handle.read(1 << 22):
             digest.update(chunk)
     return digest.hexdigest()
+
+
+def _bytes(folder: Path) -> int:
+    """What a folder holds on disk (0 when it is gone)."""
+    return sum(f.stat().st_size for f in folder.rglob("*") if f.is_file()) if folder.is_dir() else 0
+
+
+def _free(folder: Path) -> int:
+    return shutil.disk_usage(folder if folder.exists() else folder.parent).free
 
 
 def _inventory(folder: Path) -> dict[str, dict[str, Any]]:
@@ -168,9 +179,17 @@ class ArtifactCache:
                 if not (final / META).is_file():
                     raise
                 shutil.rmtree(tmp)  # another process finished the same artifact first
-        except BaseException:
+        except BaseException as exc:
+            written = _bytes(tmp)
             if not (tmp / CHECKPOINTS).is_dir():
                 shutil.rmtree(tmp, ignore_errors=True)
+            if isinstance(exc, OSError) and exc.errno in (errno.ENOSPC, errno.EDQUOT):
+                full = UserError(f"the disk of the cache folder {self.root} is full: stage '{stage}' needs more "
+                                 f"than the {written / 2**20:.1f} MiB it had written ({_free(self.root) / 2**20:.1f} "
+                                 "MiB free now); free space there or point --cache (HARNESS_CACHE) at a larger disk, "
+                                 "and re-run to resume: every finished stage is kept.")
+                full.from_external_stage = True  # the world outside the cache: no enclosing stage may cache it
+                raise full from None
             raise
 
     @staticmethod

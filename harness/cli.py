@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import errno
 import json
 import logging
 import sys
@@ -382,6 +383,12 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("interrupted; re-run the same command to resume from the cache.", file=sys.stderr)
         return 130
+    except OSError as exc:
+        if exc.errno not in (errno.ENOSPC, errno.EDQUOT):
+            raise
+        print(f"error: the disk is full ({exc.filename or 'writing the run'}); free space there and re-run the same "
+              "command: the cache keeps every finished stage.", file=sys.stderr)
+        return 2
 
 
 if __name__ == "__main__":

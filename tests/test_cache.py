@@ -1,8 +1,12 @@
+import errno
 import json
 
 import pytest
 
+from harness import cli
 from harness.cache import ArtifactCache
+from harness.errors import UserError
+from harness.pipeline.stages import Stages
 
 
 def test_failed_write_leaves_no_artifact(tmp_path):
@@ -12,6 +16,44 @@ def test_failed_write_leaves_no_artifact(tmp_path):
         (tmp / "half.npy").write_bytes(b"12")
         raise RuntimeError("killed")
     assert cache.get("s", key) is None and cache.leftovers() == []
+
+
+def test_a_full_disk_mid_stage_is_one_sentence_and_leaves_the_cache_intact(tmp_path):
+    """The disk fills while a stage writes (simulated: its build raises ENOSPC after 3 MiB): one sentence naming the
+    cache folder and what the stage had written; no half artifact; the artifacts already there untouched; and an
+    enclosing stage does not cache the failure, so the re-run after freeing space builds it."""
+    cache = ArtifactCache(tmp_path)
+    stages = Stages(cache)
+    stages.run("kept", lambda folder: (folder / "a.txt").write_text("a") and None)
+    full = [True]
+
+    def inner(folder):
+        (folder / "part.bin").write_bytes(b"0" * 3 * 2**20)
+        if full[0]:
+            raise OSError(errno.ENOSPC, "No space left on device", str(folder / "more.bin"))
+
+    def outer(folder):
+        stages.run("inner", inner)
+
+    with pytest.raises(UserError) as caught:
+        stages.run("outer", outer)
+    message = str(caught.value)
+    assert f"the disk of the cache folder {tmp_path} is full: stage 'inner' needs more than the 3.0 MiB" in message
+    assert "re-run to resume" in message and "\n" not in message
+    assert {a.stage for a in cache.entries()} == {"kept"} and cache.leftovers() == []
+    full[0] = False
+    stages.run("outer", outer)  # space freed: both build, nothing replays the failure
+    assert {a.stage for a in cache.entries()} == {"kept", "inner", "outer"}
+
+
+def test_a_full_disk_outside_the_cache_is_one_sentence(monkeypatch, capsys):
+    def writes_nothing(args):
+        raise OSError(errno.ENOSPC, "No space left on device", "runs/x/results.json")
+
+    monkeypatch.setitem(cli.COMMANDS, "validate", writes_nothing)
+    assert cli.main(["validate", "spec.yaml"]) == 2
+    assert capsys.readouterr().err == ("error: the disk is full (runs/x/results.json); free space there and re-run "
+                                       "the same command: the cache keeps every finished stage.\n")
 
 
 def test_written_artifact_is_found_and_keys_depend_on_content(tmp_path):
