@@ -52,6 +52,8 @@ def _parser(registry: Registry) -> argparse.ArgumentParser:
     plan.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto")
     plan.add_argument("--nproc", type=int, default=1, help="plan a run over N processes (one per GPU)")
     plan.add_argument("--runs", type=Path, default=Path("runs"), help="where earlier runs of the spec are")
+    plan.add_argument("--against", type=Path, metavar="RUN_DIR",
+                      help="show each estimate beside what this run of the spec measured")
 
     val = sub.add_parser("validate", help="check a spec and print its hashes")
     val.add_argument("spec", type=Path)
@@ -172,7 +174,8 @@ def cmd_plan(args) -> int:
     if args.nproc < 1:
         raise UserError("--nproc must be a positive number of processes.")
     resolved = validate_spec(args.spec, get_registry())
-    print(make_plan(resolved, get_registry(), check_device(args.device), args.nproc, args.runs, _cache(args).root))
+    print(make_plan(resolved, get_registry(), check_device(args.device), args.nproc, args.runs, _cache(args).root,
+                    args.against))
     return 0
 
 

@@ -213,6 +213,63 @@ def render(estimates: list[tuple[str, Estimate]], cached: set[tuple[str, str]], 
     return "\n".join(lines)
 
 
+#: How a run's stages answer the plan's estimates (`harness plan --against RUN_DIR`): per line, the estimates
+#: (by stage, summed over the rows) and the run's stages (their own seconds, without the stages built inside them).
+MEASURED_BY = [
+    ("real data", ("dataset",), ("dataset-train", "dataset-val", "dataset-test", "dataset-holdout")),
+    ("encoder training", ("encoder-fit",), ("encoder-fit",)),
+    ("encoding real videos", ("encode",), ("encode-train", "encode-val", "encode-test", "encode-holdout",
+                                           "reconstruction")),
+    ("re-ID training", ("reid-fit", "more models"), ("reid-fit", "reid-head", "reid-eval")),
+    ("re-ID embedding", ("embed real", "embed samples"), ("embed-train", "embed-val", "embed-test", "embed-samples",
+                                                          "content-train", "content-test", "content-samples")),
+    ("privacy scoring", ("row-metrics", "content scoring"), ("row-metrics",)),
+    ("pixel copy test", ("copy test",), ("copy-scores", "copy-calibration")),
+    ("clip features", ("fidelity-fit", "fidelity-features"), ("fidelity-fit", "fidelity-features")),
+    ("plugin row metrics", ("row-metric",), ("row-metric",)),
+    ("downstream", ("downstream-fit", "downstream"), ("downstream-fit", "downstream-test", "downstream",
+                                                     "downstream-measure")),
+    ("generators and near-copies", ("generator-fit", "samples", "fit + samples", "near-copies"),
+     ("generator-fit", "samples", "encode-samples", "filmstrip")),
+]
+
+
+def against(estimates: list[tuple[str, Estimate]], manifest: dict[str, Any], run: Path) -> str:
+    """The plan's estimates beside what a run of the same spec measured, line by line and in total."""
+    computed = [s for s in manifest.get("stages", []) if not s.get("cached")]
+    if not computed:
+        raise UserError(f"{run}: every stage of that run came from the cache, so it measured nothing; compare with "
+                        "a run that computed its stages (a cold cache).")
+    own = {}
+    for s in computed:
+        own[s["stage"]] = own.get(s["stage"], 0.0) + (s.get("own_seconds") or s.get("seconds") or 0.0)
+    planned: dict[str, float | None] = {}
+    for _, est in estimates:
+        known = planned.get(est.stage, 0.0)
+        planned[est.stage] = None if est.seconds is None or known is None else known + est.seconds
+    lines = [f"plan against {run} (wall {duration(manifest.get('wall_seconds', 0.0))}, "
+             f"{len(computed)} stages computed)",
+             f"{'part of the run':<28} {'estimate':>10} {'measured':>10} {'ratio':>7}"]
+    rows = [*MEASURED_BY, ("other stages", (), tuple(sorted(set(own) - {n for *_, ns in MEASURED_BY for n in ns}))),
+            ("not mapped", tuple(sorted(set(planned) - {n for _, ns, _ in MEASURED_BY for n in ns})), ())]
+    for label, estimate_stages, run_stages in rows:
+        estimate_parts = [planned[n] for n in estimate_stages if n in planned]
+        measured_parts = [own[n] for n in run_stages if n in own]
+        if not estimate_parts and not measured_parts:
+            continue
+        estimate = None if not estimate_parts or None in estimate_parts else sum(estimate_parts)
+        measured = sum(measured_parts) if measured_parts else None
+        ratio = f"{measured / estimate:.2f}" if estimate and measured is not None else "—"
+        lines.append(f"{label:<28} {duration(estimate) if estimate is not None else '—':>10} "
+                     f"{duration(measured) if measured is not None else '—':>10} {ratio:>7}")
+    total = sum(v for v in planned.values() if v is not None)
+    wall = manifest.get("wall_seconds")
+    ratio = f"{wall / total:.2f}" if total and wall else "—"
+    lines.append(f"{'total (the run: wall time)':<28} {duration(total):>10} "
+                 f"{duration(wall) if wall else '—':>10} {ratio:>7}")
+    return "\n".join(lines)
+
+
 def duration(seconds: float) -> str:
     if seconds < 120:
         return f"{seconds:.0f} s"
@@ -233,8 +290,9 @@ def check_device(name: str) -> torch.device:
 
 
 def make_plan(resolved: ResolvedSpec, registry: Registry, device: torch.device, processes: int, runs: Path,
-              cache_root: Path) -> str:
-    """The plan of a benchmark spec, as `harness plan` prints it."""
+              cache_root: Path, against_run: Path | None = None) -> str:
+    """The plan of a benchmark spec, as `harness plan` prints it; with `against_run`, beside what that run of the
+    spec measured."""
     spec = resolved.spec
     if spec.reid_study is not None:
         raise UserError(f"{resolved.source}: harness plan covers benchmark specs; a re-ID study is its variants' "
@@ -293,8 +351,22 @@ def make_plan(resolved: ResolvedSpec, registry: Registry, device: torch.device, 
         parts.append(("robustness", Estimate(
             "near-copies", f"{near_copies:,} videos ({len(spec.robustness.entries()) // 2} lines x 2 sides: {lines})"
             " perturbed and encoded; their scoring is in re-ID's", near_copies * per_video, "codec time not measured")))
+    if against_run is not None:
+        return against(parts, _run_manifest(against_run, resolved), against_run)
     cached, run = cached_stages(resolved.spec_hash, runs, cache_root)
     return render(parts, cached, _device_name(device), processes, run, probe.timings)
+
+
+def _run_manifest(run: Path, resolved: ResolvedSpec) -> dict[str, Any]:
+    """The manifest of a run of this spec, or one sentence saying why there is none."""
+    try:
+        manifest = json.loads((run / "manifest.json").read_text())
+    except (OSError, ValueError):
+        raise UserError(f"{run}: no readable manifest.json; pass a run directory written by `harness run`.") from None
+    if manifest.get("spec_hash") != resolved.spec_hash:
+        raise UserError(f"{run} is a run of another spec (hash {manifest.get('spec_hash')}, this one "
+                        f"{resolved.spec_hash}); compare the plan with a run of {resolved.source}.")
+    return manifest
 
 
 def _device_name(device: torch.device) -> str:

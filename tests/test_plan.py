@@ -31,6 +31,27 @@ def test_plan_lists_every_stage_and_marks_what_the_last_run_cached(tiny_run, tmp
     assert f"cached: from {tiny_run['out']}" in warm.stdout
 
 
+def test_plan_against_a_run_shows_each_estimate_beside_its_measured_seconds(tiny_run, tmp_path):
+    """`--against RUN_DIR`: estimates and the run's own seconds per part, and the total against the run's wall time.
+    A stage's own seconds leave out the stages built inside it (a fit run on first use), so they add up to no more
+    than the run took."""
+    import json
+
+    manifest = json.loads((tiny_run["out"] / "manifest.json").read_text())
+    computed = [s for s in manifest["stages"] if not s["cached"]]
+    assert all(0 <= s["own_seconds"] <= s["seconds"] + 1e-3 for s in computed)
+    assert sum(s["own_seconds"] for s in computed) <= manifest["wall_seconds"] < sum(s["seconds"] for s in computed)
+    done = run_cli("--cache", str(tiny_run["cache"]), "plan", str(TINY), "--against", str(tiny_run["out"]))
+    assert done.returncode == 0, done.stderr
+    lines = {line[:28].strip(): line[28:].split() for line in done.stdout.splitlines()[2:]}
+    assert {"encoder training", "re-ID training", "clip features", "plugin row metrics", "downstream",
+            "total (the run: wall time)"} <= set(lines)
+    assert all(len(cells) == 5 or "—" in cells for cells in lines.values())  # estimate, measured, ratio
+    other = run_cli("plan", str(tiny_spec(tmp_path, seed=3)), "--against", str(tiny_run["out"]))
+    assert other.returncode == 2 and "is a run of another spec" in other.stderr
+    assert run_cli("plan", str(TINY), "--against", str(tmp_path)).returncode == 2
+
+
 def test_plan_on_a_missing_gpu_is_one_sentence(tmp_path):
     if torch.cuda.is_available():
         pytest.skip("this machine has a GPU")

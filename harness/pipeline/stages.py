@@ -148,6 +148,8 @@ class StageRecord:
     key: str
     cached: bool
     seconds: float | None = None
+    #: its seconds less those of the stages built inside it (a fit run on first use, a decode): what it cost itself
+    own_seconds: float | None = None
     peak_rss_mb: float | None = None
     cuda_peak_mb: float | None = None
 
@@ -160,6 +162,7 @@ class Stages:
     records: list[StageRecord] = field(default_factory=list)
     models_loaded: list[str] = field(default_factory=list)
     fits: list[Fitted] = field(default_factory=list)
+    _inner: list[float] = field(default_factory=list, repr=False)  # per open build: seconds of builds inside it
 
     def key(self, name: str, inputs: dict[str, Any]) -> str:
         return self.cache.key(name, **{k: identity(v) for k, v in inputs.items()})
@@ -176,21 +179,28 @@ class Stages:
 
         def build_here(folder: Path, meta: dict[str, Any]) -> None:
             log.info("stage %s started (key %s)", name, key)
-            with StageMonitor() as monitor:
-                try:
-                    meta.update(build(folder, **_in_stage(inputs, folder, key)) or {})
-                except (UserError, Ineligible) as exc:
-                    if external or getattr(exc, "from_external_stage", False):
-                        exc.from_external_stage = True  # an enclosing stage must not cache it either
-                        raise
-                    kind = "user-error" if isinstance(exc, UserError) else "ineligible"
-                    meta["outcome"] = {"kind": kind, "message": str(exc)}
-            meta.update(monitor.record())
+            self._inner.append(0.0)
+            try:
+                with StageMonitor() as monitor:
+                    try:
+                        meta.update(build(folder, **_in_stage(inputs, folder, key)) or {})
+                    except (UserError, Ineligible) as exc:
+                        if external or getattr(exc, "from_external_stage", False):
+                            exc.from_external_stage = True  # an enclosing stage must not cache it either
+                            raise
+                        kind = "user-error" if isinstance(exc, UserError) else "ineligible"
+                        meta["outcome"] = {"kind": kind, "message": str(exc)}
+            finally:
+                inner = self._inner.pop()
+            meta.update(monitor.record(), own_seconds=round(max(monitor.seconds - inner, 0.0), 3))
+            if self._inner:
+                self._inner[-1] += monitor.seconds
             log.info("stage %s finished in %.1fs", name, meta["seconds"])
 
         artifact, built = self.cache.get_or_build(name, key, build_here, alone)
         meta = artifact.meta
         self.records.append(StageRecord(name, key, cached=not built, seconds=meta.get("seconds"),
+                                        own_seconds=meta.get("own_seconds", meta.get("seconds")),
                                         peak_rss_mb=meta.get("peak_rss_mb"), cuda_peak_mb=meta.get("cuda_peak_mb")))
         outcome = meta.get("outcome")
         if outcome is not None:
