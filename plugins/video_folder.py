@@ -34,6 +34,9 @@ log = logging.getLogger("harness")
 VIDEO_SUFFIXES = (".avi", ".mp4", ".mov", ".mkv", ".webm", ".gif", ".mpg", ".mpeg", ".m4v")
 SUBFOLDERS = ("avi", "mp4", "Videos", "videos", ".")
 
+#: how many skipped files a row's report names
+SKIPPED_NAMED = 1000
+
 
 class VideoFolder(Generator):
     """Every (or a deterministic subset of every) readable video in `root`, as one row."""
@@ -154,7 +157,8 @@ class VideoFolder(Generator):
             **{column: chosen[column].to_numpy() for column in chosen.columns})
 
     def report(self) -> dict[str, int | list[str]]:
-        return {"skipped": len(self._skipped), "skipped_files": self._skipped[:20]} if self._skipped else {}
+        # every skipped file is named (a thousand at most: the count says how many more)
+        return {"skipped": len(self._skipped), "skipped_files": self._skipped[:SKIPPED_NAMED]} if self._skipped else {}
 
 
 @hookimpl
