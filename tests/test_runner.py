@@ -150,7 +150,9 @@ def test_an_interrupted_run_says_so_and_resumes_without_recomputing_what_it_fini
     cache, out = tmp_path / "cache", tmp_path / "run"
     cmd = [sys.executable, "-m", "harness.cli", "--cache", str(cache), "run", str(spec), "--out", str(out),
            "--no-progress"]
-    proc = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    # as from a terminal: a shell's background job (a CI script may be one) starts with Ctrl-C ignored
+    proc = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     deadline = time.time() + 300
     while time.time() < deadline and proc.poll() is None:
         if any((cache / "encoder-fit").glob("*/meta.json")):
