@@ -298,7 +298,7 @@ class RowFeatures:
     real test videos (held out from every model of the run), each `[N, D]` on the run's device.
 
     - `"reid"`: the re-ID model's features of first frames, with the privacy analysis of its main head (`pmax`,
-      `nearest`, `tau`);
+      `nearest`, `tau`; the all-pairs scoring behind `pmax` runs only when a metric reads it);
     - `"clip"`: the clip features fidelity is measured in (`fidelity.features`); no privacy analysis there.
 
     `boot` draws the intervals as the run's other intervals are drawn. `once(name, compute)` keeps what several
@@ -308,8 +308,8 @@ class RowFeatures:
     samples: torch.Tensor
     train: torch.Tensor
     test: torch.Tensor
-    pmax: np.ndarray | None = None  # [N] best score of each sample against the training videos
-    nearest: np.ndarray | None = None  # [N] index of that training video
+    #: the re-ID space's best score of each sample against the training videos and that video's index `([N], [N])`
+    scored: Callable[[], tuple[np.ndarray, np.ndarray]] | None = field(default=None, repr=False)
     tau: float | None = None
     space: str = "reid"
     boot: Bootstrap = field(default_factory=Bootstrap)
@@ -320,6 +320,16 @@ class RowFeatures:
         if name not in self._shared:
             self._shared[name] = compute()
         return self._shared[name]
+
+    @property
+    def pmax(self) -> np.ndarray | None:
+        """[N] best score of each sample against the training videos (re-ID space only)."""
+        return self.once("scored", self.scored)[0] if self.scored is not None else None
+
+    @property
+    def nearest(self) -> np.ndarray | None:
+        """[N] index of that training video."""
+        return self.once("scored", self.scored)[1] if self.scored is not None else None
 
 
 #: the feature spaces a row metric can be computed in (`RowMetric.spaces`)

@@ -19,14 +19,14 @@ from harness.cache import atomic_write_bytes
 from harness.errors import UserError
 from harness.figures import PUBLISHABLE
 from harness.metrics import reconstruction
-from harness.metrics.columns import Column, interval_text
+from harness.metrics.columns import Column, interval_text, plugin_table
 from harness.pipeline import fidelity, motion
 from harness.pipeline.row import COLUMNS as COST_COLUMNS
-from harness.privacy_notes import privacy_note
 from harness.provenance import PROVENANCE, provenance, row_provenance
 from harness.results import ResultRow
 from harness.robustness_tables import robustness_tables
 from harness.study_tables import render_study
+from harness.table_notes import group_notes, interval_note
 
 #: The row's identity and bookkeeping; the metric columns are declared next to the code that computes them.
 GENERATOR = Column("generator", "generator")
@@ -76,20 +76,12 @@ def columns(results: list[dict[str, Any]]) -> list[Column]:
     for result in results:
         for m in result.get("metrics", []):
             space = m.get("space", "reid")
-            group = table_of(m)
+            group = plugin_table(m)
             declared[m["key"]] = Column(m["key"], m["label"], m["direction"], m["digits"], needs_reid=space == "reid",
                                         read=lambda r, key=m["key"]: _extra(r, key), derived_from="extra_metrics",
                                         interval=True, read_bounds=lambda r, key=m["key"]: _extra_bounds(r, key),
                                         group=group, definition=m.get("definition", ""))
     return [*HEAD, *BUILTIN, *declared.values(), *TAIL]
-
-
-def table_of(metric: dict[str, Any]) -> str:
-    """The group (`GROUPS`) of a plugin metric's column: its declared table in its feature space."""
-    group, space = metric.get("group", "plugin"), metric.get("space", "reid")
-    if group == "fidelity":
-        return "fidelity_reid" if space == "reid" else "fidelity"
-    return group if space == "reid" else f"{group}_{space}"
 
 
 def grouped(every: list[Column], frame: pd.DataFrame) -> list[tuple[str, str, list[Column]]]:
@@ -206,88 +198,6 @@ def _with_interval(value: Any, low: Any, high: Any, digits: int) -> Any:
     if not isinstance(value, float) or value != value or low is None or high is None:
         return value
     return f"{value:.{digits}f} [{low:.{digits}f}, {high:.{digits}f}]"
-
-
-def interval_note(reid: dict[str, Any], downstream: dict[str, Any] | None) -> str:
-    """How every `[lo, hi]` in the main table was drawn, said once."""
-    if "intervals" not in reid:  # results written before intervals existed
-        return ""
-    text = (f"Intervals `[lo, hi]`: {reid['intervals']}. Memorised % and τ resample the real videos that set τ "
-            "together with the samples (τ recomputed every time, so its own uncertainty is included); recall, "
-            "recall after filter and real recall resample the estimated population of nearest training videos, "
-            "unseen ones included (Chao et al. 2014), and real recall is the real test videos' recall at the row's "
-            "sample count (rarefied or extrapolated); the Fréchet distance resamples both feature sets; IRS∞ is the "
-            "occupancy model's ~95 % range; EF adherence resamples the samples.")
-    models = reid.get("models", 1)
-    if models > 1:
-        text += (f" Memorised %, content memorised %, recall, recall after filter and real recall are the mean over "
-                 f"{models} re-ID models "
-                 "trained from different seeds, and their intervals add the spread between the models (variance / "
-                 f"{models}) to the resampling; τ, IRS∞ and the per-sample P_max come from the first model. The "
-                 "other intervals resample videos, not the training of the models (see the record below).")
-    else:
-        text += " All resample videos, not the training of the models (see the record below)."
-    if downstream:
-        text += f" EF R² and MAE: {downstream['real_full']['interval']} of the real test split."
-    return text + "\n\n"
-
-
-def fidelity_note(results: list[dict[str, Any]]) -> str:
-    """Which clip feature space the fidelity table is measured in, and what the real test videos score in it."""
-    space = results[0].get("fidelity")
-    if not space:
-        return ""
-    text = (f"Fidelity is measured on clip features of `{space['features']}` ({space['input_shape'][0]} frames of a "
-            f"clip at {space['input_shape'][1]} pixels a side, decoded by the run's encoder like the samples)")
-    if space.get("error"):
-        return text + f"; it could not be measured: {space['error']}\n\n"
-    real = space["real"]
-    return text + (f". The real test videos, scored as a row against the training videos, reach Fréchet distance "
-                   f"{real['video_fd']:.3g}, precision {real['video_precision']:.3g}, k-NN recall "
-                   f"{real['video_knn_recall']:.3g}, density {real['video_density']:.3g} and coverage "
-                   f"{real['video_coverage']:.3g}: what a generator as good as the real data scores.\n\n")
-
-
-def reference_notes(results: list[dict[str, Any]]) -> dict[str, str]:
-    """Under each table of plugin metrics: what a generator that never saw the training videos scores on each
-    column, by construction or measured on the real test videos as a row."""
-    by_group: dict[str, list[str]] = {}
-    for result in results:
-        parts: dict[str, list[str]] = {}
-        for m in result.get("metrics", []):
-            ref = m.get("reference") or {}
-            if ref.get("value") is not None:
-                text = interval_text(ref["value"], ref.get("low"), ref.get("high"), m["digits"])
-                parts.setdefault(table_of(m), []).append(f"{m['label']} {text} ({ref['source']})")
-        where = f" in `{result['benchmark']['name']}`" if len(results) > 1 else ""
-        for group, said in parts.items():
-            by_group.setdefault(group, []).append(f"A generator that never saw the training videos scores{where}: "
-                                                  + "; ".join(said) + ".")
-    return {group: " ".join(said) + (" Values by construction follow from how the column is calibrated; the others "
-                                     "are real test videos, as many as a row has samples, scored as a row.\n\n")
-            for group, said in by_group.items()}
-
-
-def group_notes(results: list[dict[str, Any]]) -> dict[str, str]:
-    """The note under each table, by group (the Markdown and the page share them)."""
-    notes = {"privacy": privacy_note(results), "fidelity": fidelity_note(results),
-             "utility": utility_note(results[0].get("downstream"))}
-    for group, text in reference_notes(results).items():
-        notes[group] = notes.get(group, "") + text
-    return notes
-
-
-def utility_note(downstream: dict[str, Any] | None) -> str:
-    """What the EF columns were trained and tested on, said under the utility table."""
-    if not downstream:
-        return ""
-    text = ""
-    first = next((s for s in downstream["strategies"] if s != "real-learned-subset"), None)
-    if first:
-        text = (f"EF R², EF MAE: `{downstream['task']}` trained on each row's `{first}` samples, tested on the real "
-                "test split. ")
-    return text + ("EF adherence: requested EF vs the EF a regressor trained on real data measures in the sample; "
-                   "every strategy is in the utility table below.\n\n")
 
 
 def definitions(shown: list[Column]) -> str:

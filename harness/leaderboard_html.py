@@ -16,7 +16,7 @@ from typing import Any
 
 import pandas as pd
 
-from harness import leaderboard, privacy_notes
+from harness import leaderboard, privacy_notes, table_notes
 from harness.metrics.columns import Column
 from harness.provenance import REPRODUCIBILITY, records
 from harness.robustness_tables import robustness_frame
@@ -28,7 +28,7 @@ def page(results: list[dict[str, Any]], frame: pd.DataFrame, every: list[Column]
     bench = results[0]["benchmark"]
     rows = frame.to_dict("records")
     anchors = [f"row-{i}" for i in range(len(rows))]
-    notes = leaderboard.group_notes(results)
+    notes = table_notes.group_notes(results)
     parts = [f"<h1>{_esc(bench['title'])}</h1>", _summary(results, hashes)]
     if any(r.get("control") is True for r in rows):
         parts.append(_prose(f"Rows marked *control* {leaderboard.CONTROLS}"))
@@ -42,7 +42,7 @@ def page(results: list[dict[str, Any]], frame: pd.DataFrame, every: list[Column]
             parts.append(_robustness(results))
     reid = results[0].get("reid")
     if reid:
-        parts.append(_prose(leaderboard.interval_note(reid, results[0].get("downstream"))))
+        parts.append(_prose(table_notes.interval_note(reid, results[0].get("downstream"))))
     parts += [_reid(results), _details(results, rows, anchors, every), _figures(results), _record(results)]
     body = "\n".join(part for part in parts if part)
     return TEMPLATE.format(title=_esc(bench["title"]), style=STYLE, script=SCRIPT, body=body)

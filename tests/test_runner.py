@@ -98,6 +98,17 @@ def test_control_samples_are_what_they_claim(tiny_run):
     assert set(copy.provenance.columns) >= {"sample_id", "seed", "requested_ef", "source_ids"}
 
 
+def wait_for(proc: subprocess.Popen, reached, failure: str, seconds: float = 300) -> None:
+    """Poll until `reached()` while the run `proc` is still running; else kill it and fail with `failure`."""
+    deadline = time.time() + seconds
+    while time.time() < deadline and proc.poll() is None:
+        if reached():
+            return
+        time.sleep(0.01)
+    proc.kill()
+    pytest.fail(failure)
+
+
 def test_killed_run_resumes_to_identical_results(tiny_run, tmp_path):
     """Killed inside the VAE's training: the data stages are kept, the training resumes from its last checkpoint,
     and the VAE and every number equal an uninterrupted run's (which saved no checkpoint). The tiny spec with one
@@ -108,14 +119,8 @@ def test_killed_run_resumes_to_identical_results(tiny_run, tmp_path):
            "--no-progress", "--checkpoint-steps", "2"]
     proc = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
                             start_new_session=True)
-    deadline = time.time() + 300
-    while time.time() < deadline:
-        if any((cache / "encoder-fit").glob(".tmp-*/checkpoint/vae.pt")):
-            break
-        time.sleep(0.01)
-    else:
-        proc.kill()
-        pytest.fail("the run never saved a checkpoint of the VAE's training")
+    wait_for(proc, lambda: any((cache / "encoder-fit").glob(".tmp-*/checkpoint/vae.pt")),
+             "the run never saved a checkpoint of the VAE's training")
     os.killpg(proc.pid, signal.SIGKILL)
     proc.wait()
     assert proc.returncode == -signal.SIGKILL
@@ -153,14 +158,8 @@ def test_an_interrupted_run_says_so_and_resumes_without_recomputing_what_it_fini
     # as from a terminal: a shell's background job (a CI script may be one) starts with Ctrl-C ignored
     proc = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
                             preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
-    deadline = time.time() + 300
-    while time.time() < deadline and proc.poll() is None:
-        if any((cache / "encoder-fit").glob("*/meta.json")):
-            break
-        time.sleep(0.01)
-    else:
-        proc.kill()
-        pytest.fail("the run ended or stalled before its VAE was trained")
+    wait_for(proc, lambda: any((cache / "encoder-fit").glob("*/meta.json")),
+             "the run ended or stalled before its VAE was trained")
     proc.send_signal(signal.SIGINT)
     _, err = proc.communicate(timeout=300)
     assert proc.returncode == 130 and "interrupted; re-run the same command to resume from the cache." in err, err

@@ -57,3 +57,12 @@ def interval_text(value: float, low: float | None, high: float | None, digits: i
     if low is None or high is None:
         return f"{value:.{digits}f}"
     return f"{value:.{digits}f} [{low:.{digits}f}, {high:.{digits}f}]"
+
+
+def plugin_table(metric: dict[str, Any]) -> str:
+    """The table (`Column.group`) of a plugin metric's column, from its declaration in results.json: the table it
+    declares, in its feature space."""
+    group, space = metric.get("group", "plugin"), metric.get("space", "reid")
+    if group == "fidelity":
+        return "fidelity_reid" if space == "reid" else "fidelity"
+    return group if space == "reid" else f"{group}_{space}"

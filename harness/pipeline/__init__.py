@@ -122,7 +122,7 @@ def run_generators(resolved: ResolvedSpec, record: dict[str, Any], stages: Stage
                         seeds=privacy.reid_seeds, copy=copy)
         ctx = ctx.using(privacy_filter=reid.privacy_filter(ctx))
         references.update(measured_references(
-            stages, metrics, "reid", lambda: reid_row_features(reid, reid.reference.test_first),
+            stages, metrics, "reid", reid.reference.test_first, lambda samples: reid_row_features(reid, samples),
             {"samples": "test", "reid": reid.cache_identity}, spec.samples_per_generator))
     # 3b. the real videos' motion, for motion memorisation
     motion = fit_motion(stages, encoded, decoding, privacy.motion, privacy.calibration, ctx) if motion_on else None

@@ -79,7 +79,7 @@ def fit_fidelity(stages: Stages, chosen: Chosen[FeatureExtractor], encoded: Enco
     summary.update(report=extractor.meta.get("report", {}), error=None,
                    real={KEYS[k]: v for k, v in fidelity_metrics(train.value, test.value, knn, boot).items()})
     reference = FidelityReference(chosen, extractor, decoding, knn, boot, train, test, summary)
-    summary["metrics"] = measured_references(stages, metrics, "clip", lambda: reference.row_features(test.value),
+    summary["metrics"] = measured_references(stages, metrics, "clip", test.value, reference.row_features,
                                              {"samples": test.key, "fidelity": reference.cache_identity},
                                              n_samples)
     return reference

@@ -89,10 +89,15 @@ class ReidModel:
 
 
 def reid_row_features(reid: ReidModel, samples: torch.Tensor) -> RowFeatures:
-    """What a row metric sees in the re-ID space: first-frame features and the main head's privacy analysis."""
+    """What a row metric sees in the re-ID space: first-frame features and the main head's privacy analysis (scored
+    when a metric reads it)."""
     ref = reid.reference
-    pmax, nearest = (t.cpu().numpy() for t in ref.pmax(samples, ref.head))
-    return RowFeatures(samples, ref.train_first, ref.test_first, pmax, nearest, reid.stats["tau"], "reid", ref.boot)
+
+    def scored() -> tuple[np.ndarray, np.ndarray]:
+        pmax, nearest = ref.pmax(samples, ref.head)
+        return pmax.cpu().numpy(), nearest.cpu().numpy()
+
+    return RowFeatures(samples, ref.train_first, ref.test_first, scored, reid.stats["tau"], "reid", ref.boot)
 
 
 def fit_reid(stages: Stages, chosen: Chosen[ReIdFilter], encoded: Encoded, privacy: PrivacySpec,

@@ -10,7 +10,6 @@ from __future__ import annotations
 import json
 import math
 from collections.abc import Callable
-from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -102,21 +101,16 @@ def null_references(metrics: list[Chosen[RowMetric]], space: str) -> dict[str, d
     return out
 
 
-def measured_references(stages: Stages, metrics: list[Chosen[RowMetric]], space: str,
-                        features: Callable[[], RowFeatures], identity: dict[str, Any], n_samples: int
+def measured_references(stages: Stages, metrics: list[Chosen[RowMetric]], space: str, test: torch.Tensor,
+                        features_of: Callable[[torch.Tensor], RowFeatures], identity: dict[str, Any], n_samples: int
                         ) -> dict[str, dict[str, Any]]:
-    """The real test videos measured as a row (the `samples` of `features()`), for the metrics without a null
-    value; by construction for the others. At most `n_samples` of them, drawn once, as many as a row has: a number
-    that grows with the samples (β-recall's coverage) then compares with the rows'."""
+    """The real `test` videos measured as a row (`features_of(samples)` is what a metric sees of a row), for the
+    metrics without a null value; by construction for the others. At most `n_samples` of them, drawn once, as many
+    as a row has: a number that grows with the samples (β-recall's coverage) then compares with the rows'."""
     nulls = null_references(metrics, space)
     measured = [m for m in metrics if metric_key(m.name, space) not in nulls]
-
-    def as_a_row() -> RowFeatures:
-        real = features()
-        if len(real.samples) <= n_samples:
-            return real
-        drawn = torch.randperm(len(real.samples), generator=torch.Generator().manual_seed(0))[:n_samples]
-        return replace(real, samples=real.samples[drawn.to(real.samples.device)], _shared={})
-
-    cells = row_metric_cells(stages, measured, space, as_a_row, {**identity, "reference": n_samples})
+    if len(test) > n_samples:
+        drawn = torch.randperm(len(test), generator=torch.Generator().manual_seed(0))[:n_samples]
+        test = test[drawn.to(test.device)]
+    cells = row_metric_cells(stages, measured, space, lambda: features_of(test), {**identity, "reference": n_samples})
     return {**nulls, **{k: {**v, "source": "real test videos"} for k, v in cells.items()}}
